@@ -1,0 +1,58 @@
+"""What the decoder yields. Batch mode and the TUI consume the same stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+
+
+@dataclass
+class GenStats:
+    """Running totals of one generation."""
+
+    n_tokens: int = 0
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
+    prompt_seconds: float = 0.0
+    seconds: float = 0.0  # wall time so far, prompt processing included
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0
+    draft_tokens: int = 0  # block length used in the last round (0 = naive)
+
+    @property
+    def decode_seconds(self) -> float:
+        return max(self.seconds - self.prompt_seconds, 1e-9)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generation speed, prompt processing excluded."""
+        return self.n_tokens / self.decode_seconds if self.n_tokens else 0.0
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+
+@dataclass
+class TokenEvent:
+    token_id: int
+    text: str  # text this token made visible (may be "" while UTF-8 or a stop string is pending)
+    delta: float | None = None  # log p_EFT(token) − log p_base(token), when traced
+
+
+@dataclass
+class StatsEvent:
+    stats: GenStats
+
+
+@dataclass
+class FinishedEvent:
+    reason: str  # one of FINISH_REASONS
+    text: str
+    token_ids: list[int]
+    stats: GenStats
+    error: str | None = None
+
+
+Event = TokenEvent | StatsEvent | FinishedEvent

@@ -1,0 +1,280 @@
+"""The one place that talks to llama.cpp: load, tokenize, evaluate a batch, roll back.
+
+Uses llama-cpp-python's low-level bindings directly (not ``Llama``) so that several
+positions' logits come back as one zero-copy NumPy view and the KV cache can be trimmed
+to any prefix — what speculative decoding needs — and so three models share one quiet
+log callback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import llama_cpp as ll
+import numpy as np
+
+from .errors import UserError
+
+log = logging.getLogger("eft_local.llama")
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = logging.DEBUG
+_backend_ready = False
+
+
+@ll.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    global _last_level
+    _last_level = _LEVELS.get(level, _last_level)
+    if log.isEnabledFor(_last_level):
+        msg = text.decode("utf-8", "replace").rstrip()
+        if msg:
+            log.log(_last_level, msg)
+
+
+def init_backend() -> None:
+    """Route llama.cpp's logs to ``logging`` (quiet unless configured) and init once."""
+    global _backend_ready
+    if not _backend_ready:
+        ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        ll.llama_backend_init()
+        _backend_ready = True
+
+
+def check_gguf(path: Path) -> None:
+    """Fail with one clear line unless ``path`` is a readable GGUF file."""
+    if not path.exists():
+        raise UserError(f"model file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"model path is not a file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"not a GGUF model file: {path} (convert it with llama.cpp's convert_hf_to_gguf.py)")
+
+
+ProgressFn = Callable[[float], None]
+
+
+class LlamaModel:
+    """One model and its context. Tracks the token ids held in its KV cache."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        init_backend()
+        self.path = Path(path)
+        check_gguf(self.path)
+        self.n_gpu_layers = n_gpu_layers
+        self._model = self._load_model(n_gpu_layers, progress)
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = ll.llama_model_n_ctx_train(self._model)
+        self._ctx = self._new_context(n_ctx, n_threads, n_batch)
+        self.n_ctx = ll.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self.tokens: list[int] = []
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_model(self, n_gpu_layers: int, progress: ProgressFn | None):
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        if progress is not None:
+            def _cb(fraction: float, _user) -> bool:
+                progress(float(fraction))
+                return True
+            self._progress_cb = ll.llama_progress_callback(_cb)  # keep a reference
+            params.progress_callback = self._progress_cb
+        model = ll.llama_model_load_from_file(os.fsencode(self.path), params)
+        if not model:
+            raise UserError(f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file; run with --verbose for details)")
+        return model
+
+    def _new_context(self, n_ctx: int, n_threads: int | None, n_batch: int):
+        params = ll.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = 1
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        ctx = ll.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise UserError(f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory? try a smaller --n-ctx or fewer --gpu-layers)")
+        return ctx
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- metadata ---------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    @property
+    def tokenizer_model(self) -> str:
+        return f"{self.meta('tokenizer.ggml.model')}/{self.meta('tokenizer.ggml.pre') or 'default'}"
+
+    @property
+    def supports_rollback(self) -> bool:
+        """Recurrent and hybrid models can't drop a suffix of their cache."""
+        return not (ll.llama_model_is_recurrent(self._model) or ll.llama_model_is_hybrid(self._model))
+
+    @property
+    def bos(self) -> int:
+        return ll.llama_vocab_bos(self._vocab)
+
+    @property
+    def eos(self) -> int:
+        return ll.llama_vocab_eos(self._vocab)
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(ll.llama_vocab_get_add_bos(self._vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self._vocab, token))
+
+    def eog_ids(self, limit: int | None = None) -> list[int]:
+        """All end-of-generation ids (EOS, EOT, <|im_end|>, ...) below ``limit``."""
+        n = min(self.n_vocab, limit or self.n_vocab)
+        return [t for t in range(n) if ll.llama_vocab_is_eog(self._vocab, t)]
+
+    def token_text(self, token: int) -> bytes:
+        """Raw vocabulary text of a token (what the vocabulary check compares)."""
+        return ll.llama_vocab_get_text(self._vocab, token) or b""
+
+    def token_attr(self, token: int) -> int:
+        return int(ll.llama_vocab_get_attr(self._vocab, token))
+
+    # -- text <-> tokens ----------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """Bytes this token adds to the output text (no leading-space stripping)."""
+        n = ll.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            self._piece_buf = ctypes.create_string_buffer(-n + 1)
+            n = ll.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        return self._piece_buf.raw[:n]
+
+    # -- evaluation -------------------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def eval(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
+        """Append ``tokens`` to the cache; return logits of the last ``n_logits`` positions.
+
+        The result is a (n_logits, n_vocab) float32 view into llama.cpp's buffer: the next
+        ``eval`` on this model overwrites it.
+        """
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("eval needs at least one token")
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise UserError(f"context full: {self.n_past + len(tokens)} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)")
+        n_logits = max(1, min(n_logits, len(tokens)))
+        if n_logits > self.n_batch:
+            raise ValueError(f"can't return {n_logits} logit rows with n_batch {self.n_batch}")
+        start = 0
+        while start < len(tokens):
+            chunk = tokens[start : start + self.n_batch]
+            first_out = len(tokens) - n_logits - start
+            n_out = self._decode(chunk, first_out)
+            start += len(chunk)
+        ptr = ll.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
+
+    def _decode(self, chunk: list[int], first_out: int) -> int:
+        """Decode one chunk; positions at index >= first_out get logits. Returns #rows."""
+        b = self._batch
+        pos0 = self.n_past
+        n_out = 0
+        for i, tok in enumerate(chunk):
+            b.token[i] = tok
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            want = i >= first_out
+            b.logits[i] = want
+            n_out += want
+        b.n_tokens = len(chunk)
+        rc = ll.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")
+        self.tokens.extend(chunk)
+        return n_out
+
+    def rollback(self, n: int) -> None:
+        """Keep only the first ``n`` cached tokens."""
+        if n >= self.n_past:
+            return
+        if n == 0:
+            ll.llama_memory_clear(self._mem, True)
+        elif not ll.llama_memory_seq_rm(self._mem, 0, n, -1):
+            raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
+        del self.tokens[n:]
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Make the cache hold exactly ``tokens``, reusing the common prefix; return last logits row."""
+        tokens = list(tokens)
+        common = 0
+        for a, b in zip(self.tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # always evaluate >= 1 token to get logits
+        if common < self.n_past and not self.supports_rollback:
+            common = 0  # recurrent state can't be trimmed: start over
+        self.rollback(common)
+        return self.eval(tokens[common:], 1)[0]

@@ -1,0 +1,274 @@
+"""Model profiles: load models.toml, apply the user's overrides, resolve local paths.
+
+Search order for profiles (unless an explicit ``models_file`` is given, which is then the
+only source): the repository's ``models.toml`` when running from a checkout, else the copy
+shipped inside the package; then ``$XDG_CONFIG_HOME/eft-local/models.toml``, whose profiles
+replace same-named ones and whose ``default`` wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from .errors import UserError
+
+ROLES = ("base", "chat", "reference")
+PROMPT_STYLES = ("template", "transcript")
+FALLBACK_DEFAULT = "qwen2.5-7b"
+
+_FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
+_PROFILE_KEYS = {"description", "defaults", *ROLES}
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# Known per-profile defaults and their types; unknown keys are passed through untouched.
+_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "n_ctx": (int,), "n_gpu_layers": (int,), "max_tokens": (int,), "seed": (int,),
+    "top_k": (int,), "temperature": (int, float), "top_p": (int, float),
+    "min_p": (int, float), "alpha": (int, float), "beta": (int, float),
+    "repeat_penalty": (int, float), "prompt_style": (str,), "system_prompt": (str,),
+}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One GGUF file on the hub."""
+
+    repo_id: str
+    filename: str
+    revision: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Where the file lives relative to the models dir (``repo_id/filename``)."""
+        return f"{self.repo_id}/{self.filename}"
+
+    def local_path(self, models_dir: str | Path) -> Path:
+        return Path(models_dir) / self.repo_id / self.filename
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    files: dict[str, ModelFile]
+    defaults: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ResolvedProfile:
+    name: str
+    paths: dict[str, Path]
+    defaults: dict[str, object]
+
+
+class ProfileSet(dict):
+    """``dict[name, Profile]`` that also remembers the configured default name."""
+
+    default: str | None = None
+    sources: tuple[Path, ...] = ()
+
+
+# ---------------------------------------------------------------- locations
+
+def default_models_dir() -> Path:
+    """``$EFT_LOCAL_MODELS_DIR``, else ``$XDG_DATA_HOME/eft-local/models``."""
+    explicit = os.environ.get("EFT_LOCAL_MODELS_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(data).expanduser() / "eft-local" / "models"
+
+
+def user_models_file() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
+    return Path(config).expanduser() / "eft-local" / "models.toml"
+
+
+def builtin_models_file() -> Path:
+    """The repo-root models.toml in a checkout, else the copy shipped in the package."""
+    checkout = Path(__file__).resolve().parent.parent / "models.toml"
+    if checkout.is_file():
+        return checkout
+    packaged = resources.files("eft_local").joinpath("models.toml")
+    return Path(str(packaged))
+
+
+# ---------------------------------------------------------------- parsing
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"models file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read models file {path}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _parse_file(where: str, role: str, raw: object) -> ModelFile:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: '{role}' must be a table like "
+                        f"{{ repo_id = \"owner/name\", filename = \"model.gguf\" }}")
+    unknown = set(raw) - _FILE_KEYS
+    if unknown:
+        raise UserError(f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} "
+                        f"(allowed: {', '.join(sorted(_FILE_KEYS))})")
+    repo, fname = raw.get("repo_id"), raw.get("filename")
+    if not isinstance(repo, str) or not _REPO_RE.match(repo):
+        raise UserError(f"{where}: '{role}.repo_id' must look like \"owner/name\", got {repo!r}")
+    if not isinstance(fname, str) or not fname or fname.startswith("/") or ".." in fname.split("/"):
+        raise UserError(f"{where}: '{role}.filename' must be a relative file name, got {fname!r}")
+    rev, sha, size = raw.get("revision"), raw.get("sha256"), raw.get("size")
+    if rev is not None and (not isinstance(rev, str) or not rev):
+        raise UserError(f"{where}: '{role}.revision' must be a non-empty string")
+    if sha is not None and (not isinstance(sha, str) or not _SHA_RE.match(sha.lower())):
+        raise UserError(f"{where}: '{role}.sha256' must be 64 hex digits")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise UserError(f"{where}: '{role}.size' must be a positive integer (bytes)")
+    return ModelFile(repo, fname, rev, sha.lower() if sha else None, size)
+
+
+def _parse_defaults(where: str, raw: object) -> dict[str, object]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: 'defaults' must be a table")
+    for key, value in raw.items():
+        types = _DEFAULT_TYPES.get(key)
+        if types and (isinstance(value, bool) or not isinstance(value, types)):
+            raise UserError(f"{where}: defaults.{key} has the wrong type ({value!r})")
+    style = raw.get("prompt_style")
+    if style is not None and style not in PROMPT_STYLES:
+        raise UserError(f"{where}: defaults.prompt_style must be one of {', '.join(PROMPT_STYLES)}")
+    return dict(raw)
+
+
+def _parse_profile(path: Path, name: str, raw: object) -> Profile:
+    where = f"{path}: profile '{name}'"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a table")
+    missing = [r for r in ROLES if r not in raw]
+    if missing:
+        hint = ""
+        if any(isinstance(v, dict) and any(r in v for r in ROLES) for v in raw.values()):
+            hint = " (a name containing '.' must be quoted: [profiles.\"name.with.dots\"])"
+        raise UserError(f"{where} is missing role(s) {', '.join(missing)}; "
+                        f"every profile needs {', '.join(ROLES)}{hint}")
+    unknown = set(raw) - _PROFILE_KEYS
+    if unknown:
+        raise UserError(f"{where} has unknown key(s) {', '.join(sorted(unknown))} "
+                        f"(allowed: {', '.join(sorted(_PROFILE_KEYS))})")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{where}: 'description' must be a string")
+    files = {role: _parse_file(where, role, raw[role]) for role in ROLES}
+    return Profile(name, description, files, _parse_defaults(where, raw.get("defaults")))
+
+
+def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]:
+    """Parse one models.toml into (profiles, default name or None)."""
+    path = Path(path).expanduser()
+    data = _read_toml(path)
+    unknown = set(data) - {"default", "profiles"}
+    if unknown:
+        raise UserError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+                        "(expected 'default' and [profiles.NAME] tables)")
+    raw_profiles = data.get("profiles", {})
+    if not isinstance(raw_profiles, dict):
+        raise UserError(f"{path}: 'profiles' must be a table of [profiles.NAME] sections")
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise UserError(f"{path}: 'default' must be a profile name (string)")
+    return {n: _parse_profile(path, n, p) for n, p in raw_profiles.items()}, default
+
+
+# ---------------------------------------------------------------- public API
+
+def load_profiles(models_file: str | Path | None = None) -> ProfileSet:
+    """Load profiles; ``models_file`` given means only that file is read."""
+    result = ProfileSet()
+    sources = [Path(models_file).expanduser()] if models_file else [builtin_models_file()]
+    if not models_file and user_models_file().is_file():
+        sources.append(user_models_file())
+    for src in sources:
+        profiles, default = parse_models_file(src)
+        result.update(profiles)
+        result.default = default or result.default
+    result.sources = tuple(sources)
+    if result.default is not None and result.default not in result:
+        raise UserError(f"default profile '{result.default}' is not defined "
+                        f"(known: {', '.join(result) or 'none'})")
+    return result
+
+
+def default_profile_name(profiles: dict[str, Profile]) -> str:
+    if not profiles:
+        raise UserError("no model profiles are defined; add one to "
+                        f"{user_models_file()} or pass --models-file")
+    default = getattr(profiles, "default", None)
+    if default in profiles:
+        return default
+    return FALLBACK_DEFAULT if FALLBACK_DEFAULT in profiles else next(iter(profiles))
+
+
+def get_profile(profiles: dict[str, Profile], name: str | None) -> Profile:
+    name = name or default_profile_name(profiles)
+    if name not in profiles:
+        raise UserError(f"unknown profile '{name}'; known profiles: {', '.join(profiles)}")
+    return profiles[name]
+
+
+def download_command(name: str, models_file: str | Path | None = None,
+                     models_dir: str | Path | None = None) -> str:
+    """The exact command that fetches a profile's files with the same options."""
+    cmd = f"eft-local download {name}"
+    if models_file:
+        cmd += f" --models-file {models_file}"
+    if models_dir:
+        cmd += f" --models-dir {models_dir}"
+    return cmd
+
+
+def _check_override(role: str, raw: str | Path) -> Path:
+    if role not in ROLES:
+        raise UserError(f"unknown role '{role}' (roles: {', '.join(ROLES)})")
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise UserError(f"--{role} {raw}: no such file")
+    return path
+
+
+def resolve_profile(name: str | None, models_file: str | Path | None = None,
+                    models_dir: str | Path | None = None,
+                    overrides: dict[str, str] | None = None) -> ResolvedProfile:
+    """Local paths for a profile; ``overrides`` (role -> path) win over the profile."""
+    profile = get_profile(load_profiles(models_file), name)
+    root = Path(models_dir).expanduser() if models_dir else default_models_dir()
+    paths = {r: _check_override(r, p) for r, p in (overrides or {}).items() if p}
+    missing = []
+    for role in ROLES:
+        if role not in paths:
+            paths[role] = profile.files[role].local_path(root)
+            if not paths[role].is_file():
+                missing.append(f"{role} ({profile.files[role].key})")
+    if missing:
+        raise UserError(f"profile '{profile.name}': missing {', '.join(missing)} in {root}; "
+                        f"download with `{download_command(profile.name, models_file, models_dir)}`"
+                        " or pass --base/--chat/--reference")
+    return ResolvedProfile(profile.name, {r: paths[r] for r in ROLES}, dict(profile.defaults))

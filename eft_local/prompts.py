@@ -1,0 +1,98 @@
+"""Per-role prompt token ids.
+
+``chat`` always sees its own GGUF chat template. ``base`` and ``reference`` see either
+the same templated text (style ``template``, default) or a plain transcript (style
+``transcript``, proxy-tuning's choice). Raw prompts go to every role as-is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import UserError
+
+PROMPT_STYLES = ("template", "transcript")
+Message = Mapping[str, str]
+
+
+class PromptModel(Protocol):
+    path: object
+    chat_template: str | None
+    bos: int
+    eos: int
+    add_bos: bool
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]: ...
+    def token_text(self, token: int) -> bytes: ...
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """Render ``messages`` with the model's own Jinja chat template."""
+    template = model.chat_template
+    if not template:
+        raise UserError(f"{model.path} has no chat template; use --raw to send prompts as plain text")
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(template).render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=_text(model, model.bos),
+            eos_token=_text(model, model.eos),
+        )
+    except TemplateError as e:
+        raise UserError(f"chat template of {model.path} failed: {e}") from None
+
+
+def _text(model: PromptModel, token: int) -> str:
+    return model.token_text(token).decode("utf-8", "replace") if token >= 0 else ""
+
+
+def tokenize_templated(model: PromptModel, text: str) -> list[int]:
+    """Templated text may already start with BOS: add one only when it doesn't."""
+    bos_text = _text(model, model.bos)
+    add_bos = model.add_bos and not (bos_text and text.startswith(bos_text))
+    return model.tokenize(text, add_bos=add_bos, special=True)
+
+
+def transcript(messages: Sequence[Message]) -> str:
+    """A plain-text conversation for base models that never saw a chat format."""
+    names = {"system": "", "user": "User: ", "assistant": "Assistant: "}
+    parts = []
+    for m in messages:
+        prefix = names.get(m["role"], m["role"].capitalize() + ": ")
+        parts.append(prefix + m["content"].strip())
+    return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+def role_prompts(
+    models: Mapping[str, PromptModel],
+    *,
+    messages: Sequence[Message] | None = None,
+    raw: str | None = None,
+    style: str = "template",
+) -> dict[str, list[int]]:
+    """Token ids of the prompt for each role."""
+    if raw is not None:
+        return {r: m.tokenize(raw, add_bos=m.add_bos, special=True) for r, m in models.items()}
+    if messages is None:
+        raise ValueError("role_prompts needs messages or raw text")
+    if style not in PROMPT_STYLES:
+        raise UserError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    chat_text = render_chat(models["chat"], messages)
+    out = {}
+    for role, model in models.items():
+        if role == "chat" or style == "template":
+            out[role] = tokenize_templated(model, chat_text)
+        else:
+            out[role] = model.tokenize(transcript(messages), add_bos=model.add_bos, special=False)
+    return out
