@@ -1,0 +1,160 @@
+"""Batch mode: prompts in, one JSON object per prompt out, in input order."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .decoder import EftEngine, GenerationConfig
+from .errors import UserError
+from .events import FinishedEvent
+from .prompt_file import PromptItem
+
+
+@dataclass
+class BatchOptions:
+    config: GenerationConfig
+    seed: int | None = None
+    raw: bool = False
+    prompt_style: str = "template"
+    system: str | None = None
+
+
+@dataclass
+class Summary:
+    prompts: int = 0
+    tokens: int = 0
+    decode_seconds: float = 0.0
+    drafted: int = 0
+    accepted: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, fin: FinishedEvent) -> None:
+        self.prompts += 1
+        self.tokens += fin.stats.n_tokens
+        self.decode_seconds += fin.stats.decode_seconds if fin.stats.n_tokens else 0.0
+        self.drafted += fin.stats.drafted
+        self.accepted += fin.stats.accepted
+        self.errors += fin.reason == "error"
+
+    def line(self) -> str:
+        tps = self.tokens / self.decode_seconds if self.decode_seconds else 0.0
+        acc = f"{100 * self.accepted / self.drafted:.1f}%" if self.drafted else "n/a (naive)"
+        err = f", {self.errors} error(s)" if self.errors else ""
+        wall = time.perf_counter() - self.started
+        return f"{self.prompts} prompts, {self.tokens} tokens, {tps:.1f} tok/s, acceptance {acc}, {wall:.1f} s{err}"
+
+
+def rng_for(seed: int | None, index: int) -> np.random.Generator:
+    """Prompt i draws from its own stream seeded by (seed, i): reruns repeat, prompts are independent."""
+    return np.random.default_rng([seed, index]) if seed is not None else np.random.default_rng()
+
+
+def role_prompt(engine: EftEngine, item: PromptItem, opts: BatchOptions) -> dict[str, list[int]]:
+    if opts.raw:
+        if item.text is None:
+            raise UserError("--raw needs text prompts, not \"messages\"")
+        return engine.prompt(raw=item.text)
+    messages = item.messages or [{"role": "user", "content": item.text or ""}]
+    if opts.system and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": opts.system}, *messages]
+    return engine.prompt(messages=messages, style=opts.prompt_style)
+
+
+def run_one(engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions) -> tuple[dict[str, Any], FinishedEvent]:
+    """Generate for one prompt; a bad prompt becomes an error row, not an exception."""
+    t0 = time.perf_counter()
+    prompt_ids: list[int] = []
+    fin: FinishedEvent | None = None
+    try:
+        if item.error:
+            raise UserError(item.error)
+        prompt = role_prompt(engine, item, opts)
+        prompt_ids = prompt["chat"]
+        for ev in engine.generate(prompt, opts.config, rng_for(opts.seed, index)):
+            if isinstance(ev, FinishedEvent):
+                fin = ev
+    except UserError as e:
+        from .events import GenStats
+
+        fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
+    assert fin is not None
+    return _row(item, prompt_ids, fin, time.perf_counter() - t0), fin
+
+
+def _row(item: PromptItem, prompt_ids: list[int], fin: FinishedEvent, seconds: float) -> dict[str, Any]:
+    reason = fin.reason if fin.reason in ("stop", "length", "error") else "error"
+    row = {
+        "id": item.id,
+        "prompt": item.prompt,
+        "text": fin.text,
+        "token_ids": fin.token_ids,
+        "prompt_token_ids": prompt_ids,
+        "finish_reason": reason,
+        "n_tokens": fin.stats.n_tokens,
+        "seconds": round(seconds, 4),
+        "tokens_per_second": round(fin.stats.tokens_per_second, 2),
+        "drafted": fin.stats.drafted,
+        "accepted": fin.stats.accepted,
+    }
+    if reason == "error":
+        row["error"] = fin.error or "generation failed"
+    return row
+
+
+@contextmanager
+def open_output(out: str | Path | None) -> Iterator[IO[str]]:
+    """stdout, or OUT written as OUT.partial and renamed only when every row is in.
+
+    A failed run leaves any previous OUT untouched and the partial rows under a name
+    that says they are partial.
+    """
+    if out is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    final = Path(out)
+    if final.parent and not final.parent.exists():
+        raise UserError(f"output directory does not exist: {final.parent}")
+    partial = final.with_name(final.name + ".partial")
+    f = open(partial, "w", encoding="utf-8")
+    try:
+        yield f
+    except BaseException:
+        f.close()
+        if partial.stat().st_size == 0:
+            partial.unlink()
+        else:
+            print(f"eft-local: incomplete results kept in {partial}", file=sys.stderr)
+        raise
+    f.close()
+    os.replace(partial, final)
+
+
+def run_batch(
+    engine: EftEngine,
+    items: list[PromptItem],
+    opts: BatchOptions,
+    out: str | Path | None,
+    progress: Callable[[int, int, Summary], None] | None = None,
+) -> Summary:
+    summary = Summary()
+    with open_output(out) as f:
+        for i, item in enumerate(items):
+            row, fin = run_one(engine, item, i, opts)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            summary.add(fin)
+            if progress:
+                progress(i + 1, len(items), summary)
+    return summary

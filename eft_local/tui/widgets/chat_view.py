@@ -1,0 +1,144 @@
+"""The message list: user and assistant messages, streamed Markdown or delta colouring."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Label, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from .. import delta
+from ..conversation import Conversation, Turn
+from ..stream import GenerationFinished, TokensArrived
+
+
+class UserMessage(Vertical):
+    def __init__(self, turn: Turn) -> None:
+        super().__init__(classes="message user")
+        self.turn = turn
+
+    def compose(self) -> ComposeResult:
+        yield Label("you", classes="who")
+        yield Markdown(self.turn.content, classes="body")
+
+
+class AssistantMessage(Vertical):
+    """One answer. Receives TokensArrived/GenerationFinished straight from the worker."""
+
+    def __init__(self, turn: Turn, *, delta_view: bool = False, streaming: bool = False) -> None:
+        super().__init__(classes="message assistant")
+        self.turn = turn
+        self.delta_view = delta_view
+        self.streaming = streaming
+        self._stream: MarkdownStream | None = None
+        self._colored = Text()
+
+    def compose(self) -> ComposeResult:
+        yield Label(self._title(), classes="who")
+        yield Markdown(self.turn.content, classes="body")
+        yield Static(delta.render(self.turn.spans), classes="delta")
+        yield Label(self._footer(), classes="note")
+
+    def on_mount(self) -> None:
+        self._colored = delta.render(self.turn.spans)
+        self._show()
+        if self.streaming:
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
+
+    def _title(self) -> str:
+        return "assistant" + (f"  ·  {self.turn.info}" if self.turn.info else "")
+
+    def _footer(self) -> str:
+        if self.streaming:
+            return "▍ generating…  (Esc stops)"
+        note = "■ stopped — partial answer" if self.turn.stopped else ""
+        if self.delta_view and self.turn.spans:
+            note = "  ·  ".join(x for x in (note, delta.summary(self.turn.spans)) if x)
+        return note
+
+    def _show(self) -> None:
+        self.query_one(Markdown).display = not self.delta_view
+        self.query_one(".delta").display = self.delta_view
+        note = self._footer()
+        label = self.query_one(".note", Label)
+        label.update(note)
+        label.display = bool(note)
+        self.set_class(self.turn.stopped, "stopped")
+
+    async def on_tokens_arrived(self, message: TokensArrived) -> None:
+        message.stop()
+        self.turn.content += message.text
+        self.turn.spans.extend(message.spans)
+        delta.append_spans(self._colored, message.spans)
+        if self.delta_view:
+            self.query_one(".delta", Static).update(self._colored)
+        elif self._stream is not None:
+            await self._stream.write(message.text)
+
+    async def on_generation_finished(self, message: GenerationFinished) -> None:
+        """Finish with one full Markdown update (streamed code fences can render blank)."""
+        self.streaming = False
+        self.turn.stopped = message.result.reason == "cancelled"
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.query_one(".who", Label).update(self._title())
+        await self.query_one(Markdown).update(self.turn.content)
+        self._show()
+
+    async def set_delta_view(self, on: bool) -> None:
+        if on == self.delta_view:
+            return
+        self.delta_view = on
+        if on:
+            self.query_one(".delta", Static).update(self._colored)
+        else:
+            if self._stream is not None:
+                await self._stream.stop()
+            await self.query_one(Markdown).update(self.turn.content)
+            if self.streaming:
+                self._stream = Markdown.get_stream(self.query_one(Markdown))
+        self._show()
+
+
+class ChatView(VerticalScroll):
+    """Scrolls with new text (anchored) until the user scrolls up."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.delta_view = False
+
+    def on_mount(self) -> None:
+        self.anchor()
+
+    async def show(self, conv: Conversation) -> None:
+        await self.remove_children()
+        widgets = [self._widget(t) for t in conv.turns]
+        if widgets:
+            await self.mount_all(widgets)
+        self.anchor()
+
+    def _widget(self, turn: Turn) -> UserMessage | AssistantMessage:
+        if turn.role == "user":
+            return UserMessage(turn)
+        return AssistantMessage(turn, delta_view=self.delta_view)
+
+    async def add_user(self, turn: Turn) -> None:
+        await self.mount(UserMessage(turn))
+        self.anchor()
+
+    async def add_assistant(self, turn: Turn) -> AssistantMessage:
+        widget = AssistantMessage(turn, delta_view=self.delta_view, streaming=True)
+        await self.mount(widget)
+        self.anchor()
+        return widget
+
+    async def remove_last(self, n: int = 1) -> None:
+        for child in list(self.query_children(".message"))[-n:]:
+            await child.remove()
+
+    async def set_delta_view(self, on: bool) -> None:
+        self.delta_view = on
+        for widget in self.query(AssistantMessage):
+            await widget.set_delta_view(on)

@@ -1,0 +1,110 @@
+"""EFT controls: α, β, temperature, top-p, speculative decoding, presets — applied live."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Input, Label, Switch
+
+from ...errors import UserError
+from ..settings import PRESETS, ChatSettings
+
+FIELDS = (  # input id, label, hint
+    ("alpha", "α behaviour", "fine-tuning delta (chat − reference)"),
+    ("beta", "β scale", "pre-training delta (base − reference)"),
+    ("temperature", "temperature", "0 = greedy"),
+    ("top_p", "top-p", "1 = off"),
+)
+
+
+class SettingsPanel(VerticalScroll):
+    class Changed(Message):
+        def __init__(self, settings: ChatSettings) -> None:
+            super().__init__()
+            self.settings = settings
+
+    def __init__(self, settings: ChatSettings, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.border_title = "EFT controls"
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="presets"):
+            for name, (title, _, _) in PRESETS.items():
+                yield Button(title, id=f"preset-{name}", compact=True)
+        for key, label, hint in FIELDS:
+            yield Label(f"{label}  [dim]{hint}[/]")
+            yield Input(id=key, compact=True, select_on_focus=True)
+        with Horizontal(classes="switch-row"):
+            yield Label("speculative ")
+            yield Switch(id="speculative", compact=True)
+        yield Label("block size  [dim]blank = adaptive[/]")
+        yield Input(id="block", compact=True, select_on_focus=True)
+        yield Label("max tokens")
+        yield Input(id="max_tokens", compact=True, select_on_focus=True)
+        yield Label("", id="settings-error")
+
+    def on_mount(self) -> None:
+        self.show(self.settings)
+
+    def show(self, settings: ChatSettings) -> None:
+        """Put ``settings`` into the inputs (e.g. after a preset)."""
+        s = settings.sampling
+        for key, value in (("alpha", s.alpha), ("beta", s.beta), ("temperature", s.temperature), ("top_p", s.top_p)):
+            self.query_one(f"#{key}", Input).value = f"{value:g}"
+        self.query_one("#speculative", Switch).value = settings.speculative
+        self.query_one("#block", Input).value = str(settings.block_size or "")
+        self.query_one("#max_tokens", Input).value = str(settings.max_tokens)
+
+    def _read(self) -> ChatSettings:
+        def num(key: str) -> float:
+            text = self.query_one(f"#{key}", Input).value.strip()
+            try:
+                return float(text)
+            except ValueError:
+                raise UserError(f"{key}: not a number: {text!r}") from None
+
+        sampling = replace(self.settings.sampling, alpha=num("alpha"), beta=num("beta"),
+                           temperature=num("temperature"), top_p=num("top_p"))
+        sampling.validate()
+        block = self.query_one("#block", Input).value.strip()
+        max_tokens = self.query_one("#max_tokens", Input).value.strip()
+        if block and not (block.isdigit() and 1 <= int(block) <= 16):
+            raise UserError("block size must be 1..16 or blank (adaptive)")
+        if not (max_tokens.isdigit() and int(max_tokens) > 0):
+            raise UserError("max tokens must be a positive integer")
+        return replace(self.settings, sampling=sampling, speculative=self.query_one("#speculative", Switch).value,
+                       block_size=int(block) if block else None, max_tokens=int(max_tokens))
+
+    def _apply(self) -> None:
+        try:
+            new = self._read()
+        except UserError as e:
+            self.set_class(True, "-invalid")
+            self.query_one("#settings-error", Label).update(f"✗ {e}")
+            return
+        self.set_class(False, "-invalid")
+        self.query_one("#settings-error", Label).update("")
+        if new != self.settings:
+            self.settings.__dict__.update(new.__dict__)
+            self.post_message(self.Changed(self.settings))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self._apply()
+
+    def on_switch_changed(self, event: Switch.Changed) -> None:
+        event.stop()
+        self._apply()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.apply_preset((event.button.id or "").removeprefix("preset-"))
+
+    def apply_preset(self, name: str) -> None:
+        self.settings.preset(name)
+        self.show(self.settings)
+        self.post_message(self.Changed(self.settings))

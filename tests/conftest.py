@@ -1,0 +1,53 @@
+"""Shared fixtures: synthetic GGUF families built at test time (nothing committed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eft_local.synthetic import ModelSpec, write_family, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory):
+    """A tiny base/chat/reference triple whose three corners all differ."""
+    return write_family(tmp_path_factory.mktemp("family"), chat_shift=0.6, base_shift=0.6)
+
+
+@pytest.fixture(scope="session")
+def engine(family):
+    from eft_local.decoder import EftEngine
+
+    e = EftEngine.load(family.paths(), n_ctx=512)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="session")
+def padded_base(tmp_path_factory):
+    """The family's base with 64 padding rows (like Qwen2.5 7B's 152064 vs 151936)."""
+    d = tmp_path_factory.mktemp("padded")
+    spec = ModelSpec(name="base-padded", output_shift=0.6, shift_seed=22, extra_layers=2, pad_vocab_to=576)
+    return write_model(d / "base-padded.gguf", spec, seed=0)
+
+
+@pytest.fixture(scope="session")
+def foreign_model(tmp_path_factory):
+    """Same size and shape, different tokenizer (token texts permuted)."""
+    d = tmp_path_factory.mktemp("foreign")
+    return write_model(d / "foreign.gguf", ModelSpec(name="foreign", shuffle_vocab_seed=5), seed=0)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run `python -m eft_local ...` as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "eft_local", *args],
+        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,
+    )

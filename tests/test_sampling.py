@@ -1,0 +1,180 @@
+"""EFT math and samplers, checked against plain dense reference implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from eft_local.sampling import (
+    Dist,
+    SamplingParams,
+    accept,
+    base_nucleus,
+    combine,
+    distribution,
+    eft_distribution,
+    residual,
+    sample,
+    token_logprob,
+)
+from eft_local.errors import UserError
+
+
+def rows(n=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(n) * 3).astype(np.float32) for _ in range(3)]
+
+
+def dense_probs(z, T, top_k=0, top_p=1.0, min_p=0.0):
+    """Reference: full softmax then filters in the documented order (min-p, top-k, top-p)."""
+    z = z.astype(np.float64)
+    p = np.exp((z - z.max()) / T)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = p[order] >= min_p * p[order[0]]
+    if top_k:
+        keep[top_k:] = False
+    ps = np.where(keep, p[order], 0)
+    ps /= ps.sum()
+    if top_p < 1:
+        c = np.cumsum(ps)
+        cut = np.searchsorted(c, top_p * c[-1], side="left") + 1
+        ps[cut:] = 0
+        ps /= ps.sum()
+    out = np.zeros_like(p)
+    out[order] = ps
+    return out
+
+
+def as_dense(d: Dist, n):
+    out = np.zeros(n)
+    out[d.ids] = d.probs
+    return out
+
+
+@pytest.mark.parametrize("alpha,beta", [(1, 1), (0, 1), (1, 0), (0, 0), (0.5, 1.5), (2.0, -0.3)])
+def test_combine_matches_formula(alpha, beta):
+    b, c, r = rows()
+    z = combine(b, c, r, alpha, beta)
+    expect = r.astype(np.float64) + alpha * (c - r.astype(np.float64)) + beta * (b - r.astype(np.float64))
+    np.testing.assert_allclose(z, expect, rtol=1e-5, atol=1e-4)
+
+
+def test_combine_corners_are_exact():
+    b, c, r = rows()
+    np.testing.assert_array_equal(combine(b, c, r, 0, 1), b)
+    np.testing.assert_array_equal(combine(b, c, r, 1, 0), c)
+    np.testing.assert_array_equal(combine(b, c, r, 0, 0), r)
+
+
+def test_combine_uses_shared_prefix_of_padded_rows():
+    b, c, r = rows()
+    b_padded = np.concatenate([b, np.full(128, 100.0, np.float32)])
+    z = combine(b_padded, c, r, 1, 1)
+    assert len(z) == len(c)
+    np.testing.assert_allclose(z, c + b - r, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "T,top_k,top_p,min_p",
+    [(1.0, 0, 1.0, 0.0), (0.7, 0, 0.9, 0.0), (1.3, 20, 1.0, 0.0), (1.0, 0, 1.0, 0.05), (0.8, 50, 0.8, 0.01)],
+)
+def test_filtered_distribution_matches_dense(T, top_k, top_p, min_p):
+    z = rows(5000, seed=3)[0]
+    d = distribution(z, SamplingParams(temperature=T, top_k=top_k, top_p=top_p, min_p=min_p))
+    np.testing.assert_allclose(as_dense(d, len(z)), dense_probs(z, T, top_k, top_p, min_p), atol=1e-7)
+
+
+def test_greedy_is_argmax():
+    z = rows()[1]
+    d = distribution(z, SamplingParams(temperature=0))
+    assert d.ids.tolist() == [int(np.argmax(z))] and d.probs.tolist() == [1.0]
+
+
+def test_pruning_keeps_all_mass_that_float32_can_see():
+    """Candidates far below the max are dropped; the rest must carry ~all the dense mass."""
+    z = rows(152_064, seed=4)[0] * 4
+    d = distribution(z, SamplingParams(temperature=1.0))
+    dense = dense_probs(z, 1.0)
+    assert len(d.ids) < len(z)
+    assert dense[d.ids].sum() > 1 - 1e-7
+    np.testing.assert_allclose(d.probs, dense[d.ids] / dense[d.ids].sum(), rtol=1e-9)
+
+
+def test_mask_never_emitted():
+    b, c, r = rows(200)
+    top = int(np.argmax(c + b - r))
+    d = eft_distribution(b, c, r, SamplingParams(temperature=0), 200, mask=np.array([top]))
+    assert d.ids[0] != top
+    d = eft_distribution(b, c, r, SamplingParams(temperature=5.0), 200, mask=np.array([top]))
+    assert top not in d.ids.tolist()
+
+
+def test_base_nucleus_mode_restricts_support_to_base_top_p():
+    b, c, r = rows(300, seed=9)
+    params = SamplingParams(temperature=1.0, top_p=0.5, top_p_mode="base")
+    allowed = base_nucleus(b, 300, params)
+    base_p = dense_probs(b, 1.0, top_p=0.5)
+    assert sorted(allowed.tolist()) == sorted(np.flatnonzero(base_p).tolist())
+    d = eft_distribution(b, c, r, params, 300)
+    assert set(d.ids.tolist()) <= set(allowed.tolist())
+    z = (c + b - r).astype(np.float64)
+    sub = np.exp(z[allowed] - z[allowed].max())
+    np.testing.assert_allclose(as_dense(d, 300)[allowed], sub / sub.sum(), atol=1e-6)
+
+
+def test_sample_follows_distribution():
+    d = Dist(np.array([3, 7, 11]), np.array([0.2, 0.5, 0.3]))
+    rng = np.random.default_rng(0)
+    draws = [sample(d, rng) for _ in range(6000)]
+    counts = [draws.count(i) for i in (3, 7, 11)]
+    assert stats.chisquare(counts, np.array([0.2, 0.5, 0.3]) * 6000).pvalue > 1e-3
+
+
+def test_residual_is_normalized_positive_part():
+    p = Dist(np.array([1, 2, 3]), np.array([0.5, 0.3, 0.2]))
+    q = Dist(np.array([2, 3, 4]), np.array([0.6, 0.1, 0.3]))
+    r = residual(p, q)
+    dense = as_dense(r, 5)
+    np.testing.assert_allclose(dense, np.array([0, 0.5, 0, 0.1, 0]) / 0.6)
+
+
+def test_speculative_step_is_exactly_p():
+    """Drafting from q then accept/resample yields p: computed exactly, not sampled."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n = 8
+        p_dense = rng.dirichlet(np.ones(n) * 0.5)
+        q_dense = rng.dirichlet(np.ones(n) * 0.5)
+        p = Dist(np.arange(n), p_dense)
+        q = Dist(np.arange(n), q_dense)
+        accept_prob = np.minimum(1, p_dense / q_dense)
+        reject_mass = float((q_dense * (1 - accept_prob)).sum())
+        out = q_dense * accept_prob + reject_mass * as_dense(residual(p, q), n)
+        np.testing.assert_allclose(out, p_dense, atol=1e-12)
+
+
+def test_accept_rate_is_min_one_ratio():
+    p = Dist(np.array([0, 1]), np.array([0.2, 0.8]))
+    q = Dist(np.array([0, 1]), np.array([0.8, 0.2]))
+    rng = np.random.default_rng(2)
+    rate = np.mean([accept(p, q, 0, rng) for _ in range(4000)])
+    assert abs(rate - 0.25) < 0.03
+    assert all(accept(p, q, 1, rng) for _ in range(100))
+
+
+def test_token_logprob_matches_dense_log_softmax():
+    z = rows(50_000, seed=5)[2] * 2
+    dense = z.astype(np.float64) - z.max()
+    dense -= np.log(np.exp(dense).sum())
+    for t in (0, 17, int(np.argmax(z)), int(np.argmin(z))):
+        assert token_logprob(z, t, len(z)) == pytest.approx(dense[t], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(min_p=1), dict(top_k=-2), dict(top_p_mode="x")]
+)
+def test_invalid_params_are_user_errors(kwargs):
+    with pytest.raises(UserError):
+        SamplingParams(**kwargs).validate()
