@@ -21,7 +21,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "min_p": 0.0,
     "top_p_mode": "eft",
     "n_ctx": 4096,
-    "gpu_layers": 0,
+    "gpu_layers": None,  # None: all layers when llama.cpp has GPU offload, else 0
     "max_tokens": 256,
     "prompt_style": "template",
 }
@@ -136,6 +136,15 @@ def resolve_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str,
     return dict(resolved.paths), dict(resolved.defaults), resolved.name
 
 
+def gpu_layers(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
+    value = setting(args, defaults, "gpu_layers")
+    if value is None:
+        import llama_cpp
+
+        value = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return int(value)
+
+
 def setting(args: argparse.Namespace, defaults: dict[str, Any], name: str) -> Any:
     value = getattr(args, name, None)
     if value is None:
@@ -165,7 +174,7 @@ def load_engine(paths: dict[str, Path], args: argparse.Namespace, defaults: dict
     for role, path in paths.items():
         check_gguf(Path(path).expanduser())
     n_ctx = setting(args, defaults, "n_ctx")
-    gpu = setting(args, defaults, "gpu_layers")
+    gpu = gpu_layers(args, defaults)
     if n_ctx < 16:
         raise UserError(f"--n-ctx must be at least 16, got {n_ctx}")
     started: dict[str, float] = {}
@@ -231,7 +240,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         paths=paths,
         load_error=load_error,
         n_ctx=setting(args, defaults, "n_ctx"),
-        n_gpu_layers=setting(args, defaults, "gpu_layers"),
+        n_gpu_layers=gpu_layers(args, defaults),
         n_threads=args.threads,
         sampling=config.sampling,
         draft_tokens=args.draft_tokens,

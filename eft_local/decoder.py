@@ -3,7 +3,9 @@
 Invariant between rounds: every model's KV cache holds the accepted sequence except its
 last token, which is ``pending``. A round feeds ``pending`` (+ drafts) to each model, so
 the large base model runs exactly one batched decode per round — never an extra one to
-catch up after a rejection. With k = 0 drafts a round is one naive EFT step.
+catch up after a rejection. With k = 0 drafts a round is one naive EFT step. Right after
+the prompt nothing is pending: the prompt was evaluated whole (as plain llama.cpp does,
+so greedy corners reproduce it bit for bit) and its last logits row is ``held``.
 
 Round with k drafts (Leviathan/Chen speculative sampling, target = the EFT distribution):
 1. chat drafts x1..xk from its own filtered distribution q_i (kept);
@@ -59,7 +61,8 @@ class EftEngine:
         self.models = dict(models)
         self.vocab: SharedVocab = check_vocab(self.models)
         self.can_rollback = all(m.supports_rollback for m in self.models.values())
-        self.controller = DraftController(k_max=MAX_DRAFT)
+        sizes = {r: m.size_bytes for r, m in self.models.items()}
+        self.costs = (sizes["chat"], sizes["base"] + sizes["reference"])
         self._z = np.empty(self.vocab.n, np.float32)
 
     @classmethod
@@ -121,7 +124,9 @@ class _Run:
         self.cfg = config
         self.params = config.sampling
         self.draft_params = replace(config.sampling, alpha=1.0, beta=0.0, top_p_mode="eft")
-        self.rng = rng
+        # Three uniforms per output position: draft draw, acceptance test, resample draw.
+        self.u = rng.random((config.max_tokens + MAX_DRAFT + 2, 3))
+        self.controller = DraftController(draft_cost=engine.costs[0], verify_cost=engine.costs[1], k_max=MAX_DRAFT)
         self.cancel = cancel
         self.prompt = {r: list(prompt[r]) for r in ROLES}
         self.stats = GenStats(prompt_tokens={r: len(t) for r, t in self.prompt.items()})
@@ -165,19 +170,20 @@ class _Run:
                 raise UserError(f"prompt token id {bad[0]} is outside {role}'s vocabulary")
 
     def _prefill(self) -> None:
-        """Cache all but the last prompt token per role, reusing what each cache already holds."""
-        self.pending = {}
+        """Evaluate each role's prompt, reusing what its cache already holds; keep the last row."""
+        self.pending: dict[str, list[int]] = {}
+        self.held: dict[str, np.ndarray] = {}
         for role in ROLES:
-            toks = self.prompt[role]
-            self._sync(self.e.models[role], toks[:-1])
-            self.pending[role] = [toks[-1]]
+            self.held[role] = self._sync(self.e.models[role], self.prompt[role])
+            self.pending[role] = []
 
-    def _sync(self, model: LlamaModel, tokens: list[int]) -> None:
+    def _sync(self, model: LlamaModel, tokens: list[int]) -> np.ndarray:
         common = 0
         for a, b in zip(model.tokens, tokens):
             if a != b:
                 break
             common += 1
+        common = min(common, len(tokens) - 1)  # evaluate >= 1 token to get logits
         if common < model.n_past and not model.supports_rollback:
             common = 0
         model.rollback(common)
@@ -186,7 +192,18 @@ class _Run:
         for i in range(0, len(rest), step):
             if self.cancel():
                 raise Cancelled
-            model.eval(rest[i : i + step], 1)
+            row = model.eval(rest[i : i + step], 1)[0]
+        return row.copy()
+
+    def _rows(self, role: str, drafts: list[int]) -> list[np.ndarray]:
+        """Logit rows for positions 1..len(drafts)+1 of this round (views where possible)."""
+        model, pending = self.e.models[role], self.pending[role]
+        if pending:
+            return list(model.eval(pending + drafts, len(drafts) + 1))
+        rows = [self.held.pop(role)]
+        if drafts:
+            rows += list(model.eval(drafts, len(drafts)))
+        return rows
 
     def _loop(self) -> Iterator[Event]:
         fixed = self.cfg.draft_tokens
@@ -200,7 +217,7 @@ class _Run:
             room = min(m.n_ctx - m.n_past - len(self.pending[r]) for r, m in self.e.models.items())
             if left <= 0 or room < 0:
                 return "length"
-            k = (fixed if fixed is not None else self.e.controller.next_k()) if speculative else 0
+            k = (fixed if fixed is not None else self.controller.next_k()) if speculative else 0
             k = max(0, min(k, left - 1, room))
             finished = yield from self._round(k)
             if finished:
@@ -213,46 +230,55 @@ class _Run:
 
     # -- one round --------------------------------------------------------------------------
     def _round(self, k: int) -> Iterator[Event]:
-        chat, base, ref = (self.e.models[r] for r in ("chat", "base", "reference"))
+        chat = self.e.chat
         n0 = {r: m.n_past for r, m in self.e.models.items()}
-        t0 = time.perf_counter()
-        chat_rows, drafts, qs = self._draft(chat, k)
-        t1 = time.perf_counter()
-        base_rows = base.eval(self.pending["base"] + drafts, len(drafts) + 1)
-        ref_rows = ref.eval(self.pending["reference"] + drafts, len(drafts) + 1)
-        verify_seconds = time.perf_counter() - t1
+        pos = len(self.token_ids)  # index into the per-position uniforms
+        chat_rows, drafts, qs = self._draft(chat, k, pos)
+        base_rows = self._rows("base", drafts)
+        ref_rows = self._rows("reference", drafts)
         accepted: list[int] = []
         deltas: list[float | None] = []
-        n_acc = 0
         for i, x in enumerate(drafts):
-            p = self._target(base_rows[i], chat_rows[i], ref_rows[i])
-            ok = accept(p, qs[i], x, self.rng)
-            accepted.append(x if ok else sample(residual(p, qs[i]), self.rng))
-            deltas.append(self._delta(base_rows[i], accepted[-1]))
-            n_acc += ok
-            if not ok or chat.is_eog(x):
+            tok = self._verify(base_rows[i], chat_rows[i], ref_rows[i], qs[i], x, pos + i)
+            accepted.append(tok)
+            deltas.append(self._delta(base_rows[i], tok))
+            if tok != x or chat.is_eog(x):
                 break
-        else:
+        else:  # every draft passed: one more token from the chat row after the last draft
+            i = len(drafts)
             if drafts:
                 chat_rows.append(chat.eval([drafts[-1]], 1)[0].copy())
-            p = self._target(base_rows[len(drafts)], chat_rows[len(drafts)], ref_rows[len(drafts)])
-            accepted.append(sample(p, self.rng))
-            deltas.append(self._delta(base_rows[len(drafts)], accepted[-1]))
+            q = self._filtered(chat_rows[i], self.draft_params)
+            tok = self._verify(base_rows[i], chat_rows[i], ref_rows[i], q, sample(q, self.u[pos + i, 0]), pos + i)
+            accepted.append(tok)
+            deltas.append(self._delta(base_rows[i], tok))
         if k:
-            self._account(k, len(drafts), n_acc, t1 - t0, verify_seconds)
+            self._account(k, len(drafts), sum(a == d for a, d in zip(accepted, drafts)))
         for r, m in self.e.models.items():
             m.rollback(n0[r] + len(self.pending[r]) + len(accepted) - 1)
             self.pending[r] = [accepted[-1]]
         return (yield from self._emit(accepted, deltas))
 
-    def _draft(self, chat: LlamaModel, k: int) -> tuple[list[np.ndarray], list[int], list[Dist]]:
-        """Chat model drafts up to k tokens; returns its logit rows (k or 1), drafts, q_i."""
-        rows = [chat.eval(self.pending["chat"], 1)[0].copy()]
+    def _verify(self, base_row, chat_row, ref_row, q: Dist, x: int, pos: int) -> int:
+        """Keep x (drawn from q) with prob min(1, p/q), else resample from norm(max(0, p − q)).
+
+        Every position — drafted or not, naive or speculative — is drawn this way from its
+        own three uniforms, so a seeded run emits the same tokens whatever the block length.
+        """
+        p = self._target(base_row, chat_row, ref_row)
+        if accept(p, q, x, self.u[pos, 1]):
+            return x
+        return sample(residual(p, q), self.u[pos, 2])
+
+    def _draft(self, chat: LlamaModel, k: int, pos: int) -> tuple[list[np.ndarray], list[int], list[Dist]]:
+        """Chat model drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
+        pending = self.pending["chat"]
+        rows = [chat.eval(pending, 1)[0].copy() if pending else self.held.pop("chat")]
         drafts: list[int] = []
         qs: list[Dist] = []
         for i in range(k):
             q = self._filtered(rows[i], self.draft_params)
-            x = sample(q, self.rng)
+            x = sample(q, self.u[pos + i, 0])
             drafts.append(x)
             qs.append(q)
             if i == k - 1 or chat.is_eog(x):
@@ -276,12 +302,12 @@ class _Run:
             return None
         return token_logprob(self._z, token, self.n) - token_logprob(base_row, token, self.n)
 
-    def _account(self, k: int, drafted: int, n_acc: int, draft_s: float, verify_s: float) -> None:
+    def _account(self, k: int, drafted: int, n_acc: int) -> None:
         self.stats.drafted += drafted
         self.stats.accepted += n_acc
         self.stats.rounds += 1
         self.stats.draft_tokens = k
-        self.e.controller.update(drafted, n_acc, draft_s, verify_s)
+        self.controller.update(drafted, n_acc)
 
     def _emit(self, tokens: list[int], deltas: list[float | None]) -> Iterator[Event]:
         chat = self.e.chat

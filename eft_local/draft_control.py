@@ -1,4 +1,4 @@
-"""Adaptive speculative block length from measured acceptance and measured costs."""
+"""Adaptive speculative block length from observed acceptance and the models' costs."""
 
 from __future__ import annotations
 
@@ -7,35 +7,38 @@ from dataclasses import dataclass
 
 @dataclass
 class DraftController:
-    """Chooses k (tokens the chat model drafts per round) to maximize tokens per second.
+    """Chooses k (tokens the chat model drafts per round) to maximize tokens per unit cost.
 
     With per-token acceptance rate a, a round of k drafts yields (1 − a^(k+1)) / (1 − a)
-    tokens on average and costs k·c (drafting) + v (verification by base and reference),
-    both measured as exponential moving averages. Full acceptance pushes a toward 1 and
-    k up; early rejections pull k down.
+    tokens on average and costs k·c (drafting) + v·(1 + g·k) (one batched verification by
+    base and reference, a little dearer per extra token). Costs are *relative* — decoding
+    is memory-bound, so model size in bytes stands in for time — which keeps the choice of
+    k, and so a seeded run, deterministic (wall-clock timings would make reruns differ).
+    Acceptance is an exponentially weighted count, so k follows the text: full acceptance
+    pushes it up, early rejections pull it down.
     """
 
+    draft_cost: float = 1.0
+    verify_cost: float = 10.0
+    verify_growth: float = 0.05
     k_max: int = 16
-    k_init: int = 4
     decay: float = 0.8
-    accepted: float = 3.0  # EMA-weighted counts: prior of acceptance 0.75
+    accepted: float = 3.0  # prior: acceptance 0.75
     rejected: float = 1.0
-    draft_cost: float | None = None  # seconds per drafted token
-    verify_cost: float | None = None  # seconds per verification round
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / max(self.accepted + self.rejected, 1e-9)
 
     def next_k(self) -> int:
-        if self.draft_cost is None or self.verify_cost is None:
-            return self.k_init
-        a = min(self.accepted / max(self.accepted + self.rejected, 1e-9), 0.999)
-        c, v = self.draft_cost, self.verify_cost
-        return max(range(1, self.k_max + 1), key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (k * c + v))
+        a = min(self.acceptance, 0.995)
+        c, v, g = self.draft_cost, self.verify_cost, self.verify_growth
+        return max(range(1, self.k_max + 1), key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (k * c + v * (1 + g * k)))
 
-    def update(self, drafted: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
+    def update(self, drafted: int, accepted: int) -> None:
+        """A round drafted ``drafted`` tokens and the first ``accepted`` of them were kept."""
         if drafted <= 0:
             return
         d = self.decay
         self.accepted = d * self.accepted + accepted
         self.rejected = d * self.rejected + (1 if accepted < drafted else 0)
-        per_draft = draft_seconds / drafted
-        self.draft_cost = per_draft if self.draft_cost is None else d * self.draft_cost + (1 - d) * per_draft
-        self.verify_cost = verify_seconds if self.verify_cost is None else d * self.verify_cost + (1 - d) * verify_seconds

@@ -156,6 +156,11 @@ class LlamaModel:
         return f"{self.meta('tokenizer.ggml.model')}/{self.meta('tokenizer.ggml.pre') or 'default'}"
 
     @property
+    def size_bytes(self) -> int:
+        """Weight bytes: what one decode step streams through memory (our cost proxy)."""
+        return int(ll.llama_model_size(self._model))
+
+    @property
     def supports_rollback(self) -> bool:
         """Recurrent and hybrid models can't drop a suffix of their cache."""
         return not (ll.llama_model_is_recurrent(self._model) or ll.llama_model_is_hybrid(self._model))

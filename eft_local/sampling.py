@@ -187,12 +187,12 @@ def eft_distribution(
     return distribution(z, params, base_nucleus(base, n, params))
 
 
-def sample(dist: Dist, rng: np.random.Generator) -> int:
-    """Draw one id from ``dist`` (a single uniform draw; point masses draw nothing)."""
+def sample(dist: Dist, u: float) -> int:
+    """The id at uniform ``u`` ∈ [0, 1) of ``dist``'s CDF (inverse-CDF sampling)."""
     if len(dist.ids) == 1:
         return int(dist.ids[0])
     c = np.cumsum(dist.probs)
-    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    i = int(np.searchsorted(c, u * c[-1], side="right"))
     return int(dist.ids[min(i, len(c) - 1)])
 
 
@@ -211,12 +211,10 @@ def residual(p: Dist, q: Dist) -> Dist:
     return Dist(ids[keep], r[keep] / total)
 
 
-def accept(p: Dist, q: Dist, token: int, rng: np.random.Generator) -> bool:
-    """Speculative acceptance test: accept ``token`` (drawn from q) with prob min(1, p/q)."""
+def accept(p: Dist, q: Dist, token: int, u: float) -> bool:
+    """Speculative acceptance test with uniform ``u``: keep ``token`` (drawn from q) w.p. min(1, p/q)."""
     pt, qt = p.prob(token), q.prob(token)
-    if pt >= qt:
-        return True
-    return rng.random() * qt < pt
+    return pt >= qt or u * qt < pt
 
 
 def token_logprob(logits: np.ndarray, token: int, n: int) -> float:

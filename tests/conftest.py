@@ -24,7 +24,7 @@ def family(tmp_path_factory):
 def engine(family):
     from eft_local.decoder import EftEngine
 
-    e = EftEngine.load(family.paths(), n_ctx=512)
+    e = EftEngine.load(family.paths(), n_ctx=512, n_threads=1)
     yield e
     e.close()
 

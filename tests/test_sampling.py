@@ -127,7 +127,7 @@ def test_base_nucleus_mode_restricts_support_to_base_top_p():
 def test_sample_follows_distribution():
     d = Dist(np.array([3, 7, 11]), np.array([0.2, 0.5, 0.3]))
     rng = np.random.default_rng(0)
-    draws = [sample(d, rng) for _ in range(6000)]
+    draws = [sample(d, rng.random()) for _ in range(6000)]
     counts = [draws.count(i) for i in (3, 7, 11)]
     assert stats.chisquare(counts, np.array([0.2, 0.5, 0.3]) * 6000).pvalue > 1e-3
 
@@ -159,9 +159,9 @@ def test_accept_rate_is_min_one_ratio():
     p = Dist(np.array([0, 1]), np.array([0.2, 0.8]))
     q = Dist(np.array([0, 1]), np.array([0.8, 0.2]))
     rng = np.random.default_rng(2)
-    rate = np.mean([accept(p, q, 0, rng) for _ in range(4000)])
+    rate = np.mean([accept(p, q, 0, rng.random()) for _ in range(4000)])
     assert abs(rate - 0.25) < 0.03
-    assert all(accept(p, q, 1, rng) for _ in range(100))
+    assert all(accept(p, q, 1, rng.random()) for _ in range(100))
 
 
 def test_token_logprob_matches_dense_log_softmax():

@@ -1,0 +1,196 @@
+"""models.toml loading, user overrides, and resolving a profile to local paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eft_local.errors import UserError
+from eft_local.profiles import (ROLES, default_models_dir, default_profile_name, load_profiles,
+                                parse_models_file, resolve_profile)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+default = "tiny"
+[profiles.tiny]
+description = "test"
+base = { repo_id = "org/Big-GGUF", filename = "big.gguf" }
+chat = { repo_id = "org/Chat-GGUF", filename = "chat.gguf" }
+reference = { repo_id = "org/Ref-GGUF", filename = "ref.gguf" }
+[profiles.tiny.defaults]
+n_ctx = 512
+alpha = 0.5
+prompt_style = "transcript"
+"""
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("EFT_LOCAL_MODELS_DIR", str(tmp_path / "models"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def place(models: Path, repo: str, fname: str) -> Path:
+    return write(models / repo / fname, "GGUF")
+
+
+def user_file(tmp_path: Path) -> Path:
+    return tmp_path / "config" / "eft-local" / "models.toml"
+
+
+# ---------------------------------------------------------------- the shipped models.toml
+
+def test_repo_models_toml_has_the_promised_profiles():
+    profiles, default = parse_models_file(REPO_ROOT / "models.toml")
+    assert default == "qwen2.5-7b"
+    assert {"qwen2.5-7b", "llama3-8b", "qwen3-8b", "smollm2-1.7b", "smollm2-downscale"} <= set(profiles)
+    default_files = profiles["qwen2.5-7b"].files
+    assert "Qwen2.5-7B" in default_files["base"].filename and "Q4_K_M" in default_files["base"].filename
+    assert "0.5B-Instruct" in default_files["chat"].filename
+    assert "0.5B" in default_files["reference"].filename and "Instruct" not in default_files["reference"].filename
+    for p in profiles.values():
+        assert set(p.files) == set(ROLES) and p.description
+        assert p.defaults["prompt_style"] in ("template", "transcript")
+        assert {"n_ctx", "temperature", "alpha", "beta"} <= set(p.defaults)
+
+
+def test_builtin_profiles_load_and_default_is_qwen():
+    profiles = load_profiles()
+    assert default_profile_name(profiles) == "qwen2.5-7b"
+
+
+# ---------------------------------------------------------------- sources and overrides
+
+def test_user_file_overrides_by_name_and_adds_profiles(tmp_path):
+    write(user_file(tmp_path), TINY + """
+[profiles."qwen2.5-7b"]
+base = { repo_id = "me/Other-GGUF", filename = "other.gguf" }
+chat = { repo_id = "me/Other-GGUF", filename = "other.gguf" }
+reference = { repo_id = "me/Other-GGUF", filename = "other.gguf" }
+""")
+    profiles = load_profiles()
+    assert "smollm2-1.7b" in profiles and "tiny" in profiles
+    assert profiles["qwen2.5-7b"].files["base"].repo_id == "me/Other-GGUF"
+    assert default_profile_name(profiles) == "tiny"
+
+
+def test_models_file_is_the_only_source(tmp_path):
+    write(user_file(tmp_path), TINY.replace("tiny", "from-user"))
+    profiles = load_profiles(write(tmp_path / "only.toml", TINY))
+    assert list(profiles) == ["tiny"]
+
+
+# ---------------------------------------------------------------- user mistakes: one clear line
+
+def test_malformed_toml_names_file_and_line(tmp_path):
+    bad = write(tmp_path / "bad.toml", '[profiles.tiny]\nbase = { repo_id = "a/b" \n')
+    with pytest.raises(UserError) as exc:
+        load_profiles(bad)
+    msg = str(exc.value)
+    assert str(bad) in msg and "line 2" in msg and "\n" not in msg
+
+
+def test_unknown_profile_lists_known_names(tmp_path):
+    with pytest.raises(UserError, match=r"unknown profile 'nope'; known profiles: tiny"):
+        resolve_profile("nope", models_file=write(tmp_path / "m.toml", TINY))
+
+
+def test_profile_missing_a_role_says_which(tmp_path):
+    text = TINY.replace('reference = { repo_id = "org/Ref-GGUF", filename = "ref.gguf" }\n', "")
+    with pytest.raises(UserError, match=r"profile 'tiny' is missing role\(s\) reference"):
+        load_profiles(write(tmp_path / "m.toml", text))
+
+
+def test_unquoted_dotted_name_gets_a_hint(tmp_path):
+    text = TINY.replace("profiles.tiny", "profiles.tiny.v2")
+    with pytest.raises(UserError, match="must be quoted"):
+        load_profiles(write(tmp_path / "m.toml", text))
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (('"org/Big-GGUF"', '"not a repo"'), "repo_id"),
+    (('filename = "big.gguf"', 'filename = "../../etc/passwd"'), "filename"),
+    (('filename = "big.gguf"', 'filename = "big.gguf", sha256 = "abc"'), "64 hex"),
+    (('prompt_style = "transcript"', 'prompt_style = "chatty"'), "prompt_style"),
+    (("n_ctx = 512", 'n_ctx = "big"'), "n_ctx"),
+    (('default = "tiny"', 'default = "ghost"'), "default profile 'ghost'"),
+])
+def test_invalid_fields_are_rejected(tmp_path, edit, expected):
+    with pytest.raises(UserError, match=expected):
+        load_profiles(write(tmp_path / "m.toml", TINY.replace(*edit)))
+
+
+def test_missing_models_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="models file not found"):
+        load_profiles(tmp_path / "absent.toml")
+
+
+# ---------------------------------------------------------------- resolving to paths
+
+def test_resolve_returns_paths_in_models_dir_layout(tmp_path):
+    models = tmp_path / "models"
+    for repo, fname in (("org/Big-GGUF", "big.gguf"), ("org/Chat-GGUF", "chat.gguf"),
+                        ("org/Ref-GGUF", "ref.gguf")):
+        place(models, repo, fname)
+    resolved = resolve_profile(None, models_file=write(tmp_path / "m.toml", TINY))
+    assert resolved.name == "tiny"
+    assert resolved.paths["chat"] == models / "org/Chat-GGUF/chat.gguf"
+    assert resolved.defaults == {"n_ctx": 512, "alpha": 0.5, "prompt_style": "transcript"}
+
+
+def test_missing_local_file_names_the_download_command(tmp_path):
+    models_file = write(tmp_path / "m.toml", TINY)
+    place(tmp_path / "elsewhere", "org/Big-GGUF", "big.gguf")
+    with pytest.raises(UserError) as exc:
+        resolve_profile("tiny", models_file=models_file, models_dir=tmp_path / "elsewhere")
+    msg = str(exc.value)
+    assert "chat (org/Chat-GGUF/chat.gguf)" in msg and "reference (org/Ref-GGUF/ref.gguf)" in msg
+    assert "base (" not in msg
+    assert (f"`eft-local download tiny --models-file {models_file} "
+            f"--models-dir {tmp_path / 'elsewhere'}`") in msg
+
+
+def test_overrides_take_precedence_and_need_no_profile_file(tmp_path):
+    models = tmp_path / "models"
+    place(models, "org/Big-GGUF", "big.gguf")
+    place(models, "org/Ref-GGUF", "ref.gguf")
+    mine = write(tmp_path / "my-chat.gguf", "GGUF")
+    base = write(tmp_path / "my-base.gguf", "GGUF")
+    resolved = resolve_profile("tiny", models_file=write(tmp_path / "m.toml", TINY),
+                               overrides={"chat": str(mine), "base": str(base), "reference": None})
+    assert resolved.paths == {"base": base, "chat": mine, "reference": models / "org/Ref-GGUF/ref.gguf"}
+
+
+def test_override_to_missing_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"--chat .*no such file"):
+        resolve_profile("tiny", models_file=write(tmp_path / "m.toml", TINY),
+                        overrides={"chat": str(tmp_path / "ghost.gguf")})
+
+
+def test_models_dir_defaults_follow_env(tmp_path, monkeypatch):
+    assert default_models_dir() == tmp_path / "models"
+    monkeypatch.delenv("EFT_LOCAL_MODELS_DIR")
+    assert default_models_dir() == tmp_path / "data" / "eft-local" / "models"
+
+
+def test_script_reports_bad_toml_in_one_line_without_traceback(tmp_path):
+    bad = write(tmp_path / "bad.toml", "default = \n")
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "download_models.py"),
+                           "--models-file", str(bad)],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("download_models.py: error: ") and "line 1" in lines[0]
