@@ -179,3 +179,35 @@ def test_multi_turn_reuses_kv_prefix(engine):
                 break
             common += 1
         assert common >= len(p1[role]) - 1  # the whole first prompt stayed cached
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_p=0.9, alpha=1.5, beta=0.8)])
+def test_seeded_sampling_is_identical_for_any_block_length(engine, params):
+    """Each position draws from its own uniforms, so naive and speculative emit the same tokens."""
+    prompt = engine.prompt(messages=[{"role": "user", "content": "hello world"}])
+    outs = [finished(engine, prompt, params, draft=k, max_tokens=40, seed=11).token_ids for k in (0, 1, 3, 8, None)]
+    assert all(o == outs[0] for o in outs)
+    other_seed = finished(engine, prompt, params, draft=0, max_tokens=40, seed=12).token_ids
+    assert other_seed != outs[0]
+
+
+def test_transcript_style_gives_base_models_plain_text(engine):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
+    prompt = engine.prompt(messages=messages, style="transcript")
+    chat_text = b"".join(engine.chat.piece(t, special=True) for t in prompt["chat"]).decode()
+    base_text = b"".join(engine.models["base"].piece(t, special=True) for t in prompt["base"]).decode()
+    assert "<|im_start|>" in chat_text and "hello world<|im_end|>" in chat_text
+    assert "<|im_start|>" not in base_text and "User: hello world" in base_text
+    assert base_text.rstrip().endswith("Assistant:")
+    assert prompt["base"] == prompt["reference"]
+    fin = finished(engine, prompt, greedy(), max_tokens=6)
+    assert len(fin.token_ids) == 6
+
+
+def test_speculation_refused_when_a_cache_cannot_roll_back(engine, monkeypatch):
+    monkeypatch.setattr(engine, "can_rollback", False)
+    prompt = engine.prompt(raw="hello")
+    fin = finished(engine, prompt, greedy(), draft=4)
+    assert fin.reason == "error" and "--draft-tokens 0" in fin.error
+    fin = finished(engine, prompt, greedy(), draft=None, max_tokens=10)  # adaptive falls back to naive
+    assert fin.reason == "length" and fin.stats.drafted == 0
