@@ -41,7 +41,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{role}", metavar="GGUF", help=f"{what} (overrides the profile)")
     g.add_argument("--n-ctx", type=int, help="context length per model (default 4096)")
     g.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU per model (-1 = all)")
-    g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    g.add_argument("--threads", type=int, help="CPU threads per model (default: half the logical CPUs)")
     g.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     try:
         from .cli_models import add_profile_args
@@ -200,7 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = generation_config(args, defaults)
     style = setting(args, defaults, "prompt_style")
     engine = load_engine(paths, args, defaults)
-    opts = BatchOptions(config=config, seed=args.seed, raw=args.raw, prompt_style=style, system=args.system)
+    system = args.system if args.system is not None else defaults.get("system_prompt")
+    opts = BatchOptions(config=config, seed=args.seed, raw=args.raw, prompt_style=style, system=system)
     try:
         summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(len(items)))
     finally:
@@ -247,6 +248,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
         max_tokens=config.max_tokens if args.max_tokens is not None else defaults.get("max_tokens", 512),
         prompt_style=setting(args, defaults, "prompt_style"),
         seed=args.seed,
-        system_prompt=args.system,
+        system_prompt=args.system if args.system is not None else defaults.get("system_prompt"),
         profile_name=profile_name,
     )

@@ -60,6 +60,15 @@ def check_gguf(path: Path) -> None:
 ProgressFn = Callable[[float], None]
 
 
+def default_threads() -> int:
+    """Half the logical CPUs (≈ physical cores), as llama-cpp-python does.
+
+    llama.cpp's worker threads spin while they wait; one per hyper-thread, or any more
+    threads than the machine has free, makes decoding many times slower, not faster.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class LlamaModel:
     """One model and its context. Tracks the token ids held in its KV cache."""
 
@@ -110,7 +119,7 @@ class LlamaModel:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = 1
-        threads = n_threads or max(1, os.cpu_count() or 1)
+        threads = n_threads or default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True

@@ -9,9 +9,9 @@ from ..sampling import SamplingParams
 
 # name -> (alpha, beta); "eft" uses the user's own α/β (see ChatSettings.preset).
 PRESETS = {
-    "chat": ("small chat alone", 1.0, 0.0),
-    "base": ("base alone", 0.0, 1.0),
     "eft": ("EFT", None, None),
+    "chat": ("chat alone", 1.0, 0.0),
+    "base": ("base alone", 0.0, 1.0),
 }
 
 
@@ -67,4 +67,5 @@ class ChatSettings:
         s = self.sampling
         spec = "off" if not self.speculative else f"k={self.block_size}" if self.block_size else "adaptive"
         temp = "greedy" if s.temperature == 0 else f"T={s.temperature:g}"
-        return f"{PRESETS[self.mode][0]} α={s.alpha:g} β={s.beta:g} {temp} top-p={s.top_p:g} spec {spec}"
+        top_p = f" top-p={s.top_p:g}" if s.top_p < 1 else ""
+        return f"{PRESETS[self.mode][0]} α={s.alpha:g} β={s.beta:g} {temp}{top_p} spec {spec}"

@@ -32,7 +32,8 @@ class AssistantMessage(Vertical):
         self.delta_view = delta_view
         self.streaming = streaming
         self._stream: MarkdownStream | None = None
-        self._colored = Text()
+        self.colored = Text()
+        self.error: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Label(self._title(), classes="who")
@@ -41,7 +42,7 @@ class AssistantMessage(Vertical):
         yield Label(self._footer(), classes="note")
 
     def on_mount(self) -> None:
-        self._colored = delta.render(self.turn.spans)
+        self.colored = delta.render(self.turn.spans)
         self._show()
         if self.streaming:
             self._stream = Markdown.get_stream(self.query_one(Markdown))
@@ -53,6 +54,8 @@ class AssistantMessage(Vertical):
         if self.streaming:
             return "▍ generating…  (Esc stops)"
         note = "■ stopped — partial answer" if self.turn.stopped else ""
+        if self.error:
+            note = f"✗ {self.error}"
         if self.delta_view and self.turn.spans:
             note = "  ·  ".join(x for x in (note, delta.summary(self.turn.spans)) if x)
         return note
@@ -70,16 +73,21 @@ class AssistantMessage(Vertical):
         message.stop()
         self.turn.content += message.text
         self.turn.spans.extend(message.spans)
-        delta.append_spans(self._colored, message.spans)
+        delta.append_spans(self.colored, message.spans)
         if self.delta_view:
-            self.query_one(".delta", Static).update(self._colored)
+            self.query_one(".delta", Static).update(self.colored)
         elif self._stream is not None:
             await self._stream.write(message.text)
 
     async def on_generation_finished(self, message: GenerationFinished) -> None:
         """Finish with one full Markdown update (streamed code fences can render blank)."""
         self.streaming = False
-        self.turn.stopped = message.result.reason == "cancelled"
+        result = message.result
+        self.turn.stopped = result.reason == "cancelled"
+        if result.reason != "error":
+            self.turn.info += f" · {result.stats.n_tokens} tok · {result.stats.tokens_per_second:,.1f} tok/s"
+        else:
+            self.error = result.error or "generation failed"
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
@@ -92,7 +100,7 @@ class AssistantMessage(Vertical):
             return
         self.delta_view = on
         if on:
-            self.query_one(".delta", Static).update(self._colored)
+            self.query_one(".delta", Static).update(self.colored)
         else:
             if self._stream is not None:
                 await self._stream.stop()
@@ -102,6 +110,12 @@ class AssistantMessage(Vertical):
         self._show()
 
 
+WELCOME = """\
+[b]Emulated fine-tuning chat.[/]  The large [b]base[/] model brings the knowledge, the small [b]chat[/] model the behaviour.
+Type a message and press [b]Enter[/]. Change α/β/temperature in the EFT controls (Ctrl+G, or F5/F6/F7 presets) — the next answer uses them.
+[b]Ctrl+T[/] colours tokens by how much fine-tuning changed them · [b]Ctrl+B[/] compares base / chat / EFT side by side · [b]F1[/] all keys."""
+
+
 class ChatView(VerticalScroll):
     """Scrolls with new text (anchored) until the user scrolls up."""
 
@@ -109,14 +123,16 @@ class ChatView(VerticalScroll):
         super().__init__(**kwargs)
         self.delta_view = False
 
+    def compose(self) -> ComposeResult:
+        yield Static(WELCOME, id="welcome")
+
     def on_mount(self) -> None:
         self.anchor()
 
     async def show(self, conv: Conversation) -> None:
         await self.remove_children()
-        widgets = [self._widget(t) for t in conv.turns]
-        if widgets:
-            await self.mount_all(widgets)
+        widgets = [self._widget(t) for t in conv.turns] or [Static(WELCOME, id="welcome")]
+        await self.mount_all(widgets)
         self.anchor()
 
     def _widget(self, turn: Turn) -> UserMessage | AssistantMessage:
@@ -125,6 +141,7 @@ class ChatView(VerticalScroll):
         return AssistantMessage(turn, delta_view=self.delta_view)
 
     async def add_user(self, turn: Turn) -> None:
+        await self.query("#welcome").remove()
         await self.mount(UserMessage(turn))
         self.anchor()
 

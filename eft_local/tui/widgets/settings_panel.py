@@ -13,8 +13,8 @@ from ...errors import UserError
 from ..settings import PRESETS, ChatSettings
 
 FIELDS = (  # input id, label, hint
-    ("alpha", "α behaviour", "fine-tuning delta (chat − reference)"),
-    ("beta", "β scale", "pre-training delta (base − reference)"),
+    ("alpha", "α behaviour", "chat − reference"),
+    ("beta", "β scale", "base − reference"),
     ("temperature", "temperature", "0 = greedy"),
     ("top_p", "top-p", "1 = off"),
 )
@@ -34,13 +34,13 @@ class SettingsPanel(VerticalScroll):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="presets"):
             for name, (title, _, _) in PRESETS.items():
-                yield Button(title, id=f"preset-{name}", compact=True)
+                yield Button(title.replace(" alone", ""), id=f"preset-{name}", compact=True, tooltip=title)
         for key, label, hint in FIELDS:
             yield Label(f"{label}  [dim]{hint}[/]")
             yield Input(id=key, compact=True, select_on_focus=True)
         with Horizontal(classes="switch-row"):
             yield Label("speculative ")
-            yield Switch(id="speculative", compact=True)
+            yield Switch(id="speculative")
         yield Label("block size  [dim]blank = adaptive[/]")
         yield Input(id="block", compact=True, select_on_focus=True)
         yield Label("max tokens")

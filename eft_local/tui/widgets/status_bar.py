@@ -28,9 +28,9 @@ class StatusBar(Static):
             self.stats = stats
         if context is not None:
             self.context = context
-        self.update(self.render_line())
+        self.update(self.status_text())
 
-    def render_line(self) -> Text:
+    def status_text(self) -> Text:
         t = Text()
         t.append(f" {self.state} ", "bold reverse")
         t.append(f"  {self.settings}")
@@ -41,6 +41,13 @@ class StatusBar(Static):
             t.append(f" │ accept {acc:.0%}" if acc is not None else " │ accept –")
             t.append(f" │ {s.n_tokens} tok")
         if self.context:
-            used = " ".join(f"{SHORT.get(r, r)} {n}/{c}" for r, (n, c) in self.context.items())
-            t.append(f" │ ctx {used}", "dim")
+            t.append(f" │ ctx {context_text(self.context)}", "dim")
         return t
+
+
+def context_text(context: dict[str, tuple[int, int]]) -> str:
+    """``base 144 chat 140 ref 140 /4096`` (one n_ctx when all roles share it)."""
+    sizes = {c for _, c in context.values()}
+    if len(sizes) == 1:
+        return " ".join(f"{SHORT.get(r, r)} {n}" for r, (n, _) in context.items()) + f" /{sizes.pop()}"
+    return " ".join(f"{SHORT.get(r, r)} {n}/{c}" for r, (n, c) in context.items())
