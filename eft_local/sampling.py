@@ -10,7 +10,8 @@ keeps a 152k-vocabulary step well under a millisecond.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,20 +50,45 @@ class SamplingParams:
             raise UserError(f"--top-p-mode must be one of {', '.join(TOP_P_MODES)}, got {self.top_p_mode!r}")
 
 
-@dataclass
 class Dist:
-    """A sparse probability distribution over token ids (probs sum to 1, float64)."""
+    """A probability distribution over token ids, kept as unnormalized weights.
 
-    ids: np.ndarray
-    probs: np.ndarray
+    Sparse (``ids`` given: weights for those ids, usually by descending probability) when a
+    filter cut the support down, dense (``ids is None``: ``w[i]`` is token i's weight) when
+    every token keeps some mass — building a sparse list of 152k ids would cost more than
+    the whole step.
+    """
+
+    __slots__ = ("ids", "w", "total")
+
+    def __init__(self, ids: np.ndarray | None, w: np.ndarray, total: float | None = None) -> None:
+        self.ids = ids
+        self.w = w
+        self.total = float(w.sum()) if total is None else float(total)
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.w / self.total
 
     def prob(self, token: int) -> float:
+        if self.ids is None:
+            return float(self.w[token]) / self.total if 0 <= token < len(self.w) else 0.0
         hit = np.flatnonzero(self.ids == token)
-        return float(self.probs[hit[0]]) if hit.size else 0.0
+        return float(self.w[hit[0]]) / self.total if hit.size else 0.0
 
     @property
     def argmax(self) -> int:
-        return int(self.ids[int(np.argmax(self.probs))])
+        i = int(np.argmax(self.w))
+        return i if self.ids is None else int(self.ids[i])
+
+    def dense(self, n: int) -> np.ndarray:
+        """Probabilities as a float64 array over ids 0..n-1."""
+        out = np.zeros(n)
+        if self.ids is None:
+            out[: len(self.w)] = self.w / self.total
+        else:
+            out[self.ids] = self.w / self.total
+        return out
 
 
 def combine(
@@ -98,74 +124,105 @@ def combine(
     return out
 
 
-def _gap(n_vocab: int, temperature: float) -> float:
-    """Logit distance below the max beyond which tokens can't matter in float32 (see module doc)."""
-    return temperature * (math.log(max(n_vocab, 2)) + 20.0)
+# Descending weight thresholds tried when looking for a small set that holds the nucleus.
+_THRESHOLDS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-13, 1e-20)
+_BLOCK = 1024  # dense sampling: cumsum over block sums, then inside one block
+_SORT_LIMIT = 4096  # above this many top-p candidates, find the nucleus by histogram
 
 
-def _candidates(z: np.ndarray, temperature: float, min_p: float) -> np.ndarray:
-    zmax = float(z.max())
-    gap = _gap(len(z), temperature)
-    if min_p > 0:
-        gap = min(gap, -temperature * math.log(min_p))
-    return np.flatnonzero(z >= zmax - gap)
+def _weights(z: np.ndarray, temperature: float) -> np.ndarray:
+    """exp((z − max) / T) in float32: the top token weighs 1, -inf weighs 0."""
+    e = z - np.float32(z.max())
+    e *= np.float32(1.0 / temperature)
+    return np.exp(e, out=e)
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    x = logits.astype(np.float64) / temperature
-    x -= x.max()
-    np.exp(x, out=x)
-    x /= x.sum()
-    return x
+def _head(e: np.ndarray, floor: float, enough: Callable[[np.ndarray], bool], sort: bool = True) -> np.ndarray:
+    """Ids of the heaviest weights, a superset of what ``enough`` needs (sorted by weight).
+
+    Tries ever lower thresholds (never below ``floor``) so that only a small set is sorted.
+    """
+    idx = np.flatnonzero(e >= floor) if floor > 0 else np.flatnonzero(e > 0)
+    for t in _THRESHOLDS:
+        if t <= floor:
+            break
+        cand = np.flatnonzero(e >= t)
+        if enough(cand):
+            idx = cand
+            break
+    return idx[np.argsort(-e[idx], kind="stable")] if sort else idx
 
 
-def _top_p_keep(probs_sorted: np.ndarray, top_p: float) -> int:
-    """How many of the descending-sorted probs form the nucleus (the crossing token included)."""
-    if top_p >= 1.0:
-        return len(probs_sorted)
-    c = np.cumsum(probs_sorted)
-    return int(min(len(c), np.searchsorted(c, top_p * c[-1], side="left") + 1))
+def _filter(z: np.ndarray, params: SamplingParams) -> Dist:
+    """Temperature, min-p, top-k, top-p on one logit row (see ``distribution``)."""
+    e = _weights(z, params.temperature)
+    floor = params.min_p
+    top_p = params.top_p if params.top_p_mode == "eft" else 1.0
+    k = params.top_k if params.top_k and params.top_k < len(e) else 0
+    if not k and top_p >= 1.0:
+        if floor <= 0:
+            return Dist(None, e)
+        idx = np.flatnonzero(e >= floor)
+        return Dist(idx, e[idx].astype(np.float64))
+    mass = float(e.sum(dtype=np.float64)) if floor <= 0 else float(e[e >= floor].sum(dtype=np.float64))
+    if k:
+        ids = _head(e, floor, lambda c: len(c) >= k)[:k]
+        mass = float(e[ids].sum(dtype=np.float64))
+    else:
+        ids = _head(e, floor, lambda c: float(e[c].sum(dtype=np.float64)) >= top_p * mass, sort=False)
+        if len(ids) > _SORT_LIMIT:
+            ids = _nucleus_by_histogram(e, ids, top_p * mass)
+            return Dist(ids, e[ids].astype(np.float64))
+        ids = ids[np.argsort(-e[ids], kind="stable")]
+    w = e[ids].astype(np.float64)
+    if top_p < 1.0:
+        keep = min(len(w), int(np.searchsorted(np.cumsum(w), top_p * mass, side="left")) + 1)
+        ids, w = ids[:keep], w[:keep]
+    return Dist(ids, w)
+
+
+def _nucleus_by_histogram(e: np.ndarray, idx: np.ndarray, target: float) -> np.ndarray:
+    """The top-p nucleus of a broad distribution without sorting all its candidates.
+
+    Weights are binned by log2 (8 bins per halving; heavier bins first); whole bins are
+    taken until the one where the cumulative mass crosses ``target``, and only that bin is
+    sorted. Same set as a full sort (ties by id), in a fraction of the time.
+    """
+    w = e[idx]
+    bins = np.minimum((-np.log2(w) * 8).astype(np.int64), 4095)
+    mass = np.cumsum(np.bincount(bins, weights=w.astype(np.float64)))
+    b = min(int(np.searchsorted(mass, target, side="left")), len(mass) - 1)
+    before = mass[b - 1] if b else 0.0
+    edge = np.flatnonzero(bins == b)
+    edge = edge[np.argsort(-w[edge], kind="stable")]
+    need = min(len(edge), int(np.searchsorted(before + np.cumsum(w[edge], dtype=np.float64), target, side="left")) + 1)
+    return np.concatenate([idx[bins < b], idx[edge[:need]]])
 
 
 def distribution(z: np.ndarray, params: SamplingParams, allowed: np.ndarray | None = None) -> Dist:
     """The filtered next-token distribution of logits ``z``.
 
     Order: temperature, min-p (relative to the top token), top-k, top-p (each on the
-    renormalized result of the previous one). ``allowed`` (sorted ids) restricts the
-    support first (used by the base-nucleus top-p mode). Temperature 0 is greedy.
+    renormalized result of the previous one). Temperature 0 is greedy. ``allowed`` (ids)
+    restricts the support first (the base-nucleus top-p mode; top-p is then not reapplied).
     """
     if allowed is not None:
         zz = z[allowed]
         if params.temperature == 0:
             return Dist(allowed[[int(np.argmax(zz))]], np.ones(1))
-        sub = _candidates(zz, params.temperature, params.min_p)
-        ids, logits = allowed[sub], zz[sub]
-    else:
-        if params.temperature == 0:
-            return Dist(np.array([int(np.argmax(z))]), np.ones(1))
-        ids = _candidates(z, params.temperature, params.min_p)
-        logits = z[ids]
-    order = np.argsort(-logits, kind="stable")
-    ids, logits = ids[order], logits[order]
-    if params.top_k and params.top_k < len(ids):
-        ids, logits = ids[: params.top_k], logits[: params.top_k]
-    probs = _softmax(logits, params.temperature)
-    keep = _top_p_keep(probs, params.top_p) if params.top_p_mode == "eft" else len(probs)
-    ids, probs = ids[:keep], probs[:keep]
-    return Dist(ids, probs / probs.sum())
+        d = _filter(zz, replace(params, top_p=1.0))
+        return Dist(allowed if d.ids is None else allowed[d.ids], d.w, d.total)
+    if params.temperature == 0:
+        return Dist(np.array([int(np.argmax(z))]), np.ones(1))
+    return _filter(z, params)
 
 
 def base_nucleus(base: np.ndarray, n: int, params: SamplingParams) -> np.ndarray | None:
     """Sorted ids of the base model's top-p nucleus (DExperts mode), else None."""
     if params.top_p_mode != "base" or params.top_p >= 1.0 or params.temperature == 0:
         return None
-    row = base[:n]
-    ids = _candidates(row, params.temperature, 0.0)
-    logits = row[ids]
-    order = np.argsort(-logits, kind="stable")
-    probs = _softmax(logits[order], params.temperature)
-    keep = _top_p_keep(probs, params.top_p)
-    return np.sort(ids[order][:keep])
+    d = _filter(base[:n], SamplingParams(temperature=params.temperature, top_p=params.top_p))
+    return np.sort(d.ids)
 
 
 def eft_distribution(
@@ -188,16 +245,39 @@ def eft_distribution(
 
 
 def sample(dist: Dist, u: float) -> int:
-    """The id at uniform ``u`` ∈ [0, 1) of ``dist``'s CDF (inverse-CDF sampling)."""
-    if len(dist.ids) == 1:
-        return int(dist.ids[0])
-    c = np.cumsum(dist.probs)
-    i = int(np.searchsorted(c, u * c[-1], side="right"))
-    return int(dist.ids[min(i, len(c) - 1)])
+    """The id at uniform ``u`` ∈ [0, 1) of ``dist``'s CDF (inverse-CDF sampling).
+
+    Dense distributions are searched in two levels (block sums, then one block) so a
+    152k-entry cumulative sum is never built.
+    """
+    w = dist.w
+    if len(w) == 1:
+        return int(dist.ids[0]) if dist.ids is not None else 0
+    if dist.ids is not None or len(w) <= _BLOCK:
+        c = np.cumsum(w, dtype=np.float64)
+        i = min(int(np.searchsorted(c, u * c[-1], side="right")), len(c) - 1)
+        return int(dist.ids[i]) if dist.ids is not None else i
+    n_full = len(w) // _BLOCK * _BLOCK
+    sums = w[:n_full].reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64)
+    if n_full < len(w):
+        sums = np.append(sums, w[n_full:].sum(dtype=np.float64))
+    c = np.cumsum(sums)
+    target = u * c[-1]
+    b = min(int(np.searchsorted(c, target, side="right")), len(c) - 1)
+    while sums[b] == 0:  # float edge: landed on an empty block
+        b -= 1
+    inner = np.cumsum(w[b * _BLOCK : (b + 1) * _BLOCK], dtype=np.float64)
+    rest = target - (c[b - 1] if b else 0.0)
+    return b * _BLOCK + min(int(np.searchsorted(inner, rest, side="right")), len(inner) - 1)
 
 
 def residual(p: Dist, q: Dist) -> Dist:
     """``norm(max(0, p − q))``: where to resample after the draft token was rejected."""
+    if p.ids is None or q.ids is None:
+        n = max(len(d.w) if d.ids is None else int(d.ids.max()) + 1 for d in (p, q))
+        r = np.maximum(p.dense(n) - q.dense(n), 0.0)
+        total = float(r.sum())
+        return p if total <= 0.0 else Dist(None, r, total)
     ids = np.union1d(p.ids, q.ids)
     pp = np.zeros(len(ids))
     qq = np.zeros(len(ids))
@@ -208,7 +288,7 @@ def residual(p: Dist, q: Dist) -> Dist:
     if total <= 0.0:  # p == q to float precision: any rejection was a rounding fluke
         return p
     keep = r > 0
-    return Dist(ids[keep], r[keep] / total)
+    return Dist(ids[keep], r[keep], total)
 
 
 def accept(p: Dist, q: Dist, token: int, u: float) -> bool:
@@ -218,8 +298,8 @@ def accept(p: Dist, q: Dist, token: int, u: float) -> bool:
 
 
 def token_logprob(logits: np.ndarray, token: int, n: int) -> float:
-    """log softmax(logits[:n])[token] at temperature 1, using the same exact pruning."""
+    """log softmax(logits[:n])[token] at temperature 1 (float32 sum: display precision)."""
     row = logits[:n]
-    zmax = float(row.max())
-    near = row[row >= zmax - _gap(n, 1.0)].astype(np.float64)
-    return float(row[token]) - zmax - math.log(np.exp(near - zmax).sum())
+    zmax = np.float32(row.max())
+    lse = float(zmax) + math.log(float(np.exp(row - zmax).sum(dtype=np.float64)))
+    return float(row[token]) - lse

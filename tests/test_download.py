@@ -16,7 +16,7 @@ from eft_local.cli_models import register
 from eft_local.download import RECORD_FILE, partial_path
 from eft_local.profiles import ModelFile
 
-from hubstub import StubHub, closed_port_url, synthetic_gguf
+from .hubstub import StubHub, closed_port_url, synthetic_gguf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FILES = {  # role -> (repo_id, filename)

@@ -80,7 +80,7 @@ def app_for(family, **kwargs) -> EftChatApp:
 
 async def test_streams_before_end_and_esc_keeps_partial_answer(slow_family, monkeypatch):
     monkeypatch.setattr(LlamaModel, "is_eog", lambda self, token: False)  # answer runs to max_tokens
-    app = app_for(slow_family, n_ctx=2048, max_tokens=1900)
+    app = app_for(slow_family, n_ctx=6144, max_tokens=1900)  # room for the partial answer re-tokenized
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press(*"hello", "enter")
