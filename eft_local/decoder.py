@@ -101,6 +101,18 @@ class EftEngine:
     def prompt(self, *, messages=None, raw: str | None = None, style: str = "template") -> dict[str, list[int]]:
         return role_prompts(self.models, messages=messages, raw=raw, style=style)
 
+    def fit_prompt(self, messages, *, style: str = "template", reserve: int = 256) -> tuple[dict[str, list[int]], int]:
+        """The prompt for the most recent turns that leave ``reserve`` tokens free in every
+        context: the oldest non-system messages are dropped first. Returns (prompt, #dropped)."""
+        messages = list(messages)
+        system = [m for m in messages if m["role"] == "system"][:1]
+        rest = [m for m in messages if m not in system]
+        for dropped in range(len(rest)):
+            prompt = self.prompt(messages=system + rest[dropped:], style=style)
+            if all(len(prompt[r]) + reserve <= m.n_ctx for r, m in self.models.items()):
+                return prompt, dropped
+        raise UserError(f"the last message alone does not fit in n_ctx {self.chat.n_ctx} with {reserve} tokens to answer; raise --n-ctx")
+
     def context_used(self) -> dict[str, tuple[int, int]]:
         return {r: (m.n_past, m.n_ctx) for r, m in self.models.items()}
 

@@ -211,3 +211,20 @@ def test_speculation_refused_when_a_cache_cannot_roll_back(engine, monkeypatch):
     assert fin.reason == "error" and "--draft-tokens 0" in fin.error
     fin = finished(engine, prompt, greedy(), draft=None, max_tokens=10)  # adaptive falls back to naive
     assert fin.reason == "length" and fin.stats.drafted == 0
+
+
+def test_fit_prompt_drops_oldest_turns_to_leave_room(engine):
+    long = "hello world " * 30
+    messages = [{"role": "system", "content": "be brief"}]
+    for i in range(6):
+        messages += [{"role": "user", "content": f"{i} {long}"}, {"role": "assistant", "content": long}]
+    messages.append({"role": "user", "content": "last question"})
+    prompt, dropped = engine.fit_prompt(messages, reserve=100)
+    assert dropped > 0
+    assert all(len(prompt[r]) + 100 <= m.n_ctx for r, m in engine.models.items())
+    text = b"".join(engine.chat.piece(t) for t in prompt["chat"]).decode()
+    assert "be brief" in text and "last question" in text and "0 hello" not in text
+    same, none_dropped = engine.fit_prompt(messages[:1] + messages[-1:], reserve=100)
+    assert none_dropped == 0
+    with pytest.raises(Exception, match="n_ctx"):
+        engine.fit_prompt([{"role": "user", "content": long * 5}], reserve=100)

@@ -220,7 +220,10 @@ class EftChatApp(App[int]):
                 delivered = ok
 
         try:
-            prompt = self.engine.prompt(messages=job.messages, style=self.prompt_style)
+            reserve = min(job.config.max_tokens, self.engine.chat.n_ctx // 4)
+            prompt, dropped = self.engine.fit_prompt(job.messages, style=self.prompt_style, reserve=reserve)
+            if dropped:
+                self.call_from_thread(self.notify, f"context full: the oldest {dropped} message(s) are left out of this answer")
             run_stream(self.engine, prompt, job.config, job.seed, cancel, post, job.target, pacer=self.pacer)
         except Exception as e:  # prompt/template errors or llama.cpp failures end this answer only
             text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
