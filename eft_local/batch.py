@@ -16,7 +16,7 @@ import numpy as np
 
 from .decoder import EftEngine, GenerationConfig
 from .errors import UserError
-from .events import FinishedEvent
+from .events import FinishedEvent, GenStats
 from .prompt_file import PromptItem
 
 
@@ -85,8 +85,6 @@ def run_one(engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions)
             if isinstance(ev, FinishedEvent):
                 fin = ev
     except UserError as e:
-        from .events import GenStats
-
         fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
     assert fin is not None
     return _row(item, prompt_ids, fin, time.perf_counter() - t0), fin

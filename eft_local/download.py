@@ -383,7 +383,7 @@ def run_download(profiles: list[Profile], models_dir: Path, out: IO[str] | None 
         _say(f"[{i}/{len(files)}] {', '.join(labels)}: {mf.key}", out)
         outcome = download_file(mf, models_dir, endpoint, out)
         _say(f"  {outcome.status}: {outcome.detail}" if outcome.status != "failed"
-             else f"  failed", out)
+             else "  failed", out)
         outcomes.append(outcome)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
