@@ -200,6 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = generation_config(args, defaults)
     style = setting(args, defaults, "prompt_style")
     engine = load_engine(paths, args, defaults)
+    if not args.raw and not engine.chat.chat_template:
+        engine.close()
+        raise UserError(f"{paths['chat']} has no chat template; pass --raw to send the prompts as plain text")
     system = args.system if args.system is not None else defaults.get("system_prompt")
     opts = BatchOptions(config=config, seed=args.seed, raw=args.raw, prompt_style=style, system=system)
     try:

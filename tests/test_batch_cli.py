@@ -175,3 +175,16 @@ def test_subprocess_run_end_to_end(tmp_path, family):
     assert res.returncode == 0, res.stderr
     assert rows(out)[0]["n_tokens"] == 8
     assert "1 prompts, 8 tokens" in res.stderr
+
+
+def test_chat_model_without_template_needs_raw(tmp_path, family, capsys):
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    args = ["run", "--prompt-file", str(pf), "--base", str(family.base), "--chat", str(family.reference),
+            "--reference", str(family.reference), "--threads", "1", "--max-tokens", "4"]
+    assert main(args) != 0
+    assert "--raw" in one_line_error(capsys.readouterr().err)
+    out = tmp_path / "o.jsonl"
+    assert main([*args, "--raw", "--output", str(out)]) == 0
+    row = rows(out)[0]
+    assert row["n_tokens"] == 4 and row["prompt_token_ids"][0] == 1  # BOS added for raw text
