@@ -28,12 +28,12 @@ from .draft_control import DraftController
 from .errors import UserError
 from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from .llama_adapter import LlamaModel
+from .profiles import ROLES
 from .prompts import role_prompts
 from .sampling import Dist, SamplingParams, accept, distribution, eft_distribution, residual, sample, token_logprob
 from .textstream import TextStream
 from .vocab import SharedVocab, check_vocab
 
-ROLES = ("base", "chat", "reference")
 MAX_DRAFT = 16
 
 

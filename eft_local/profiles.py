@@ -22,9 +22,9 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from .errors import UserError
+from .prompts import PROMPT_STYLES
 
 ROLES = ("base", "chat", "reference")
-PROMPT_STYLES = ("template", "transcript")
 FALLBACK_DEFAULT = "qwen2.5-7b"
 
 _FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
