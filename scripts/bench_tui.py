@@ -50,8 +50,8 @@ async def app_tps(paths, args) -> float:
             await pilot.pause(0.05)
         for _ in range(2):  # the second turn re-asks the same question, as the batch loop does
             await pilot.press("ctrl+n", *PROMPT, "enter")
-            while app.generating:
-                await pilot.pause(0.05)
+            while app.generating:  # plain sleep: Pilot.pause waits for idle and would load the UI thread
+                await asyncio.sleep(0.1)
         return app.query_one(StatusBar).stats.tokens_per_second
 
 

@@ -85,7 +85,8 @@ class AssistantMessage(Vertical):
         result = message.result
         self.turn.stopped = result.reason == "cancelled"
         if result.reason != "error":
-            self.turn.info += f" · {result.stats.n_tokens} tok · {result.stats.tokens_per_second:,.1f} tok/s"
+            done = f"{result.stats.n_tokens} tok · {result.stats.tokens_per_second:,.1f} tok/s"
+            self.turn.info = f"{self.turn.info} · {done}" if self.turn.info else done
         else:
             self.error = result.error or "generation failed"
         if self._stream is not None:
