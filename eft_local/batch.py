@@ -86,6 +86,9 @@ def run_one(engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions)
                 fin = ev
     except UserError as e:
         fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
+    except RuntimeError as e:  # llama.cpp refused a batch: this prompt fails, the next starts clean
+        engine.reset()
+        fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
     assert fin is not None
     return _row(item, prompt_ids, fin, time.perf_counter() - t0), fin
 

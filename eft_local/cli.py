@@ -108,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eft-local: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or a llama.cpp failure: still one line, details on --verbose
+        if getattr(args, "verbose", False):
+            raise
+        print(f"eft-local: error: unexpected {type(e).__name__}: {e} (run with --verbose for details)", file=sys.stderr)
+        return 1
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -90,6 +90,11 @@ class EftEngine:
                 m.close()
             raise
 
+    def reset(self) -> None:
+        """Empty every KV cache (after a failed decode left one in an unknown state)."""
+        for m in self.models.values():
+            m.rollback(0)
+
     def close(self) -> None:
         for m in self.models.values():
             m.close()

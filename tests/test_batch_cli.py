@@ -188,3 +188,25 @@ def test_chat_model_without_template_needs_raw(tmp_path, family, capsys):
     assert main([*args, "--raw", "--output", str(out)]) == 0
     row = rows(out)[0]
     assert row["n_tokens"] == 4 and row["prompt_token_ids"][0] == 1  # BOS added for raw text
+
+
+def test_llama_failure_on_one_prompt_is_an_error_row(tmp_path, models, monkeypatch):
+    from eft_local.llama_adapter import LlamaModel
+
+    real_decode = LlamaModel._decode
+    calls = {"n": 0}
+
+    def flaky(self, chunk, first_out):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("llama_decode failed (1) on base.gguf")
+        return real_decode(self, chunk, first_out)
+
+    monkeypatch.setattr(LlamaModel, "_decode", flaky)
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\nyes\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--temperature", "0", "--max-tokens", "6"]) == 0
+    got = rows(out)
+    assert got[0]["finish_reason"] == "error" and "llama_decode" in got[0]["error"]
+    assert got[1]["finish_reason"] == "length" and got[1]["n_tokens"] == 6
