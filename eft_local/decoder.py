@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .draft_control import DraftController
-from .errors import UserError
+from .errors import Cancelled, UserError
 from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from .llama_adapter import LlamaModel
 from .profiles import ROLES
@@ -45,10 +45,6 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     trace: bool = False  # compute per-token delta (log p_EFT − log p_base)
     stats_interval: float = 0.25  # seconds between StatsEvents
-
-
-class Cancelled(Exception):
-    pass
 
 
 class EftEngine:
@@ -191,26 +187,8 @@ class _Run:
         self.pending: dict[str, list[int]] = {}
         self.held: dict[str, np.ndarray] = {}
         for role in ROLES:
-            self.held[role] = self._sync(self.e.models[role], self.prompt[role])
+            self.held[role] = self.e.models[role].prefill(self.prompt[role], self.cancel).copy()
             self.pending[role] = []
-
-    def _sync(self, model: LlamaModel, tokens: list[int]) -> np.ndarray:
-        common = 0
-        for a, b in zip(model.tokens, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # evaluate >= 1 token to get logits
-        if common < model.n_past and not model.supports_rollback:
-            common = 0
-        model.rollback(common)
-        rest = tokens[common:]
-        step = model.n_batch
-        for i in range(0, len(rest), step):
-            if self.cancel():
-                raise Cancelled
-            row = model.eval(rest[i : i + step], 1)[0]
-        return row.copy()
 
     def _rows(self, role: str, drafts: list[int]) -> list[np.ndarray]:
         """Logit rows for positions 1..len(drafts)+1 of this round (views where possible)."""

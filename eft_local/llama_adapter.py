@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
-from .errors import UserError
+from .errors import Cancelled, UserError
 
 log = logging.getLogger("eft_local.llama")
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
@@ -279,8 +279,9 @@ class LlamaModel:
             raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
         del self.tokens[n:]
 
-    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
-        """Make the cache hold exactly ``tokens``, reusing the common prefix; return last logits row."""
+    def prefill(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> np.ndarray:
+        """Make the cache hold exactly ``tokens``, reusing the common prefix; return the last
+        logits row (a view). ``cancel`` is checked between n_batch chunks of a long prompt."""
         tokens = list(tokens)
         common = 0
         for a, b in zip(self.tokens, tokens):
@@ -291,4 +292,9 @@ class LlamaModel:
         if common < self.n_past and not self.supports_rollback:
             common = 0  # recurrent state can't be trimmed: start over
         self.rollback(common)
-        return self.eval(tokens[common:], 1)[0]
+        rest = tokens[common:]
+        for i in range(0, len(rest), self.n_batch):
+            if cancel is not None and cancel():
+                raise Cancelled
+            row = self.eval(rest[i : i + self.n_batch], 1)[0]
+        return row

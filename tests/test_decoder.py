@@ -228,3 +228,13 @@ def test_fit_prompt_drops_oldest_turns_to_leave_room(engine):
     assert none_dropped == 0
     with pytest.raises(Exception, match="n_ctx"):
         engine.fit_prompt([{"role": "user", "content": long * 5}], reserve=100)
+
+
+def test_cancel_during_a_long_prompt_stops_before_generating(engine):
+    prompt = engine.prompt(raw="hello world " * 30)
+    cfg = GenerationConfig(sampling=greedy(), max_tokens=20)
+    engine.models["base"].rollback(0)
+    fin = list(engine.generate(prompt, cfg, np.random.default_rng(0), cancel=lambda: True))[-1]
+    assert fin.reason == "cancelled" and fin.token_ids == []
+    after = finished(engine, prompt, greedy(), max_tokens=5)  # the engine is still usable
+    assert len(after.token_ids) == 5
