@@ -16,6 +16,7 @@ from eft_local.tui.screens.compare import CompareScreen
 from eft_local.tui.screens.history import HistoryScreen
 from eft_local.tui.widgets.chat_view import AssistantMessage
 from eft_local.tui.widgets.load_panel import ErrorPanel
+from eft_local.tui.widgets.prompt_input import PromptInput
 
 SIZE = (110, 36)
 
@@ -221,3 +222,20 @@ async def test_history_saved_and_reopened(tui_family, tmp_path):
         await wait_for(pilot, lambda: app.conv.turns, what="chat to open")
         assert app.conv.system_prompt == "be brief" and app.conv.turns[-1].content == answer
         assert len(app.query(AssistantMessage)) == 1
+
+
+async def test_up_and_down_recall_sent_messages(tui_family):
+    async with app_for(tui_family).run_test(size=SIZE) as pilot:
+        app = await loaded(pilot)
+        await send(pilot, "first")
+        await send(pilot, "second")
+        box = app.query_one(PromptInput)
+        await pilot.press(*"draft")
+        await pilot.press("up")
+        assert box.text == "second"
+        await pilot.press("up", "up")  # past the oldest stays on it
+        assert box.text == "first"
+        await pilot.press("down")
+        assert box.text == "second"
+        await pilot.press("down")
+        assert box.text == "draft"  # back to what was being typed

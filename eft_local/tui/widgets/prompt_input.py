@@ -1,4 +1,5 @@
-"""Multi-line prompt: Enter sends, Shift+Enter or Ctrl+J inserts a newline."""
+"""Multi-line prompt: Enter sends, Shift+Enter or Ctrl+J inserts a newline, Up/Down on the
+first/last line walk through the messages sent in this session (like a shell)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,28 @@ class PromptInput(TextArea):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
-        self.placeholder = "Message  (Enter send · Shift+Enter/Ctrl+J newline · F1 help)"
+        self.placeholder = "Message  (Enter send · Shift+Enter/Ctrl+J newline · ↑ earlier messages · F1 help)"
+        self.sent: list[str] = []
+        self._recall: int | None = None  # index into sent while browsing, else None
+        self._draft = ""  # what was typed before browsing started
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
             event.stop()
             event.prevent_default()
             if self.text.strip():
+                if not self.sent or self.sent[-1] != self.text:
+                    self.sent.append(self.text)
+                self._recall = None
                 self.post_message(self.Submitted(self.text))
+            return
+        if event.key == "up" and self.cursor_location[0] == 0 and self._browse(-1):
+            event.stop()
+            event.prevent_default()
+            return
+        if event.key == "down" and self.cursor_location[0] == self.document.line_count - 1 and self._browse(+1):
+            event.stop()
+            event.prevent_default()
             return
         if event.key in NEWLINE_KEYS:
             event.stop()
@@ -32,3 +47,24 @@ class PromptInput(TextArea):
             self.insert("\n")
             return
         await super()._on_key(event)
+
+    def _browse(self, step: int) -> bool:
+        """Show the previous/next sent message; False when there is nowhere to go."""
+        if self._recall is None:
+            if step > 0 or not self.sent:
+                return False
+            self._draft, self._recall = self.text, len(self.sent)
+        target = self._recall + step
+        if target < 0:
+            return True  # already at the oldest: swallow the key
+        if target >= len(self.sent):
+            self._recall = None
+            self._show(self._draft)
+            return True
+        self._recall = target
+        self._show(self.sent[target])
+        return True
+
+    def _show(self, text: str) -> None:
+        self.load_text(text)
+        self.move_cursor(self.document.end)
