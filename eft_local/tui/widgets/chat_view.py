@@ -52,7 +52,7 @@ class AssistantMessage(Vertical):
 
     def _footer(self) -> str:
         if self.streaming:
-            return "▍ generating…  (Esc stops)"
+            return "▍ generating…  (Esc stops)" if self.turn.content else "▍ waiting for the models…  (Esc stops)"
         note = "■ stopped — partial answer" if self.turn.stopped else ""
         if self.error:
             note = f"✗ {self.error}"
@@ -71,7 +71,10 @@ class AssistantMessage(Vertical):
 
     async def on_tokens_arrived(self, message: TokensArrived) -> None:
         message.stop()
+        first = not self.turn.content
         self.turn.content += message.text
+        if first:
+            self.query_one(".note", Label).update(self._footer())
         self.turn.spans.extend(message.spans)
         delta.append_spans(self.colored, message.spans)
         if self.delta_view:
