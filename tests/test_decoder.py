@@ -43,6 +43,7 @@ def plain_llama_greedy(path, tokens, n):
 @pytest.mark.parametrize("text", PROMPTS)
 @pytest.mark.parametrize("draft", [0, None])
 def test_chat_corner_equals_plain_chat_greedy(engine, family, text, draft):
+    engine.reset()  # the prompt evaluated in one batch, as plain llama.cpp does
     prompt = engine.prompt(messages=[{"role": "user", "content": text}])
     fin = finished(engine, prompt, greedy(1.0, 0.0), draft=draft)
     assert fin.token_ids == plain_llama_greedy(family.chat, prompt["chat"], 24)[: len(fin.token_ids)]
@@ -52,6 +53,7 @@ def test_chat_corner_equals_plain_chat_greedy(engine, family, text, draft):
 @pytest.mark.parametrize("text", PROMPTS)
 @pytest.mark.parametrize("draft", [0, None])
 def test_base_corner_equals_plain_base_greedy(engine, family, text, draft):
+    engine.reset()
     prompt = engine.prompt(raw=text)
     fin = finished(engine, prompt, greedy(0.0, 1.0), draft=draft)
     assert fin.token_ids == plain_llama_greedy(family.base, prompt["base"], 24)[: len(fin.token_ids)]
