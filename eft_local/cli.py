@@ -222,7 +222,7 @@ def _progress_printer(total: int):
     tty = sys.stderr.isatty()
     last = [0.0]
 
-    def show(done: int, total_: int, summary) -> None:
+    def show(done: int, _total: int, summary) -> None:
         now = time.perf_counter()
         if total < 2 or (not tty and now - last[0] < 5.0 and done < total):
             return

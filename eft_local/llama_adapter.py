@@ -189,11 +189,6 @@ class LlamaModel:
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self._vocab, token))
 
-    def eog_ids(self, limit: int | None = None) -> list[int]:
-        """All end-of-generation ids (EOS, EOT, <|im_end|>, ...) below ``limit``."""
-        n = min(self.n_vocab, limit or self.n_vocab)
-        return [t for t in range(n) if ll.llama_vocab_is_eog(self._vocab, t)]
-
     def token_text(self, token: int) -> bytes:
         """Raw vocabulary text of a token (what the vocabulary check compares)."""
         return ll.llama_vocab_get_text(self._vocab, token) or b""
