@@ -84,10 +84,9 @@ def run_one(engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions)
         for ev in engine.generate(prompt, opts.config, rng_for(opts.seed, index)):
             if isinstance(ev, FinishedEvent):
                 fin = ev
-    except UserError as e:
-        fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
-    except RuntimeError as e:  # llama.cpp refused a batch: this prompt fails, the next starts clean
-        engine.reset()
+    except (UserError, RuntimeError) as e:
+        if isinstance(e, RuntimeError):  # llama.cpp refused a batch: the next prompt starts clean
+            engine.reset()
         fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
     assert fin is not None
     return _row(item, prompt_ids, fin, time.perf_counter() - t0), fin

@@ -127,10 +127,11 @@ def _setup_logging(verbose: bool) -> None:
 # -- resolving models and settings ----------------------------------------------------------
 def resolve_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:
     """Role -> path from --profile and/or --base/--chat/--reference; plus profile defaults."""
-    overrides = {r: getattr(args, r) for r in ("base", "chat", "reference") if getattr(args, r, None)}
-    if len(overrides) == 3 and not args.profile:
+    from .profiles import ROLES, resolve_profile
+
+    overrides = {r: getattr(args, r) for r in ROLES if getattr(args, r, None)}
+    if len(overrides) == len(ROLES) and not args.profile:
         return {r: Path(p) for r, p in overrides.items()}, {}, None
-    from .profiles import resolve_profile
 
     resolved = resolve_profile(
         args.profile,
@@ -176,7 +177,7 @@ def load_engine(paths: dict[str, Path], args: argparse.Namespace, defaults: dict
     from .decoder import EftEngine
     from .llama_adapter import check_gguf
 
-    for role, path in paths.items():
+    for role, path in paths.items():  # all three files, before minutes go into loading the first
         check_gguf(Path(path).expanduser())
     n_ctx = setting(args, defaults, "n_ctx")
     gpu = gpu_layers(args, defaults)

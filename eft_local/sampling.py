@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .errors import UserError
+
 TOP_P_MODES = ("eft", "base")
 
 
@@ -36,8 +38,6 @@ class SamplingParams:
     top_p_mode: str = "eft"
 
     def validate(self) -> None:
-        from .errors import UserError
-
         if self.temperature < 0:
             raise UserError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -142,14 +142,13 @@ def _head(e: np.ndarray, floor: float, enough: Callable[[np.ndarray], bool], sor
 
     Tries ever lower thresholds (never below ``floor``) so that only a small set is sorted.
     """
-    idx = np.flatnonzero(e >= floor) if floor > 0 else np.flatnonzero(e > 0)
-    for t in _THRESHOLDS:
-        if t <= floor:
-            break
-        cand = np.flatnonzero(e >= t)
-        if enough(cand):
-            idx = cand
-            break
+    for t in _THRESHOLDS:  # descending; those at or below the floor are skipped
+        if t > floor:
+            idx = np.flatnonzero(e >= t)
+            if enough(idx):
+                break
+    else:
+        idx = np.flatnonzero(e >= floor) if floor > 0 else np.flatnonzero(e > 0)
     return idx[np.argsort(-e[idx], kind="stable")] if sort else idx
 
 
@@ -164,11 +163,11 @@ def _filter(z: np.ndarray, params: SamplingParams) -> Dist:
             return Dist(None, e)
         idx = np.flatnonzero(e >= floor)
         return Dist(idx, e[idx].astype(np.float64))
-    mass = float(e.sum(dtype=np.float64)) if floor <= 0 else float(e[e >= floor].sum(dtype=np.float64))
     if k:
         ids = _head(e, floor, lambda c: len(c) >= k)[:k]
         mass = float(e[ids].sum(dtype=np.float64))
     else:
+        mass = float(e.sum(dtype=np.float64)) if floor <= 0 else float(e[e >= floor].sum(dtype=np.float64))
         ids = _head(e, floor, lambda c: float(e[c].sum(dtype=np.float64)) >= top_p * mass, sort=False)
         if len(ids) > _SORT_LIMIT:
             ids = _nucleus_by_histogram(e, ids, top_p * mass)
