@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from .decoder import EftEngine, GenerationConfig
 from .errors import UserError
 from .events import FinishedEvent, GenStats
 from .prompt_file import PromptItem
+from .session import rng_for, with_system
 
 
 @dataclass
@@ -55,19 +54,12 @@ class Summary:
         return f"{self.prompts} prompts, {self.tokens} tokens, {tps:.1f} tok/s, acceptance {acc}, {wall:.1f} s{err}"
 
 
-def rng_for(seed: int | None, index: int) -> np.random.Generator:
-    """Prompt i draws from its own stream seeded by (seed, i): reruns repeat, prompts are independent."""
-    return np.random.default_rng([seed, index]) if seed is not None else np.random.default_rng()
-
-
 def role_prompt(engine: EftEngine, item: PromptItem, opts: BatchOptions) -> dict[str, list[int]]:
     if opts.raw:
         if item.text is None:
             raise UserError("--raw needs text prompts, not \"messages\"")
         return engine.prompt(raw=item.text)
-    messages = item.messages or [{"role": "user", "content": item.text or ""}]
-    if opts.system and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": opts.system}, *messages]
+    messages = with_system(item.messages or [{"role": "user", "content": item.text or ""}], opts.system)
     return engine.prompt(messages=messages, style=opts.prompt_style)
 
 

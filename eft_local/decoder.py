@@ -17,6 +17,7 @@ Round with k drafts (Leviathan/Chen speculative sampling, target = the EFT distr
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .draft_control import DraftController
-from .errors import Cancelled, UserError
+from .errors import Cancelled, EngineBusy, UserError
 from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from .llama_adapter import LlamaModel
 from .profiles import ROLES
@@ -60,6 +61,7 @@ class EftEngine:
         sizes = {r: m.size_bytes for r, m in self.models.items()}
         self.costs = (sizes["chat"], sizes["base"] + sizes["reference"])
         self._z = np.empty(self.vocab.n, np.float32)
+        self._running = threading.Lock()
 
     @classmethod
     def load(
@@ -124,9 +126,16 @@ class EftEngine:
         rng: np.random.Generator,
         cancel: Callable[[], bool] | None = None,
     ) -> Iterator[Event]:
-        """Yield TokenEvents, periodic StatsEvents and one FinishedEvent."""
-        run = _Run(self, prompt, config, rng, cancel or (lambda: False))
-        yield from run.events()
+        """Yield TokenEvents, periodic StatsEvents and one FinishedEvent.
+
+        One generation at a time: the three contexts and the scratch buffers are shared, so
+        a second concurrent call fails with EngineBusy instead of corrupting the first."""
+        if not self._running.acquire(blocking=False):
+            raise EngineBusy("the engine is already generating (one generation at a time)")
+        try:
+            yield from _Run(self, prompt, config, rng, cancel or (lambda: False)).events()
+        finally:
+            self._running.release()
 
 
 class _Run:
@@ -167,7 +176,7 @@ class _Run:
         if tail:
             yield TokenEvent(-1, tail)
         self.stats.seconds = time.perf_counter() - self.t0
-        yield FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats, error)
+        yield FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error)
 
     def _check_prompt(self) -> None:
         for role, toks in self.prompt.items():
@@ -221,7 +230,7 @@ class _Run:
             if now - self._last_stats >= self.cfg.stats_interval:
                 self._last_stats = now
                 self.stats.seconds = now - self.t0
-                yield StatsEvent(self.stats)
+                yield StatsEvent(self.stats.snapshot())
 
     # -- one round --------------------------------------------------------------------------
     def _round(self, k: int) -> Iterator[Event]:

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class Cancelled(Exception):
     """The caller's cancel flag was seen; raised between decoding steps."""
+
+
+class EngineBusy(UserError):
+    """A second generation was started while one is running on the same engine."""

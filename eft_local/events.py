@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
@@ -19,6 +19,10 @@ class GenStats:
     accepted: int = 0
     rounds: int = 0
     draft_tokens: int = 0  # block length used in the last round (0 = naive)
+
+    def snapshot(self) -> GenStats:
+        """A copy that later rounds do not change (what events carry)."""
+        return replace(self, prompt_tokens=dict(self.prompt_tokens))
 
     @property
     def decode_seconds(self) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..decoder import EftEngine, GenerationConfig
 from ..errors import UserError
 from ..events import FinishedEvent, GenStats
 from ..sampling import SamplingParams
+from ..session import Session, rng_for
 from . import delta
 from .conversation import Conversation, Turn, last_code_block
 from .history import HistoryStore
@@ -47,7 +47,7 @@ class Job:
 
     messages: list[dict[str, str]]
     config: GenerationConfig
-    seed: int | None
+    index: int  # generation number: with --seed S it draws from rng_for(S, index)
     target: AssistantMessage
 
 
@@ -89,7 +89,7 @@ class EftChatApp(App[int]):
         self.conv = Conversation(system_prompt=system_prompt or "")
         self.sub_title = profile_name or ("custom models" if paths else "")
         self.engine: EftEngine | None = None
-        self.engine_lock = threading.Lock()  # one thread drives the three llama contexts at a time
+        self.session: Session | None = None  # prompts, seeds and the engine lock (shared with the server)
         self.busy = 0  # jobs queued or running on the worker
         self.pacer = Pacer()
         self._pacer_timer = None
@@ -161,6 +161,7 @@ class EftChatApp(App[int]):
             self._status(state="error")
             return
         self.engine = message.engine
+        self.session = Session(message.engine, prompt_style=self.prompt_style)
         self._status(state="ready", context=self.engine.context_used())
 
     # -- generation --------------------------------------------------------------------------
@@ -173,9 +174,9 @@ class EftChatApp(App[int]):
             return False
         return True
 
-    def _seed(self) -> int | None:
+    def _index(self) -> int:
         self.n_generations += 1
-        return None if self.seed is None else self.seed + self.n_generations - 1
+        return self.n_generations - 1
 
     async def on_prompt_input_submitted(self, message: PromptInput.Submitted) -> None:
         if not self._can_generate():
@@ -191,7 +192,7 @@ class EftChatApp(App[int]):
         turn = Turn("assistant", "", info=self.settings.describe())
         self.conv.turns.append(turn)
         widget = await self.chat_view.add_assistant(turn)
-        self._start([Job(messages, self.settings.config(), self._seed(), widget)])
+        self._start([Job(messages, self.settings.config(), self._index(), widget)])
 
     def _start(self, jobs: list[Job]) -> None:
         self.busy += len(jobs)
@@ -204,7 +205,7 @@ class EftChatApp(App[int]):
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def _run_jobs(self, jobs: list[Job]) -> None:
         worker = get_current_worker()
-        with self.engine_lock:
+        with self.session.lock:
             for job in jobs:
                 self._run_job(job, lambda: worker.is_cancelled)
 
@@ -220,11 +221,11 @@ class EftChatApp(App[int]):
                 delivered = ok
 
         try:
-            reserve = min(job.config.max_tokens, self.engine.chat.n_ctx // 4)
-            prompt, dropped = self.engine.fit_prompt(job.messages, style=self.prompt_style, reserve=reserve)
+            prompt, dropped = self.session.fit(job.messages, job.config.max_tokens)
             if dropped:
                 self.call_from_thread(self.notify, f"context full: the oldest {dropped} message(s) are left out of this answer")
-            run_stream(self.engine, prompt, job.config, job.seed, cancel, post, job.target, pacer=self.pacer)
+            rng = rng_for(self.seed, job.index)
+            run_stream(self.session, prompt, job.config, rng, cancel, post, job.target, pacer=self.pacer)
         except Exception as e:  # prompt/template errors or llama.cpp failures end this answer only
             text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             post(GenerationFinished(job.target, FinishedEvent("error", "", [], GenStats(), text), {}))
@@ -310,8 +311,8 @@ class EftChatApp(App[int]):
         turns = [(title, Turn("assistant", "")) for title, _, _ in variants]
         screen = CompareScreen(question, turns, self.delta_view)
         await self.push_screen(screen)
-        seed = self._seed()
-        jobs = [Job(messages, self.settings.config(sampling=replace(s, alpha=a, beta=b)), seed, w)
+        index = self._index()
+        jobs = [Job(messages, self.settings.config(sampling=replace(s, alpha=a, beta=b)), index, w)
                 for (_, a, b), w in zip(variants, screen.answers)]
         self._start(jobs)
 
@@ -392,7 +393,5 @@ class EftChatApp(App[int]):
     def on_unmount(self) -> None:
         """Stop the worker at its next step, then free the models (never under a running decode)."""
         self.workers.cancel_group(self, "engine")
-        if self.engine is not None and self.engine_lock.acquire(timeout=30):
-            self.engine.close()
-            self.engine = None
-            self.engine_lock.release()
+        if self.session is not None and self.session.close(timeout=30):
+            self.engine = self.session = None

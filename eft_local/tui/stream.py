@@ -16,6 +16,7 @@ from textual.message import Message
 
 from ..decoder import EftEngine, GenerationConfig
 from ..events import FinishedEvent, GenStats, StatsEvent, TokenEvent
+from ..session import Session
 from .conversation import Span
 
 FLUSH_SECONDS = 0.03
@@ -74,10 +75,10 @@ class GenerationFinished(Message):
 
 
 def run_stream(
-    engine: EftEngine,
+    engine: Session | EftEngine,
     prompt: dict[str, list[int]],
     config: GenerationConfig,
-    seed: int | None,
+    rng: np.random.Generator,
     cancel: Callable[[], bool],
     post: Callable[[Message], Any],
     target: Any,
@@ -92,7 +93,7 @@ def run_stream(
     held: float | None = None  # delta of tokens that showed no text yet (partial UTF-8)
     block = 0  # characters since the last paragraph break
     interval = flush_seconds
-    for ev in engine.generate(prompt, config, np.random.default_rng(seed), cancel=cancel):
+    for ev in engine.generate(prompt, config, rng, cancel=cancel):
         if isinstance(ev, TokenEvent):
             d = _stronger(held, ev.delta)
             if not ev.text:
