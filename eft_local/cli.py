@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from .server.cli import register as register_serve
+
+    register_serve(sub)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""One engine thread, a bounded queue in front of it, and a channel back to the event loop.
+
+llama.cpp contexts are not thread-safe, so every call that touches the models (chat
+template, tokenizing, decoding) runs on the one ``EngineWorker`` thread, one request at a
+time. Requests wait in a bounded queue (``QueueFull`` when it is full). Each job has a
+cancel flag the decoder checks before every speculative round: a client that goes away
+frees the engine within one round, and a job cancelled while still queued never starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from ..events import FinishedEvent, TokenEvent
+from ..session import PromptTooLong, Session, rng_for
+from .request import ApiError, GenRequest
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Started:
+    """The prompt fitted and generation began (``prompt_tokens``: the chat model's count)."""
+
+    prompt_tokens: int
+
+
+@dataclass
+class Failed:
+    error: ApiError
+
+
+class Channel:
+    """Items from the engine thread to one coroutine; wakes the loop at most once per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self._scheduled = False
+
+    def put(self, item: Any) -> None:  # engine thread
+        self.items.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+    def _wake(self) -> None:
+        self._scheduled = False
+        self._ready.set()
+
+    async def get(self, timeout: float | None = None) -> list[Any]:
+        """Everything that arrived (waits for at least one item; [] after ``timeout``)."""
+        while not self.items:
+            self._ready.clear()
+            if self.items:
+                break
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return []
+        out = list(self.items)
+        for _ in out:
+            self.items.popleft()
+        return out
+
+
+@dataclass
+class Job:
+    request: GenRequest
+    channel: Channel
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class EngineWorker:
+    def __init__(self, session: Session, max_queue: int = 16) -> None:
+        self.session = session
+        self.max_queue = max_queue
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.running: Job | None = None
+        self.completed = 0
+        self._thread = threading.Thread(target=self._main, name="eft-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything, wait for the engine thread (so the models can be freed safely)."""
+        with self._cond:
+            self._stopping = True
+            for job in self._jobs:
+                job.cancel()
+            if self.running is not None:
+                self.running.cancel()
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self._jobs) >= self.max_queue:
+                raise QueueFull(f"{len(self._jobs)} requests are already waiting")
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self.running = self._jobs.popleft()
+            try:
+                if not job.cancelled.is_set():
+                    self._run(job)
+            finally:
+                with self._cond:
+                    self.running = None
+                    self.completed += 1
+
+    def _run(self, job: Job) -> None:
+        req, put = job.request, job.channel.put
+        with self.session.lock:
+            try:
+                prompt = self.session.prompt(messages=req.messages, raw=req.raw)
+            except PromptTooLong as e:
+                put(Failed(ApiError(413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded")))
+                return
+            except UserError as e:
+                put(Failed(ApiError(400, str(e), code="invalid_prompt")))
+                return
+            except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
+                put(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
+                return
+            put(Started(len(prompt["chat"])))
+            try:
+                for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
+                    if isinstance(ev, (TokenEvent, FinishedEvent)):
+                        put(ev)
+            except Exception as e:  # noqa: BLE001 - llama.cpp refused a batch: this request fails, the server goes on
+                put(Failed(ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")))
