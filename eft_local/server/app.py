@@ -148,10 +148,12 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
 
     async def _wait_start(job: Job, request: Request) -> Started | None:
         while True:
-            for item in await job.channel.get(DISCONNECT_POLL_SECONDS):
+            items = await job.channel.get(DISCONNECT_POLL_SECONDS)
+            for i, item in enumerate(items):
                 if isinstance(item, Failed):
                     raise item.error
                 if isinstance(item, Started):
+                    job.channel.unget(items[i + 1:])
                     return item
             if await request.is_disconnected():
                 job.cancel()

@@ -104,6 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = _Server(uv_config, f"eft-local: serving {name} at http://{shown}:{port}/v1 (OpenAI-compatible; Ctrl+C stops)")
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl+C it caught
+        pass
     finally:
         sock.close()
         session.close()

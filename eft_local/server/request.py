@@ -95,8 +95,11 @@ def _ranged(conv: Callable[[str, Any], Any], lo: float | None, hi: float | None,
     def check(name: str, v: Any) -> Any:
         v = conv(name, v)
         if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
-            lb, hb = ("(" if lo_open else "["), (")" if hi_open else "]")
-            raise bad(name, f"'{name}' must be in {lb}{'-inf' if lo is None else lo:g}, {'inf' if hi is None else hi:g}{hb}, got {v}")
+            if hi is None:
+                want = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            else:
+                want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise bad(name, f"'{name}' must be {want}, got {v}")
         return v
     return check
 

@@ -74,6 +74,10 @@ class Channel:
             self.items.popleft()
         return out
 
+    def unget(self, items: list[Any]) -> None:
+        """Put back items that ``get`` returned but the caller did not use (they come out first)."""
+        self.items.extendleft(reversed(items))
+
 
 @dataclass
 class Job:
@@ -119,8 +123,8 @@ class EngineWorker:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self._jobs) >= self.max_queue:
-                raise QueueFull(f"{len(self._jobs)} requests are already waiting")
+            if len(self._jobs) + (self.running is not None) > self.max_queue:
+                raise QueueFull(f"one request is generating and {len(self._jobs)} are waiting")
             self._jobs.append(job)
             self._cond.notify()
 
