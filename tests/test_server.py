@@ -168,6 +168,7 @@ BAD = [
     (b'{"messages": []}', 400, "invalid_type", "messages"),
     (b'{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "invalid_value", "messages[0].role"),
     (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400, "invalid_value", "messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "invalid_value", "messages[0].content"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400, "invalid_type", "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": true}', 400, "invalid_type", "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', 400, "invalid_value", "temperature"),
@@ -275,6 +276,16 @@ def test_disconnect_mid_stream_frees_the_engine_within_a_round(served, client):
     round_s = full.usage.completion_tokens / max(eft["tokens_per_second"], 1) / max(eft["drafted"] / 4, 1)  # k = 4 drafts a round
     print(f"freed {freed * 1000:.1f} ms after disconnect; one round ≈ {round_s * 1000:.2f} ms; full answer {full.usage.completion_tokens} tokens")
     assert freed < 0.25 + 5 * round_s
+
+
+def test_disconnect_while_waiting_for_a_blocking_answer_cancels_it(served):
+    body = {"prompt": "a long story", "max_tokens": 900, "temperature": 0.0, "draft_tokens": 4}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(served.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+    gone = time.perf_counter()
+    while served.worker.running is not None:
+        assert time.perf_counter() - gone < 1.5, "generation kept running after the client left"
+        time.sleep(0.001)
 
 
 def test_queue_full_is_503_with_retry_after(served):

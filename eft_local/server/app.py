@@ -120,7 +120,7 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
         req = parse(kind, body, options.defaults, n_ctx=n_ctx, seed=options.seed)
         if req.model is not None and req.model != options.model_name:
             raise _unknown_model(req.model, options.model_name)
-        job = Job(req, Channel(asyncio.get_running_loop()))
+        job = Job(req, Channel(asyncio.get_running_loop()), tokens=req.stream)
         try:
             worker.submit(job)
         except QueueFull as e:
@@ -160,7 +160,7 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
                 return None
 
     async def _finish(job: Job, request: Request) -> FinishedEvent | None:
-        while True:
+        while True:  # (no TokenEvents come for a non-streamed job: this wakes once, or to poll the client)
             for item in await job.channel.get(DISCONNECT_POLL_SECONDS):
                 if isinstance(item, Failed):
                     raise item.error

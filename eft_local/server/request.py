@@ -130,7 +130,7 @@ def _stop(name: str, v: Any) -> tuple[str, ...]:
         raise bad(name, f"'{name}' must be a string or a list of strings", "invalid_type")
     if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
         raise bad(name, f"'{name}' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
-    return tuple(s for s in stops if s)
+    return tuple(_utf8(name, s) for s in stops if s)
 
 
 def _weights(name: str, v: Any) -> dict[str, float]:
@@ -174,17 +174,25 @@ def _messages(v: Any) -> list[dict[str, str]]:
     return out
 
 
+def _utf8(where: str, text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad(where, f"'{where}' holds a lone surrogate (\\ud800-\\udfff): not encodable as UTF-8") from None
+    return text
+
+
 def _content(where: str, c: Any) -> str:
     if c is None:
         return ""
     if isinstance(c, str):
-        return c
+        return _utf8(where, c)
     if isinstance(c, list):  # content parts: text only
         parts = []
         for p in c:
             if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
                 raise bad(where, f"'{where}' may only hold text parts ({{\"type\": \"text\", \"text\": ...}})")
-            parts.append(p["text"])
+            parts.append(_utf8(where, p["text"]))
         return "".join(parts)
     raise bad(where, f"'{where}' must be a string or a list of text parts", "invalid_type")
 
@@ -196,7 +204,7 @@ def _prompt(v: Any) -> str:
         raise bad("prompt", "'prompt' must be one string (one prompt per request)")
     if not isinstance(v, str):
         raise bad("prompt", "'prompt' must be a string", "invalid_type")
-    return v
+    return _utf8("prompt", v)
 
 
 def parse(kind: str, body: Mapping[str, Any], defaults: GenerationConfig, *, n_ctx: int, seed: int | None = None) -> GenRequest:

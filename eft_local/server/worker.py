@@ -84,6 +84,7 @@ class Job:
     request: GenRequest
     channel: Channel
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: bool = True  # forward TokenEvents (a non-streamed answer only needs the FinishedEvent)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -161,7 +162,7 @@ class EngineWorker:
             put(Started(len(prompt["chat"])))
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
-                    if isinstance(ev, (TokenEvent, FinishedEvent)):
+                    if isinstance(ev, FinishedEvent) or (job.tokens and isinstance(ev, TokenEvent)):
                         put(ev)
             except Exception as e:  # noqa: BLE001 - llama.cpp refused a batch: this request fails, the server goes on
                 put(Failed(ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")))
