@@ -1,0 +1,188 @@
+"""How much does `eft-local serve` cost over `eft-local run`, and how do queued clients fare?
+
+Starts `eft-local serve` as a subprocess (on 127.0.0.1, a free port) and loads the same three
+models in this process for the direct path (what `eft-local run` does per prompt: build the
+prompt, run EftEngine.generate). Both get the same prompts in the same order, so their KV
+caches reuse the same prefixes. Streaming through the server is measured with raw httpx
+(SSE lines), so client-side parsing stays small next to the server's own work.
+
+    python scripts/bench_serve.py                       # synthetic "medium" family
+    python scripts/bench_serve.py --base B.gguf --chat C.gguf --reference R.gguf
+
+Prints, per path: time to first token (TTFT), generation tok/s (after the first token) and
+total seconds, medians over prompts × repeats, and the server/direct ratios (target ≤ 1.05);
+then 1, 4 and 8 concurrent streaming clients: wall time, TTFT median/max, aggregate tok/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eft_local.decoder import EftEngine, GenerationConfig  # noqa: E402
+from eft_local.events import FinishedEvent, TokenEvent  # noqa: E402
+from eft_local.sampling import SamplingParams  # noqa: E402
+from eft_local.session import Session, rng_for  # noqa: E402
+from eft_local.synthetic import ModelSpec, write_family  # noqa: E402
+
+SIZES = {
+    "small": ModelSpec(),
+    "medium": ModelSpec(n_vocab=4096, n_embd=256, n_layer=4, n_head=8, n_head_kv=4, n_ff=1024),
+}
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain speculative decoding in two sentences.",
+    "List three uses for a paperclip.",
+    "What is the capital of France, and why?",
+    "Tell me a story about a robot who learns to paint.",
+    "Summarize the plot of Hamlet.",
+    "How do I boil an egg?",
+    "Give me a haiku about autumn.",
+]
+
+
+def start_server(paths: dict[str, Path], args) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "eft_local", "serve", "--port", "0", "--n-ctx", str(args.n_ctx), "--threads", str(args.threads),
+           "--gpu-layers", str(args.gpu_layers), "--temperature", "0", "--max-queue", "16"]
+    for role, p in paths.items():
+        cmd += [f"--{role}", str(p)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    for line in proc.stderr:
+        if "serving" in line:
+            url = line.split(" at ")[1].split()[0]
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
+            return proc, url
+    raise SystemExit(f"server did not start (exit {proc.wait()})")
+
+
+def direct(session: Session, prompt: str, max_tokens: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    config = GenerationConfig(sampling=SamplingParams(temperature=0.0), max_tokens=max_tokens)
+    ids = session.prompt(messages=[{"role": "user", "content": prompt}])
+    for ev in session.generate(ids, config, rng_for(None, 0)):
+        if isinstance(ev, TokenEvent) and first is None and ev.text:  # as the server: first visible text
+            first = time.perf_counter()
+        elif isinstance(ev, FinishedEvent):
+            tokens = len(ev.token_ids)
+    end = time.perf_counter()
+    return _result(t0, first, end, tokens)
+
+
+def served(url: str, prompt: str, max_tokens: int, client: httpx.Client) -> dict[str, float]:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    with client.stream("POST", url + "/chat/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return _result(t0, first, end, tokens)
+
+
+def _result(t0: float, first: float | None, end: float, tokens: int) -> dict[str, float]:
+    first = first or end
+    return {"ttft": first - t0, "total": end - t0, "tokens": tokens,
+            "tps": (tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0}
+
+
+def med(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=tuple(SIZES), default="medium", help="synthetic family size (default medium)")
+    for role in ("base", "chat", "reference"):
+        ap.add_argument(f"--{role}", metavar="GGUF", help="use real models instead of a synthetic family (all three)")
+    ap.add_argument("--prompts", type=int, default=6, help="prompts per repeat (default 6, at most 8)")
+    ap.add_argument("--tokens", type=int, default=128, help="max tokens per answer (default 128)")
+    ap.add_argument("--repeat", type=int, default=3, help="passes over the prompts (default 3); medians are shown")
+    ap.add_argument("--clients", default="1,4,8", help="concurrent client counts for the queueing part (default 1,4,8)")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads per model (default 1)")
+    ap.add_argument("--n-ctx", type=int, default=1024)
+    ap.add_argument("--gpu-layers", type=int, default=0)
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.base and args.chat and args.reference:
+        paths = {"base": Path(args.base), "chat": Path(args.chat), "reference": Path(args.reference)}
+    else:
+        paths = write_family(Path(tmp.name), shape=SIZES[args.size], chat_shift=0.6, base_shift=0.6).paths()
+    proc, url = start_server(paths, args)
+    engine = EftEngine.load(paths, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
+    session = Session(engine)
+    prompts = PROMPTS[: max(1, min(args.prompts, len(PROMPTS)))]
+    try:
+        with httpx.Client(timeout=600) as client:
+            served(url, "warm up", 8, client)
+            direct(session, "warm up", 8)
+            d_rows, s_rows = [], []
+            for _ in range(args.repeat):
+                for p in prompts:  # interleaved, so load from other processes hits both paths alike
+                    d_rows.append(direct(session, p, args.tokens))
+                    s_rows.append(served(url, p, args.tokens, client))
+            print(f"models: {', '.join(f'{r}={p.name}' for r, p in paths.items())}; {args.threads} thread(s)/model; "
+                  f"{len(prompts)} prompts x {args.repeat}, max {args.tokens} tokens, greedy")
+            print(f"{'path':<22}{'TTFT ms':>10}{'tok/s':>10}{'total s':>10}{'tokens':>8}")
+            for name, rows in (("direct (eft-local run)", d_rows), ("server (streaming)", s_rows)):
+                print(f"{name:<22}{1000 * med(rows, 'ttft'):>10.1f}{med(rows, 'tps'):>10.1f}{med(rows, 'total'):>10.3f}"
+                      f"{sum(r['tokens'] for r in rows) / len(rows):>8.1f}")
+            total_d, total_s = sum(r["total"] for r in d_rows), sum(r["total"] for r in s_rows)
+            print(f"server/direct: TTFT x{med(s_rows, 'ttft') / med(d_rows, 'ttft'):.3f}, "
+                  f"tok/s x{med(s_rows, 'tps') / med(d_rows, 'tps'):.3f}, total time x{total_s / total_d:.3f} "
+                  f"(overhead {100 * (total_s / total_d - 1):+.1f}%)")
+
+            print("\nqueueing (one generation at a time; clients start together):")
+            print(f"{'clients':>8}{'wall s':>10}{'TTFT med ms':>13}{'TTFT max ms':>13}{'agg tok/s':>11}{'wall/solo':>11}")
+            solo = None
+            for n in (int(x) for x in args.clients.split(",")):
+                rows: list[dict[str, float]] = [{}] * n
+                barrier = threading.Barrier(n)
+
+                def one(i: int) -> None:
+                    with httpx.Client(timeout=600) as c:
+                        barrier.wait()
+                        rows[i] = served(url, prompts[i % len(prompts)], args.tokens, c)
+
+                t0 = time.perf_counter()
+                threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - t0
+                solo = solo or wall
+                tokens = sum(r["tokens"] for r in rows)
+                print(f"{n:>8}{wall:>10.3f}{1000 * med(rows, 'ttft'):>13.1f}{1000 * max(r['ttft'] for r in rows):>13.1f}"
+                      f"{tokens / wall:>11.1f}{wall / solo:>11.2f}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        session.close()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
