@@ -38,36 +38,54 @@ class Failed:
 
 
 class Channel:
-    """Items from the engine thread to one coroutine; wakes the loop at most once per batch."""
+    """Items from the engine thread to one coroutine.
+
+    The engine thread only wakes the event loop when the coroutine is actually waiting, so
+    tokens produced while the loop is busy (or pacing its writes) cost an append each, not a
+    cross-thread wake-up each.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: deque[Any] = deque()
         self._ready = asyncio.Event()
-        self._scheduled = False
+        self._last = asyncio.Event()  # the final item (FinishedEvent / Failed) is in
+        self._waiting = False
 
-    def put(self, item: Any) -> None:  # engine thread
-        self.items.append(item)
-        if not self._scheduled:
-            self._scheduled = True
+    def put(self, item: Any, last: bool = False) -> None:  # engine thread
+        self.items.append(item)  # append first, then look at _waiting (get() does the reverse)
+        if last:
+            self._call(self._last.set)
+        if self._waiting:
+            self._waiting = False
+            self._call(self._ready.set)
+
+    def _call(self, fn) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    async def pause(self, seconds: float) -> None:
+        """Let items gather for ``seconds``, but return as soon as the last one is in."""
+        if not self._last.is_set():
             try:
-                self.loop.call_soon_threadsafe(self._wake)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
+                await asyncio.wait_for(self._last.wait(), seconds)
+            except asyncio.TimeoutError:
                 pass
-
-    def _wake(self) -> None:
-        self._scheduled = False
-        self._ready.set()
 
     async def get(self, timeout: float | None = None) -> list[Any]:
         """Everything that arrived (waits for at least one item; [] after ``timeout``)."""
         while not self.items:
             self._ready.clear()
-            if self.items:
+            self._waiting = True
+            if self.items:  # arrived between the check and the flag: no wake-up was sent
+                self._waiting = False
                 break
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except asyncio.TimeoutError:
+                self._waiting = False
                 return []
         out = list(self.items)
         for _ in out:
@@ -147,22 +165,25 @@ class EngineWorker:
 
     def _run(self, job: Job) -> None:
         req, put = job.request, job.channel.put
+        put_last = lambda item: put(item, last=True)  # noqa: E731
         with self.session.lock:
             try:
                 prompt = self.session.prompt(messages=req.messages, raw=req.raw)
             except PromptTooLong as e:
-                put(Failed(ApiError(413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded")))
+                put_last(Failed(ApiError(413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded")))
                 return
             except UserError as e:
-                put(Failed(ApiError(400, str(e), code="invalid_prompt")))
+                put_last(Failed(ApiError(400, str(e), code="invalid_prompt")))
                 return
             except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
-                put(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
+                put_last(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
                 return
             put(Started(len(prompt["chat"])))
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
-                    if isinstance(ev, FinishedEvent) or (job.tokens and isinstance(ev, TokenEvent)):
+                    if isinstance(ev, FinishedEvent):
+                        put_last(ev)
+                    elif job.tokens and isinstance(ev, TokenEvent):
                         put(ev)
             except Exception as e:  # noqa: BLE001 - llama.cpp refused a batch: this request fails, the server goes on
-                put(Failed(ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")))
+                put_last(Failed(ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")))
