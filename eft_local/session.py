@@ -70,6 +70,8 @@ class Session:
         else:
             prompt = self.engine.prompt(messages=with_system(messages or [], self.system_prompt), style=self.prompt_style)
         for role, model in self.engine.models.items():
+            if not prompt[role]:
+                raise UserError("the prompt is empty: nothing to generate from")
             if len(prompt[role]) >= model.n_ctx:
                 raise PromptTooLong(len(prompt[role]), model.n_ctx, role)
         return prompt

@@ -108,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         sock.close()
+        app.state.worker.stop()  # (already done by the app's shutdown, unless a second Ctrl+C forced the exit)
         session.close()
     print("eft-local: server stopped", file=sys.stderr)
     return 0
