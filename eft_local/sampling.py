@@ -10,14 +10,14 @@ keeps a 152k-vocabulary step well under a millisecond.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import UserError
+from .settings import TOP_P_MODES, check, check_weights
 
-TOP_P_MODES = ("eft", "base")
+__all__ = ["TOP_P_MODES", "SamplingParams", "Dist", "combine", "distribution", "eft_distribution", "sample"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,17 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     top_p_mode: str = "eft"
+    weights: Mapping[str, float] = field(default_factory=dict)  # α of every delta other than "chat"
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise UserError(f"--min-p must be in [0, 1), got {self.min_p}")
-        if self.top_k < 0:
-            raise UserError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if self.top_p_mode not in TOP_P_MODES:
-            raise UserError(f"--top-p-mode must be one of {', '.join(TOP_P_MODES)}, got {self.top_p_mode!r}")
+        """Every value checked by its one definition in ``settings`` (finite, in range)."""
+        for name in ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "top_p_mode"):
+            check(name, getattr(self, name))
+        check_weights(self.weights, "--weight")
+
+    def weight(self, delta: str) -> float:
+        """α of a behaviour delta: ``alpha`` for "chat", else ``weights`` (default 1)."""
+        return self.alpha if delta == "chat" else float(self.weights.get(delta, 1.0))
 
 
 class Dist:
@@ -91,37 +90,38 @@ class Dist:
         return out
 
 
-def combine(
-    base: np.ndarray,
-    chat: np.ndarray,
-    reference: np.ndarray,
-    alpha: float,
-    beta: float,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """``z = ref + α(chat − ref) + β(base − ref)`` over the rows' common length, in float32.
+def combine(rows: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarray | None = None) -> np.ndarray:
+    """``z = Σ weights[m] · rows[m]`` over the rows' common length, in float32.
 
-    Inputs may be longer than ``out`` (padded vocabularies): only the first ``len(out)``
-    entries are used. Written as ``α·chat + β·base + (1−α−β)·ref`` to touch memory once
-    per term; exact corners (α,β) ∈ {0,1}² skip the zero terms.
+    The EFT formula expanded per model (see ``EftEngine.coefficients``). Rows may be longer
+    than ``out`` (padded vocabularies): only the first ``len(out)`` entries are used. Zero
+    weights are skipped and ±1 add/subtract without a multiply, so a corner (one model with
+    weight 1) is that model's row exactly.
     """
-    n = len(out) if out is not None else min(len(base), len(chat), len(reference))
+    n = len(out) if out is not None else min(len(r) for r in rows)
     out = np.empty(n, np.float32) if out is None else out
-    terms = [(alpha, chat[:n]), (beta, base[:n]), (1.0 - alpha - beta, reference[:n])]
-    terms = [(w, x) for w, x in terms if w != 0.0]
+    terms = [(float(w), x) for w, x in zip(weights, rows) if w != 0.0]
     if not terms:
         out[:] = 0.0
         return out
     w0, x0 = terms[0]
-    np.multiply(x0, np.float32(w0), out=out) if w0 != 1.0 else np.copyto(out, x0)
+    if w0 == 1.0:
+        np.copyto(out, x0[:n])
+    else:
+        np.multiply(x0[:n], np.float32(w0), out=out)
     for w, x in terms[1:]:
         if w == 1.0:
-            np.add(out, x, out=out)
+            np.add(out, x[:n], out=out)
         elif w == -1.0:
-            np.subtract(out, x, out=out)
+            np.subtract(out, x[:n], out=out)
         else:
-            out += np.float32(w) * x
+            out += np.float32(w) * x[:n]
     return out
+
+
+def three_roles(base: np.ndarray, chat: np.ndarray, reference: np.ndarray, alpha: float, beta: float) -> tuple[list[np.ndarray], list[float]]:
+    """Rows and weights of the one-delta formula ``ref + α(chat − ref) + β(base − ref)``."""
+    return [chat, base, reference], [alpha, beta, 1.0 - alpha - beta]
 
 
 # Descending weight thresholds tried when looking for a small set that holds the nucleus.
@@ -225,22 +225,24 @@ def base_nucleus(base: np.ndarray, n: int, params: SamplingParams) -> np.ndarray
 
 
 def eft_distribution(
-    base: np.ndarray,
-    chat: np.ndarray,
-    reference: np.ndarray,
+    rows: Sequence[np.ndarray],
+    weights: Sequence[float],
     params: SamplingParams,
     n: int,
     mask: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    base: np.ndarray | None = None,
 ) -> Dist:
-    """One full EFT step: combine the three rows over the first ``n`` ids, then filter.
+    """One full EFT step: combine the models' rows over the first ``n`` ids, then filter.
 
     ``mask`` holds ids that must never be emitted (padding/unused tokens): set to -inf.
+    ``base`` is the large base model's row, needed only by the DExperts top-p mode.
     """
-    z = combine(base, chat, reference, params.alpha, params.beta, out if out is not None else np.empty(n, np.float32))
+    z = combine(rows, weights, out if out is not None else np.empty(n, np.float32))
     if mask is not None and mask.size:
         z[mask] = -np.inf
-    return distribution(z, params, base_nucleus(base, n, params))
+    allowed = base_nucleus(base, n, params) if base is not None else None
+    return distribution(z, params, allowed)
 
 
 def sample(dist: Dist, u: float) -> int:
