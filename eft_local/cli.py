@@ -305,4 +305,5 @@ def cmd_chat(args: argparse.Namespace) -> int:
         seed=settings["seed"],
         system_prompt=settings["system_prompt"],
         profile_name=profile_name,
+        stop=tuple(settings["stop"]),
     )
