@@ -206,6 +206,8 @@ class _Run:
         needed = {name for name, _ in self.weighted} | {self.drafter} | ({self.base} if dexperts else set())
         self.active = [name for name in e.models if name in needed]
         self.verifiers = [name for name in self.active if name != self.drafter]
+        # The drafter alone at weight 1 (compare's "chat alone"): p is q, every draft stands.
+        self.p_is_q = self.weighted == [(self.drafter, 1.0)] and not dexperts
         self.prompt = {name: list(self.raw_prompt[name]) for name in self.active}
         self.stats.prompt_tokens = {name: len(t) for name, t in self.prompt.items()}
         size = lambda names: sum(e.models[n].size_bytes for n in names)  # noqa: E731
@@ -322,6 +324,8 @@ class _Run:
         Every position — drafted or not, naive or speculative — is drawn this way from its
         own three uniforms, so a seeded run emits the same tokens whatever the block length.
         """
+        if self.p_is_q:
+            return x
         p = self._target(rows, i)
         if accept(p, q, x, self.u[pos, 1]):
             return x
