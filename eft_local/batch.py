@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +19,7 @@ from .errors import UserError
 from .events import FinishedEvent, GenStats
 from .prompt_file import PromptItem
 from .sampling import SamplingParams
+from .settings import SETTINGS
 
 
 @dataclass
@@ -52,7 +53,7 @@ def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[st
 
 
 def generation_config(settings: dict[str, Any]) -> GenerationConfig:
-    names = ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "top_p_mode")
+    names = [f.name for f in fields(SamplingParams) if f.name in SETTINGS]
     sampling = SamplingParams(**{k: settings[k] for k in names}, weights=dict(settings["weights"]))
     return GenerationConfig(sampling=sampling, max_tokens=settings["max_tokens"], draft_tokens=settings["draft_tokens"],
                             stop=tuple(settings["stop"]), draft_with=settings.get("draft_with"))

@@ -14,7 +14,7 @@ from .errors import UserError
 from .settings import GRID_KEYS, SETTINGS, check_delta_name, check_weight
 
 LOAD_SETTINGS = ("n_ctx", "gpu_layers", "threads")
-GENERATION_SETTINGS = ("alpha", "beta", "temperature", "top_p", "top_k", "min_p", "top_p_mode", "seed", "max_tokens",
+GENERATION_SETTINGS = ("alpha", "beta", "temperature", "top_p", "top_k", "min_p", "typical_p", "top_p_mode", "seed", "max_tokens",
                        "draft_tokens", "stop", "prompt_style", "system_prompt")
 
 class Parser(argparse.ArgumentParser):

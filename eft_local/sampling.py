@@ -10,11 +10,12 @@ keeps a 152k-vocabulary step well under a millisecond.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .filters import FILTERS, candidates, nucleus
 from .settings import TOP_P_MODES, check, check_weights
 
 __all__ = ["TOP_P_MODES", "SamplingParams", "Dist", "combine", "distribution", "eft_distribution", "sample"]
@@ -36,11 +37,12 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     top_p_mode: str = "eft"
+    typical_p: float = 1.0
     weights: Mapping[str, float] = field(default_factory=dict)  # α of every delta other than "chat"
 
     def validate(self) -> None:
         """Every value checked by its one definition in ``settings`` (finite, in range)."""
-        for name in ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "top_p_mode"):
+        for name in ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "typical_p", "top_p_mode"):
             check(name, getattr(self, name))
         check_weights(self.weights, "--weight")
 
@@ -124,104 +126,41 @@ def three_roles(base: np.ndarray, chat: np.ndarray, reference: np.ndarray, alpha
     return [chat, base, reference], [alpha, beta, 1.0 - alpha - beta]
 
 
-# Descending weight thresholds tried when looking for a small set that holds the nucleus.
-_THRESHOLDS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-13, 1e-20)
 _BLOCK = 1024  # dense sampling: cumsum over block sums, then inside one block
-_SORT_LIMIT = 4096  # above this many top-p candidates, find the nucleus by histogram
-
-
-def _weights(z: np.ndarray, temperature: float) -> np.ndarray:
-    """exp((z − max) / T) in float32: the top token weighs 1, -inf weighs 0."""
-    e = z - np.float32(z.max())
-    e *= np.float32(1.0 / temperature)
-    return np.exp(e, out=e)
-
-
-def _head(e: np.ndarray, floor: float, enough: Callable[[np.ndarray], bool], sort: bool = True) -> np.ndarray:
-    """Ids of the heaviest weights, a superset of what ``enough`` needs (sorted by weight).
-
-    Tries ever lower thresholds (never below ``floor``) so that only a small set is sorted.
-    """
-    for t in _THRESHOLDS:  # descending; those at or below the floor are skipped
-        if t > floor:
-            idx = np.flatnonzero(e >= t)
-            if enough(idx):
-                break
-    else:
-        idx = np.flatnonzero(e >= floor) if floor > 0 else np.flatnonzero(e > 0)
-    return idx[np.argsort(-e[idx], kind="stable")] if sort else idx
-
-
-def _filter(z: np.ndarray, params: SamplingParams) -> Dist:
-    """Temperature, min-p, top-k, top-p on one logit row (see ``distribution``)."""
-    e = _weights(z, params.temperature)
-    floor = params.min_p
-    top_p = params.top_p if params.top_p_mode == "eft" else 1.0
-    k = params.top_k if params.top_k and params.top_k < len(e) else 0
-    if not k and top_p >= 1.0:
-        if floor <= 0:
-            return Dist(None, e)
-        idx = np.flatnonzero(e >= floor)
-        return Dist(idx, e[idx].astype(np.float64))
-    if k:
-        ids = _head(e, floor, lambda c: len(c) >= k)[:k]
-        mass = float(e[ids].sum(dtype=np.float64))
-    else:
-        mass = float(e.sum(dtype=np.float64)) if floor <= 0 else float(e[e >= floor].sum(dtype=np.float64))
-        ids = _head(e, floor, lambda c: float(e[c].sum(dtype=np.float64)) >= top_p * mass, sort=False)
-        if len(ids) > _SORT_LIMIT:
-            ids = _nucleus_by_histogram(e, ids, top_p * mass)
-            return Dist(ids, e[ids].astype(np.float64))
-        ids = ids[np.argsort(-e[ids], kind="stable")]
-    w = e[ids].astype(np.float64)
-    if top_p < 1.0:
-        keep = min(len(w), int(np.searchsorted(np.cumsum(w), top_p * mass, side="left")) + 1)
-        ids, w = ids[:keep], w[:keep]
-    return Dist(ids, w)
-
-
-def _nucleus_by_histogram(e: np.ndarray, idx: np.ndarray, target: float) -> np.ndarray:
-    """The top-p nucleus of a broad distribution without sorting all its candidates.
-
-    Weights are binned by log2 (8 bins per halving; heavier bins first); whole bins are
-    taken until the one where the cumulative mass crosses ``target``, and only that bin is
-    sorted. Same set as a full sort (ties by id), in a fraction of the time.
-    """
-    w = e[idx]
-    bins = np.minimum((-np.log2(w) * 8).astype(np.int64), 4095)
-    mass = np.cumsum(np.bincount(bins, weights=w.astype(np.float64)))
-    b = min(int(np.searchsorted(mass, target, side="left")), len(mass) - 1)
-    before = mass[b - 1] if b else 0.0
-    edge = np.flatnonzero(bins == b)
-    edge = edge[np.argsort(-w[edge], kind="stable")]
-    need = min(len(edge), int(np.searchsorted(before + np.cumsum(w[edge], dtype=np.float64), target, side="left")) + 1)
-    return np.concatenate([idx[bins < b], idx[edge[:need]]])
 
 
 def distribution(z: np.ndarray, params: SamplingParams, allowed: np.ndarray | None = None) -> Dist:
     """The filtered next-token distribution of logits ``z``.
 
-    Order: temperature, min-p (relative to the top token), top-k, top-p (each on the
-    renormalized result of the previous one). Temperature 0 is greedy. ``allowed`` (ids)
-    restricts the support first (the base-nucleus top-p mode; top-p is then not reapplied).
+    Temperature 0 is greedy; otherwise ``filters.FILTERS`` in order (min-p relative to the
+    top token, top-k, typical-p, top-p), each on the renormalized result of the previous
+    one. ``allowed`` (ids) restricts the support first (the base-nucleus top-p mode; top-p
+    is then not reapplied).
     """
     if allowed is not None:
         zz = z[allowed]
         if params.temperature == 0:
             return Dist(allowed[[int(np.argmax(zz))]], np.ones(1))
-        d = _filter(zz, replace(params, top_p=1.0))
+        d = _filtered(zz, replace(params, top_p=1.0))
         return Dist(allowed if d.ids is None else allowed[d.ids], d.w, d.total)
     if params.temperature == 0:
         return Dist(np.array([int(np.argmax(z))]), np.ones(1))
-    return _filter(z, params)
+    return _filtered(z, params)
+
+
+def _filtered(z: np.ndarray, params: SamplingParams) -> Dist:
+    c = candidates(z, params.temperature, params)
+    for f in FILTERS:
+        c = f(c, params)
+    return Dist(None, c.w) if c.ids is None else Dist(c.ids, c.w.astype(np.float64))
 
 
 def base_nucleus(base: np.ndarray, n: int, params: SamplingParams) -> np.ndarray | None:
     """Sorted ids of the base model's top-p nucleus (DExperts mode), else None."""
     if params.top_p_mode != "base" or params.top_p >= 1.0 or params.temperature == 0:
         return None
-    d = _filter(base[:n], SamplingParams(temperature=params.temperature, top_p=params.top_p))
-    return np.sort(d.ids)
+    c = nucleus(candidates(base[:n], params.temperature), params.top_p)
+    return np.sort(c.ids)
 
 
 def eft_distribution(

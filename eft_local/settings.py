@@ -134,6 +134,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("top_p", float, 0.95, "nucleus sampling (1 = off)", lo=0.0, hi=1.0, lo_open=True, per_prompt=True),
         Setting("top_k", int, 0, "keep the k most likely tokens (0 = off)", lo=0, hi=2**31 - 1, per_prompt=True),
         Setting("min_p", float, 0.0, "drop tokens below min-p × the top token's probability", lo=0.0, hi=1.0, hi_open=True, per_prompt=True),
+        Setting("typical_p", float, 1.0, "locally typical sampling mass (1 = off)", lo=0.0, hi=1.0, lo_open=True,
+                per_prompt=True),
         Setting("top_p_mode", str, "eft", "top-p on the EFT distribution (eft) or on the base model alone (base, DExperts)",
                 choices=TOP_P_MODES, per_prompt=True),
         Setting("seed", int, None, "RNG seed: prompt i uses (seed, i), so reruns are identical", lo=0, hi=MAX_SEED,

@@ -93,11 +93,22 @@ def test_greedy_is_argmax():
     assert d.ids.tolist() == [int(np.argmax(z))] and d.probs.tolist() == [1.0]
 
 
-def test_unfiltered_distribution_is_dense_softmax_at_large_vocab():
-    z = rows(152_064, seed=4)[0] * 4
+@pytest.mark.parametrize("spread,dense", [(4, False), (0.5, True)])
+def test_unfiltered_distribution_is_softmax_at_large_vocab(spread, dense):
+    """Wide rows drop a tail below float precision (sparse); narrow rows keep every id (dense)."""
+    z = rows(152_064, seed=4)[0] * spread
     d = distribution(z, SamplingParams(temperature=1.3))
-    assert d.ids is None
+    assert (d.ids is None) == dense
     np.testing.assert_allclose(d.dense(len(z)), dense_probs(z, 1.3), rtol=2e-5, atol=1e-12)
+
+
+def test_typical_p_keeps_the_tokens_nearest_the_entropy():
+    z = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    d = distribution(z, SamplingParams(temperature=1.0, typical_p=0.5))
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    h = -(p * np.log(p)).sum()
+    order = np.argsort(np.abs(-np.log(p) - h))
+    assert d.ids.tolist() == order[: int(np.searchsorted(np.cumsum(p[order]), 0.5)) + 1].tolist()
 
 
 @pytest.mark.parametrize("top_p,top_k,min_p", [(0.95, 0, 0.0), (0.5, 0, 0.0), (1.0, 40, 0.0), (0.9, 100, 1e-3)])
