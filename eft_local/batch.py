@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,16 +16,46 @@ from .decoder import EftEngine, GenerationConfig
 from .errors import UserError
 from .events import FinishedEvent, GenStats
 from .prompt_file import PromptItem
+from .sampling import SamplingParams
 from .session import rng_for, with_system
+from .settings import SETTINGS
 
 
 @dataclass
 class BatchOptions:
-    config: GenerationConfig
-    seed: int | None = None
+    """Checked settings (``cli.resolve_settings``), --raw, and the grid's points ([{}]: none)."""
+
+    settings: dict[str, Any]
     raw: bool = False
-    prompt_style: str = "template"
-    system: str | None = None
+    grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+
+    @property
+    def swept(self) -> list[str]:
+        """Grid keys a row must carry besides alpha, beta and weights."""
+        return sorted({k for p in self.grid for k in p} - {"alpha", "beta", "weights"})
+
+
+def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with each layer's settings on top (grid point, then the JSONL row).
+
+    Delta weights merge by name; a weight for "chat" is α.
+    """
+    out = dict(base)
+    weights = dict(base.get("weights", {}))
+    for layer in layers:
+        out.update({k: v for k, v in layer.items() if k != "weights"})
+        weights.update(layer.get("weights", {}))
+    if "chat" in weights:
+        out["alpha"] = weights.pop("chat")
+    out["weights"] = weights
+    return out
+
+
+def generation_config(settings: dict[str, Any]) -> GenerationConfig:
+    names = [f.name for f in fields(SamplingParams) if f.name in SETTINGS]
+    sampling = SamplingParams(**{k: settings[k] for k in names}, weights=dict(settings["weights"]))
+    return GenerationConfig(sampling=sampling, max_tokens=settings["max_tokens"], draft_tokens=settings["draft_tokens"],
+                            stop=tuple(settings["stop"]), draft_with=settings.get("draft_with"))
 
 
 @dataclass
@@ -54,26 +84,30 @@ class Summary:
         return f"{self.prompts} prompts, {self.tokens} tokens, {tps:.1f} tok/s, acceptance {acc}, {wall:.1f} s{err}"
 
 
-def role_prompt(engine: EftEngine, item: PromptItem, opts: BatchOptions) -> dict[str, list[int]]:
-    if opts.raw:
+def role_prompt(engine: EftEngine, item: PromptItem, raw: bool, settings: dict[str, Any]) -> dict[str, list[int]]:
+    if raw:
         if item.text is None:
             raise UserError("--raw needs text prompts, not \"messages\"")
         return engine.prompt(raw=item.text)
-    messages = with_system(item.messages or [{"role": "user", "content": item.text or ""}], opts.system)
-    return engine.prompt(messages=messages, style=opts.prompt_style)
+    messages = with_system(item.messages or [{"role": "user", "content": item.text or ""}], settings.get("system_prompt"))
+    return engine.prompt(messages=messages, style=settings["prompt_style"])
 
 
-def run_one(engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions) -> tuple[dict[str, Any], FinishedEvent]:
-    """Generate for one prompt; a bad prompt becomes an error row, not an exception."""
+def run_one(
+    engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions, point: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], FinishedEvent]:
+    """Generate for one prompt at one grid point; a bad prompt becomes an error row."""
     t0 = time.perf_counter()
     prompt_ids: list[int] = []
     fin: FinishedEvent | None = None
+    settings = effective_settings(opts.settings, point or {}, item.overrides)
     try:
         if item.error:
             raise UserError(item.error)
-        prompt = role_prompt(engine, item, opts)
-        prompt_ids = prompt["chat"]
-        for ev in engine.generate(prompt, opts.config, rng_for(opts.seed, index)):
+        prompt = role_prompt(engine, item, opts.raw, settings)
+        prompt_ids = prompt[engine.chat_name]
+        config = generation_config(settings)
+        for ev in engine.generate(prompt, config, rng_for(settings["seed"], index)):
             if isinstance(ev, FinishedEvent):
                 fin = ev
     except (UserError, RuntimeError) as e:
@@ -81,7 +115,11 @@ def run_one(engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions)
             engine.reset()
         fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
     assert fin is not None
-    return _row(item, prompt_ids, fin, time.perf_counter() - t0), fin
+    row = _row(item, prompt_ids, fin, time.perf_counter() - t0)
+    row["alpha"], row["beta"] = settings["alpha"], settings["beta"]
+    row["weights"] = {d: settings["weights"].get(d, 1.0) for d in engine.delta_names if d != "chat"}
+    row.update({k: settings[k] for k in opts.swept})
+    return row, fin
 
 
 def _row(item: PromptItem, prompt_ids: list[int], fin: FinishedEvent, seconds: float) -> dict[str, Any]:
@@ -141,12 +179,14 @@ def run_batch(
     progress: Callable[[int, int, Summary], None] | None = None,
 ) -> Summary:
     summary = Summary()
+    total = len(items) * len(opts.grid)
     with open_output(out) as f:
         for i, item in enumerate(items):
-            row, fin = run_one(engine, item, i, opts)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            summary.add(fin)
-            if progress:
-                progress(i + 1, len(items), summary)
+            for point in opts.grid:  # prompt-major; prompt i keeps its RNG stream at every point
+                row, fin = run_one(engine, item, i, opts, point)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                summary.add(fin)
+                if progress:
+                    progress(summary.prompts, total, summary)
     return summary

@@ -11,21 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .settings import GRID_KEYS, SETTINGS, check_delta_name, check_weight
 
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "alpha": 1.0,
-    "beta": 1.0,
-    "temperature": 0.7,
-    "top_p": 0.95,
-    "top_k": 0,
-    "min_p": 0.0,
-    "top_p_mode": "eft",
-    "n_ctx": 4096,
-    "gpu_layers": None,  # None: all layers when llama.cpp has GPU offload, else 0
-    "max_tokens": 256,
-    "prompt_style": "template",
-}
-
+LOAD_SETTINGS = ("n_ctx", "gpu_layers", "threads")
+GENERATION_SETTINGS = ("alpha", "beta", "temperature", "top_p", "top_k", "min_p", "typical_p", "top_p_mode", "seed", "max_tokens",
+                       "draft_tokens", "stop", "prompt_style", "system_prompt")
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line naming the fix."""
@@ -34,14 +24,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_setting(g, name: str, **extra) -> None:
+    """A CLI flag derived from the setting's one definition (checked later, with the profile)."""
+    st = SETTINGS[name]
+    default = "" if st.default in (None, ()) else f" (default {st.default})"
+    if st.type is list:
+        g.add_argument(st.cli_flag, dest=name, action="append", metavar=st.metavar, help=st.help, **extra)
+    else:
+        choices = {"choices": st.choices} if st.choices else {}
+        g.add_argument(st.cli_flag, dest=name, metavar=st.metavar, help=st.help + default, **choices, **extra)
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--profile", help="named model triple from models.toml (see `eft-local models`)")
+    g.add_argument("--profile", help="named model set from models.toml (see `eft-local models`)")
     for role, what in (("base", "large pre-trained model"), ("chat", "small fine-tuned model"), ("reference", "small base the chat model was tuned from")):
         g.add_argument(f"--{role}", metavar="GGUF", help=f"{what} (overrides the profile)")
-    g.add_argument("--n-ctx", type=int, help="context length per model (default 4096)")
-    g.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU per model (-1 = all)")
-    g.add_argument("--threads", type=int, help="CPU threads per model (default: half the logical CPUs)")
+    g.add_argument("--delta", action="append", default=[], metavar="NAME=CHAT.gguf",
+                   help="another fine-tuned model: a behaviour delta named NAME (repeatable)")
+    g.add_argument("--delta-reference", action="append", default=[], metavar="NAME=REF.gguf",
+                   help="the pre-trained model delta NAME was tuned from (default: --reference)")
+    for name in LOAD_SETTINGS:
+        _add_setting(g, name)
     g.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     try:
         from .cli_models import add_profile_args
@@ -52,19 +56,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("EFT and sampling")
-    g.add_argument("--alpha", type=float, help="behaviour: scale of the fine-tuning delta (chat − reference); default 1")
-    g.add_argument("--beta", type=float, help="scale: scale of the pre-training delta (base − reference); default 1")
-    g.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
-    g.add_argument("--top-p", type=float, help="nucleus sampling (default 0.95)")
-    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--min-p", type=float, help="drop tokens below min-p × the top token's probability")
-    g.add_argument("--top-p-mode", choices=("eft", "base"), help="top-p on the EFT distribution (default) or on the base model alone (DExperts)")
-    g.add_argument("--seed", type=int, help="RNG seed: prompt i uses (seed, i), so reruns are identical")
-    g.add_argument("--max-tokens", type=int, help="tokens to generate per prompt (default 256)")
-    g.add_argument("--draft-tokens", type=int, metavar="K", help="speculative block: 0 = naive EFT; default adaptive")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
-    g.add_argument("--prompt-style", choices=("template", "transcript"), help="what base/reference see: the chat template (default) or a plain transcript")
-    g.add_argument("--system", metavar="TEXT", help="system prompt")
+    for name in GENERATION_SETTINGS:
+        _add_setting(g, name)
+    g.add_argument("--weight", action="append", default=[], metavar="NAME=W",
+                   help="weight α_NAME of delta NAME (repeatable; default 1, or the profile's)")
+    g.add_argument("--draft-with", metavar="NAME", help="which delta's chat model drafts (default: largest |weight|)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt-file", required=True, metavar="FILE", help=".txt (one prompt per line) or .jsonl ({id?, prompt} or {id?, messages})")
     run.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
     run.add_argument("--raw", action="store_true", help="no chat template: prompt text as-is, BOS per model")
+    run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)")
     _model_args(run)
     _sampling_args(run)
     run.set_defaults(func=cmd_run)
@@ -129,24 +127,80 @@ def _setup_logging(verbose: bool) -> None:
 
 # -- resolving models and settings ----------------------------------------------------------
 def resolve_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:
-    """Role -> path from --profile and/or --base/--chat/--reference; plus profile defaults."""
+    """Role -> path from --profile, --base/--chat/--reference and --delta/--delta-reference;
+    plus the profile's checked defaults (with its delta weights under ``weights``)."""
+    from .mixture import REF_SUFFIX
     from .profiles import ROLES, resolve_profile
 
     overrides = {r: getattr(args, r) for r in ROLES if getattr(args, r, None)}
-    if len(overrides) == len(ROLES) and not args.profile:
+    deltas = _pairs(getattr(args, "delta", []), "--delta", "NAME=CHAT.gguf")
+    for name, path in deltas.items():
+        overrides[check_delta_name(name, "--delta")] = path
+    for name, path in _pairs(getattr(args, "delta_reference", []), "--delta-reference", "NAME=REF.gguf").items():
+        if name not in deltas and name != "chat":
+            raise UserError(f"--delta-reference {name}=…: there is no --delta {name}=…")
+        overrides[name + REF_SUFFIX if name != "chat" else "reference"] = path
+    has_delta = "chat" in overrides or deltas
+    if not args.profile and {"base", "reference"} <= set(overrides) and has_delta:
         return {r: Path(p) for r, p in overrides.items()}, {}, None
-
     resolved = resolve_profile(
         args.profile,
         models_file=getattr(args, "models_file", None),
         models_dir=getattr(args, "models_dir", None),
         overrides=overrides,
     )
-    return dict(resolved.paths), dict(resolved.defaults), resolved.name
+    return dict(resolved.paths), {**resolved.defaults, "weights": resolved.weights}, resolved.name
 
 
-def gpu_layers(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
-    value = setting(args, defaults, "gpu_layers")
+def _pairs(items: Sequence[str], flag: str, form: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a dict; one clear line for a malformed one."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UserError(f"{flag} {item!r}: expected {form}")
+        if name.strip() in out:
+            raise UserError(f"{flag} {name.strip()} given twice")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Every setting: the CLI flag, else the profile's default, else the built-in default —
+    each checked by its one definition (finite, in range), naming where it came from."""
+    out: dict[str, Any] = {}
+    for name, st in SETTINGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = st.check(value, st.cli_flag)
+        elif name in defaults:
+            out[name] = defaults[name]  # checked when the profile was read
+        else:
+            out[name] = st.default
+    out["weights"] = dict(defaults.get("weights", {}))
+    for name, raw in _pairs(getattr(args, "weight", []), "--weight", "NAME=W").items():
+        if name == "chat":
+            out["alpha"] = check_weight(name, raw, "--weight chat")
+        else:
+            out["weights"][check_delta_name(name, "--weight")] = check_weight(name, raw, f"--weight {name}")
+    out["draft_with"] = getattr(args, "draft_with", None)
+    return out
+
+
+def check_known_weights(settings: dict[str, Any], paths: dict[str, Path]) -> None:
+    from .mixture import deltas_of
+
+    names = [d.name for d in deltas_of(paths) if d.name != "chat"]
+    for name in settings["weights"]:
+        if name not in names:
+            raise UserError(f"--weight {name}=…: there is no delta named {name} (deltas besides chat: {', '.join(names) or 'none'})")
+    known = [d.name for d in deltas_of(paths)]
+    if settings["draft_with"] is not None and settings["draft_with"] not in known:
+        raise UserError(f"--draft-with {settings['draft_with']}: there is no delta named so (deltas: {', '.join(known)})")
+
+
+def gpu_layers(settings: dict[str, Any]) -> int:
+    value = settings["gpu_layers"]
     if value is None:
         import llama_cpp
 
@@ -154,38 +208,20 @@ def gpu_layers(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     return int(value)
 
 
-def setting(args: argparse.Namespace, defaults: dict[str, Any], name: str) -> Any:
-    value = getattr(args, name, None)
-    if value is None:
-        value = defaults.get(name, BUILTIN_DEFAULTS.get(name))
-    return value
+def sampling_params(settings: dict[str, Any]):
+    from .batch import generation_config
+
+    return generation_config({**settings, "weights": settings.get("weights", {})}).sampling
 
 
-def generation_config(args: argparse.Namespace, defaults: dict[str, Any]):
-    from .decoder import GenerationConfig
-    from .sampling import SamplingParams
-
-    sampling = SamplingParams(**{k: setting(args, defaults, k) for k in ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "top_p_mode")})
-    sampling.validate()
-    max_tokens = setting(args, defaults, "max_tokens")
-    if max_tokens < 1:
-        raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
-    if args.draft_tokens is not None and not 0 <= args.draft_tokens <= 64:
-        raise UserError(f"--draft-tokens must be between 0 and 64, got {args.draft_tokens}")
-    return GenerationConfig(sampling=sampling, max_tokens=max_tokens, draft_tokens=args.draft_tokens, stop=tuple(args.stop))
-
-
-def load_engine(paths: dict[str, Path], args: argparse.Namespace, defaults: dict[str, Any]):
-    """Load the three models with a progress line per role on stderr."""
+def load_engine(paths: dict[str, Path], settings: dict[str, Any]):
+    """Load every role's model with a progress line per model on stderr."""
     from .decoder import EftEngine
     from .llama_adapter import check_gguf
 
-    for role, path in paths.items():  # all three files, before minutes go into loading the first
+    for path in paths.values():  # every file, before minutes go into loading the first
         check_gguf(Path(path).expanduser())
-    n_ctx = setting(args, defaults, "n_ctx")
-    gpu = gpu_layers(args, defaults)
-    if n_ctx < 16:
-        raise UserError(f"--n-ctx must be at least 16, got {n_ctx}")
+    gpu = gpu_layers(settings)
     started: dict[str, float] = {}
 
     def progress(role: str, fraction: float) -> None:
@@ -196,26 +232,34 @@ def load_engine(paths: dict[str, Path], args: argparse.Namespace, defaults: dict
             print(f"  {role} ready in {time.perf_counter() - started.pop(role):.1f} s", file=sys.stderr, flush=True)
             started[role] = float("inf")
 
-    return EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu, n_threads=args.threads, on_progress=progress)
+    return EftEngine.load(paths, n_ctx=settings["n_ctx"], n_gpu_layers=gpu, n_threads=settings["threads"], on_progress=progress)
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:
+    """Models and checked settings of a command, before anything loads."""
+    paths, defaults, profile = resolve_models(args)
+    settings = resolve_settings(args, defaults)
+    check_known_weights(settings, paths)
+    return paths, settings, profile
 
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .batch import BatchOptions, run_batch
+    from .grid import grid_deltas, parse_grid
     from .prompt_file import read_prompt_file
 
     items = read_prompt_file(args.prompt_file)
-    paths, defaults, _ = resolve_models(args)
-    config = generation_config(args, defaults)
-    style = setting(args, defaults, "prompt_style")
-    engine = load_engine(paths, args, defaults)
+    paths, settings, _ = prepare(args)
+    grid = parse_grid(args.grid, settings)
+    check_known_weights({**settings, "weights": dict.fromkeys(grid_deltas(grid), 1.0)}, paths)
+    engine = load_engine(paths, settings)
     if not args.raw and not engine.chat.chat_template:
         engine.close()
         raise UserError(f"{paths['chat']} has no chat template; pass --raw to send the prompts as plain text")
-    system = args.system if args.system is not None else defaults.get("system_prompt")
-    opts = BatchOptions(config=config, seed=args.seed, raw=args.raw, prompt_style=style, system=system)
+    opts = BatchOptions(settings=settings, raw=args.raw, grid=grid)
     try:
-        summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(len(items)))
+        summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(len(items) * len(grid)))
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
@@ -248,18 +292,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
         paths, defaults, profile_name = resolve_models(args)
     except UserError as e:
         load_error = str(e)
-    config = generation_config(args, defaults)
+    settings = resolve_settings(args, defaults)
+    if paths is not None:
+        check_known_weights(settings, paths)
     return run_chat(
         paths=paths,
         load_error=load_error,
-        n_ctx=setting(args, defaults, "n_ctx"),
-        n_gpu_layers=gpu_layers(args, defaults),
-        n_threads=args.threads,
-        sampling=config.sampling,
-        draft_tokens=args.draft_tokens,
-        max_tokens=config.max_tokens if args.max_tokens is not None else defaults.get("max_tokens", 512),
-        prompt_style=setting(args, defaults, "prompt_style"),
-        seed=args.seed,
-        system_prompt=args.system if args.system is not None else defaults.get("system_prompt"),
+        n_ctx=settings["n_ctx"],
+        n_gpu_layers=gpu_layers(settings),
+        n_threads=settings["threads"],
+        sampling=sampling_params(settings),
+        draft_tokens=settings["draft_tokens"],
+        max_tokens=settings["max_tokens"],
+        prompt_style=settings["prompt_style"],
+        seed=settings["seed"],
+        system_prompt=settings["system_prompt"],
         profile_name=profile_name,
+        stop=tuple(settings["stop"]),
     )

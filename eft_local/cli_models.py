@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .profiles import (ROLES, Profile, default_models_dir, default_profile_name,
+from .profiles import (Profile, default_models_dir, default_profile_name,
                        download_command, get_profile, load_profiles)
 
 MODELS_DIR_HELP = ("where GGUF files live, as <DIR>/<repo_id>/<filename> "
@@ -86,14 +86,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"profiles from: {', '.join(str(s) for s in profiles.sources)}")
     for name in names:
         profile = profiles[name]
-        rows = [(role, *file_status(root, profile.files[role], records), profile.files[role])
-                for role in ROLES]
+        rows = [(role, *file_status(root, mf, records), mf) for role, mf in profile.files.items()]
         mark = " (default)" if name == default else ""
         print(f"\n{name}{mark}: {profile.description}")
-        print(f"  {'role':<10} {'status':<10} {'size':>9}  repo_id/filename")
+        print(f"  {'role':<18} {'status':<10} {'size':>9}  repo_id/filename")
         for role, status, size, mf in rows:
             shown = human_size(size if size is not None else mf.size) if (size or mf.size) else "-"
-            print(f"  {role:<10} {status:<10} {shown:>9}  {mf.key}")
+            print(f"  {role:<18} {status:<10} {shown:>9}  {mf.key}")
         _print_hint(name, rows, args)
     return 0
 

@@ -29,9 +29,9 @@ from .draft_control import DraftController
 from .errors import Cancelled, EngineBusy, UserError
 from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from .llama_adapter import LlamaModel
-from .profiles import ROLES
+from .mixture import BASE, CHAT, Delta, check_roles, coefficients, deltas_of, pick_drafter, role_order
 from .prompts import role_prompts
-from .sampling import Dist, SamplingParams, accept, distribution, eft_distribution, residual, sample, token_logprob
+from .sampling import Dist, SamplingParams, accept, base_nucleus, combine, distribution, residual, sample, token_logprob
 from .textstream import TextStream
 from .vocab import SharedVocab, check_vocab
 
@@ -46,20 +46,30 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     trace: bool = False  # compute per-token delta (log p_EFT − log p_base)
     stats_interval: float = 0.25  # seconds between StatsEvents
+    draft_with: str | None = None  # delta whose chat model drafts; None: largest |weight|
 
 
 class EftEngine:
-    """Three llama.cpp models behind one generate() that yields events."""
+    """The models of an EFT mixture behind one generate() that yields events.
 
-    def __init__(self, models: Mapping[str, LlamaModel]) -> None:
-        missing = [r for r in ROLES if r not in models]
-        if missing:
-            raise UserError(f"missing model for role(s): {', '.join(missing)}")
-        self.models = dict(models)
+    ``roles`` maps role names (see ``mixture``) to models; roles that share a file share one
+    model, so ``models`` — the distinct contexts, each named after its first role — is what
+    gets evaluated: a shared reference once per position, not once per role.
+    """
+
+    def __init__(self, roles: Mapping[str, LlamaModel]) -> None:
+        check_roles(roles)
+        order = role_order(roles)
+        self.roles = {r: roles[r] for r in order}
+        self.models: dict[str, LlamaModel] = {}
+        self.model_of: dict[str, str] = {}
+        for role, model in self.roles.items():
+            name = next((n for n, m in self.models.items() if m is model), role)
+            self.models.setdefault(name, model)
+            self.model_of[role] = name
+        self.deltas: list[Delta] = deltas_of(order)
         self.vocab: SharedVocab = check_vocab(self.models)
         self.can_rollback = all(m.supports_rollback for m in self.models.values())
-        sizes = {r: m.size_bytes for r, m in self.models.items()}
-        self.costs = (sizes["chat"], sizes["base"] + sizes["reference"])
         self._z = np.empty(self.vocab.n, np.float32)
         self._running = threading.Lock()
 
@@ -73,16 +83,25 @@ class EftEngine:
         n_threads: int | None = None,
         on_progress: Callable[[str, float], None] | None = None,
     ) -> EftEngine:
-        """Load the three roles. A file named for two roles is loaded twice: each role needs
-        its own context and KV cache (the weights are memory-mapped, so shared in RAM)."""
-        loaded: dict[str, LlamaModel] = {}
+        """Load every role's model, one context per distinct (file, prompt kind).
+
+        Fine-tuned models see their chat template and the others plain/templated text, so a
+        file in both kinds of role needs two contexts (the weights are memory-mapped, so
+        shared in RAM); the same file in two roles of one kind is loaded once.
+        """
+        check_roles(paths)
+        chats = {d.chat for d in deltas_of(paths)}
+        loaded: dict[tuple[Path, bool], LlamaModel] = {}
+        roles: dict[str, LlamaModel] = {}
         try:
-            for role in ROLES:
-                cb = (lambda f, r=role: on_progress(r, f)) if on_progress else None
-                loaded[role] = LlamaModel(
-                    Path(paths[role]).expanduser(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, progress=cb
-                )
-            return cls(loaded)
+            for role in role_order(paths):
+                path = Path(paths[role]).expanduser()
+                key = (path.resolve(), role in chats)
+                if key not in loaded:
+                    cb = (lambda f, r=role: on_progress(r, f)) if on_progress else None
+                    loaded[key] = LlamaModel(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, progress=cb)
+                roles[role] = loaded[key]
+            return cls(roles)
         except BaseException:
             for m in loaded.values():
                 m.close()
@@ -99,10 +118,31 @@ class EftEngine:
 
     @property
     def chat(self) -> LlamaModel:
-        return self.models["chat"]
+        """The first delta's fine-tuned model: its template, EOG tokens and pieces are used."""
+        return self.roles[self.deltas[0].chat]
+
+    @property
+    def chat_name(self) -> str:
+        """Name of the main chat model's context (its prompt ids are the ones reported)."""
+        return self.model_of[self.deltas[0].chat]
+
+    @property
+    def delta_names(self) -> list[str]:
+        return [d.name for d in self.deltas]
+
+    def coefficients(self, params: SamplingParams) -> dict[str, float]:
+        """Each distinct model's weight in the expanded EFT formula for ``params``."""
+        return coefficients(self.deltas, params.weight, params.beta, self.model_of)
+
+    def check_weights(self, params: SamplingParams) -> None:
+        unknown = [n for n in params.weights if n not in self.delta_names or n == CHAT]
+        if unknown:
+            others = [n for n in self.delta_names if n != CHAT]
+            raise UserError(f"unknown delta {unknown[0]!r} (deltas besides chat: {', '.join(others) or 'none'})")
 
     def prompt(self, *, messages=None, raw: str | None = None, style: str = "template") -> dict[str, list[int]]:
-        return role_prompts(self.models, messages=messages, raw=raw, style=style)
+        chats = [self.model_of[d.chat] for d in self.deltas]
+        return role_prompts(self.models, messages=messages, raw=raw, style=style, chat_roles=chats)
 
     def fit_prompt(self, messages, *, style: str = "template", reserve: int = 256) -> tuple[dict[str, list[int]], int]:
         """The prompt for the most recent turns that leave ``reserve`` tokens free in every
@@ -139,19 +179,22 @@ class EftEngine:
 
 
 class _Run:
-    """State of one generation (kept off EftEngine so the engine stays reusable)."""
+    """State of one generation (kept off EftEngine so the engine stays reusable).
+
+    Only the models that matter run: those with a nonzero weight for this generation's
+    settings, the drafter, and the base when its nucleus restricts sampling (DExperts).
+    """
 
     def __init__(self, engine: EftEngine, prompt, config: GenerationConfig, rng, cancel) -> None:
         self.e = engine
         self.cfg = config
         self.params = config.sampling
-        self.draft_params = replace(config.sampling, alpha=1.0, beta=0.0, top_p_mode="eft")
+        self.draft_params = replace(config.sampling, top_p_mode="eft")
         # Three uniforms per output position: draft draw, acceptance test, resample draw.
         self.u = rng.random((config.max_tokens + MAX_DRAFT + 2, 3))
-        self.controller = DraftController(draft_cost=engine.costs[0], verify_cost=engine.costs[1], k_max=MAX_DRAFT)
         self.cancel = cancel
-        self.prompt = {r: list(prompt[r]) for r in ROLES}
-        self.stats = GenStats(prompt_tokens={r: len(t) for r, t in self.prompt.items()})
+        self.raw_prompt = prompt
+        self.stats = GenStats()
         self.stream = TextStream(config.stop)
         self.token_ids: list[int] = []
         self.t0 = time.perf_counter()
@@ -160,10 +203,30 @@ class _Run:
         self.mask = engine.vocab.masked
         self._z = engine._z
 
+    def _plan(self) -> None:
+        """Weights, drafter and the set of models to evaluate for these settings."""
+        e = self.e
+        e.check_weights(self.params)
+        coef = e.coefficients(self.params)
+        self.drafter = e.model_of[pick_drafter(e.deltas, self.params.weight, self.cfg.draft_with).chat]
+        self.base = e.model_of[BASE]
+        dexperts = base_nucleus_needed(self.params)
+        self.weighted = [(name, w) for name, w in coef.items() if w != 0.0]
+        needed = {name for name, _ in self.weighted} | {self.drafter} | ({self.base} if dexperts else set())
+        self.active = [name for name in e.models if name in needed]
+        self.verifiers = [name for name in self.active if name != self.drafter]
+        # The drafter alone at weight 1 (compare's "chat alone"): p is q, every draft stands.
+        self.p_is_q = self.weighted == [(self.drafter, 1.0)] and not dexperts
+        self.prompt = {name: list(self.raw_prompt[name]) for name in self.active}
+        self.stats.prompt_tokens = {name: len(t) for name, t in self.prompt.items()}
+        size = lambda names: sum(e.models[n].size_bytes for n in names)  # noqa: E731
+        self.controller = DraftController(draft_cost=size([self.drafter]), verify_cost=size(self.verifiers), k_max=MAX_DRAFT)
+
     # -- driver ---------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
         reason, error = "length", None
         try:
+            self._plan()
             self._check_prompt()
             self._prefill()
             self.stats.prompt_seconds = time.perf_counter() - self.t0
@@ -179,46 +242,47 @@ class _Run:
         yield FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error)
 
     def _check_prompt(self) -> None:
-        for role, toks in self.prompt.items():
-            model = self.e.models[role]
+        for name, toks in self.prompt.items():
+            model = self.e.models[name]
             if not toks:
                 raise UserError("empty prompt: nothing to generate from")
             if len(toks) >= model.n_ctx:
                 raise UserError(
-                    f"prompt is {len(toks)} tokens for {role} but n_ctx is {model.n_ctx}; raise --n-ctx or shorten the prompt"
+                    f"prompt is {len(toks)} tokens for {name} but n_ctx is {model.n_ctx}; raise --n-ctx or shorten the prompt"
                 )
             bad = [t for t in toks if not 0 <= t < model.n_vocab]
             if bad:
-                raise UserError(f"prompt token id {bad[0]} is outside {role}'s vocabulary")
+                raise UserError(f"prompt token id {bad[0]} is outside {name}'s vocabulary")
 
     def _prefill(self) -> None:
-        """Evaluate each role's prompt, reusing what its cache already holds; keep the last row."""
+        """Evaluate each model's prompt, reusing what its cache already holds; keep the last row."""
         self.pending: dict[str, list[int]] = {}
         self.held: dict[str, np.ndarray] = {}
-        for role in ROLES:
-            self.held[role] = self.e.models[role].prefill(self.prompt[role], self.cancel).copy()
-            self.pending[role] = []
+        for name in self.active:
+            self.held[name] = self.e.models[name].prefill(self.prompt[name], self.cancel).copy()
+            self.pending[name] = []
 
-    def _rows(self, role: str, drafts: list[int]) -> list[np.ndarray]:
+    def _rows(self, name: str, drafts: list[int]) -> list[np.ndarray]:
         """Logit rows for positions 1..len(drafts)+1 of this round (views where possible)."""
-        model, pending = self.e.models[role], self.pending[role]
+        model, pending = self.e.models[name], self.pending[name]
         if pending:
             return list(model.eval(pending + drafts, len(drafts) + 1))
-        rows = [self.held.pop(role)]
+        rows = [self.held.pop(name)]
         if drafts:
             rows += list(model.eval(drafts, len(drafts)))
         return rows
 
     def _loop(self) -> Iterator[Event]:
         fixed = self.cfg.draft_tokens
-        if fixed and not self.e.can_rollback:
+        can_rollback = self.e.can_rollback
+        if fixed and not can_rollback:
             raise UserError("speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid); use --draft-tokens 0")
-        speculative = self.e.can_rollback and fixed != 0
+        speculative = can_rollback and fixed != 0
         while True:
             if self.cancel():
                 return "cancelled"
             left = self.cfg.max_tokens - self.stats.n_tokens
-            room = min(m.n_ctx - m.n_past - len(self.pending[r]) for r, m in self.e.models.items())
+            room = min(self.e.models[n].n_ctx - self.e.models[n].n_past - len(self.pending[n]) for n in self.active)
             if left <= 0 or room < 0:
                 return "length"
             k = (fixed if fixed is not None else self.controller.next_k()) if speculative else 0
@@ -234,50 +298,52 @@ class _Run:
 
     # -- one round --------------------------------------------------------------------------
     def _round(self, k: int) -> Iterator[Event]:
-        chat = self.e.chat
-        n0 = {r: m.n_past for r, m in self.e.models.items()}
+        drafter = self.e.models[self.drafter]
+        n0 = {name: self.e.models[name].n_past for name in self.active}
         pos = len(self.token_ids)  # index into the per-position uniforms
-        chat_rows, drafts, qs = self._draft(chat, k, pos)
-        base_rows = self._rows("base", drafts)
-        ref_rows = self._rows("reference", drafts)
+        chat_rows, drafts, qs = self._draft(drafter, k, pos)
+        rows = {name: self._rows(name, drafts) for name in self.verifiers}
+        rows[self.drafter] = chat_rows
         accepted: list[int] = []
         deltas: list[float | None] = []
         for i, x in enumerate(drafts):
-            tok = self._verify(base_rows[i], chat_rows[i], ref_rows[i], qs[i], x, pos + i)
+            tok = self._verify(rows, i, qs[i], x, pos + i)
             accepted.append(tok)
-            deltas.append(self._delta(base_rows[i], tok))
-            if tok != x or chat.is_eog(x):
+            deltas.append(self._delta(rows, i, tok))
+            if tok != x or drafter.is_eog(x):
                 break
         else:  # every draft passed: one more token from the chat row after the last draft
             i = len(drafts)
             if drafts:
-                chat_rows.append(chat.eval([drafts[-1]], 1)[0].copy())
+                chat_rows.append(drafter.eval([drafts[-1]], 1)[0].copy())
             q = self._filtered(chat_rows[i], self.draft_params)
-            tok = self._verify(base_rows[i], chat_rows[i], ref_rows[i], q, sample(q, self.u[pos + i, 0]), pos + i)
+            tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
             accepted.append(tok)
-            deltas.append(self._delta(base_rows[i], tok))
+            deltas.append(self._delta(rows, i, tok))
         if k:
             self._account(k, len(drafts), sum(a == d for a, d in zip(accepted, drafts)))
-        for r, m in self.e.models.items():
-            m.rollback(n0[r] + len(self.pending[r]) + len(accepted) - 1)
-            self.pending[r] = [accepted[-1]]
+        for name in self.active:
+            self.e.models[name].rollback(n0[name] + len(self.pending[name]) + len(accepted) - 1)
+            self.pending[name] = [accepted[-1]]
         return (yield from self._emit(accepted, deltas))
 
-    def _verify(self, base_row, chat_row, ref_row, q: Dist, x: int, pos: int) -> int:
+    def _verify(self, rows: dict[str, list[np.ndarray]], i: int, q: Dist, x: int, pos: int) -> int:
         """Keep x (drawn from q) with prob min(1, p/q), else resample from norm(max(0, p − q)).
 
         Every position — drafted or not, naive or speculative — is drawn this way from its
         own three uniforms, so a seeded run emits the same tokens whatever the block length.
         """
-        p = self._target(base_row, chat_row, ref_row)
+        if self.p_is_q:
+            return x
+        p = self._target(rows, i)
         if accept(p, q, x, self.u[pos, 1]):
             return x
         return sample(residual(p, q), self.u[pos, 2])
 
     def _draft(self, chat: LlamaModel, k: int, pos: int) -> tuple[list[np.ndarray], list[int], list[Dist]]:
-        """Chat model drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
-        pending = self.pending["chat"]
-        rows = [chat.eval(pending, 1)[0].copy() if pending else self.held.pop("chat")]
+        """The drafter drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
+        pending = self.pending[self.drafter]
+        rows = [chat.eval(pending, 1)[0].copy() if pending else self.held.pop(self.drafter)]
         drafts: list[int] = []
         qs: list[Dist] = []
         for i in range(k):
@@ -297,14 +363,19 @@ class _Run:
             z[self.mask] = -np.inf
         return distribution(z, params)
 
-    def _target(self, base_row, chat_row, ref_row) -> Dist:
-        return eft_distribution(base_row, chat_row, ref_row, self.params, self.n, self.mask, self._z)
+    def _target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:
+        """The EFT distribution at position i of the round: Σ w_m · row_m, then filters."""
+        z = combine([rows[name][i] for name, _ in self.weighted], [w for _, w in self.weighted], self._z)
+        if self.mask.size:
+            z[self.mask] = -np.inf
+        allowed = base_nucleus(rows[self.base][i], self.n, self.params) if self.base in rows else None
+        return distribution(z, self.params, allowed)
 
-    def _delta(self, base_row: np.ndarray, token: int) -> float | None:
+    def _delta(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> float | None:
         """How much the fine-tuning delta moved this token: log p_EFT − log p_base at T = 1."""
-        if not self.cfg.trace:
+        if not self.cfg.trace or self.base not in rows:
             return None
-        return token_logprob(self._z, token, self.n) - token_logprob(base_row, token, self.n)
+        return token_logprob(self._z, token, self.n) - token_logprob(rows[self.base][i], token, self.n)
 
     def _account(self, k: int, drafted: int, n_acc: int) -> None:
         self.stats.drafted += drafted
@@ -324,3 +395,8 @@ class _Run:
             if self.stream.stopped:
                 return True
         return False
+
+
+def base_nucleus_needed(params: SamplingParams) -> bool:
+    """The DExperts top-p mode samples inside the base model's own nucleus."""
+    return params.top_p_mode == "base" and params.top_p < 1.0 and params.temperature > 0

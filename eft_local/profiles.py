@@ -22,22 +22,17 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from .errors import UserError
-from .prompts import PROMPT_STYLES
+from .mixture import REF_SUFFIX
+from .settings import PROFILE_KEYS, check_delta_name, check_mapping, check_weight
 
 ROLES = ("base", "chat", "reference")
 FALLBACK_DEFAULT = "qwen2.5-7b"
 
 _FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
-_PROFILE_KEYS = {"description", "defaults", *ROLES}
+_PROFILE_KEYS = {"description", "defaults", "deltas", *ROLES}
+_DELTA_KEYS = {"chat", "reference", "weight"}
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-# Known per-profile defaults and their types; unknown keys are passed through untouched.
-_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
-    "n_ctx": (int,), "n_gpu_layers": (int,), "max_tokens": (int,), "seed": (int,),
-    "top_k": (int,), "temperature": (int, float), "top_p": (int, float),
-    "min_p": (int, float), "alpha": (int, float), "beta": (int, float),
-    "repeat_penalty": (int, float), "prompt_style": (str,), "system_prompt": (str,),
-}
 
 
 @dataclass(frozen=True)
@@ -63,8 +58,9 @@ class ModelFile:
 class Profile:
     name: str
     description: str
-    files: dict[str, ModelFile]
+    files: dict[str, ModelFile]  # role -> file: base, chat, reference, NAME, NAME.reference
     defaults: dict[str, object] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # default weight of each extra delta
 
 
 @dataclass
@@ -72,6 +68,7 @@ class ResolvedProfile:
     name: str
     paths: dict[str, Path]
     defaults: dict[str, object]
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 class ProfileSet(dict):
@@ -145,18 +142,36 @@ def _parse_file(where: str, role: str, raw: object) -> ModelFile:
 
 
 def _parse_defaults(where: str, raw: object) -> dict[str, object]:
+    """Every key must be a setting (``settings.SETTINGS``) and is checked like its CLI flag."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise UserError(f"{where}: 'defaults' must be a table")
-    for key, value in raw.items():
-        types = _DEFAULT_TYPES.get(key)
-        if types and (isinstance(value, bool) or not isinstance(value, types)):
-            raise UserError(f"{where}: defaults.{key} has the wrong type ({value!r})")
-    style = raw.get("prompt_style")
-    if style is not None and style not in PROMPT_STYLES:
-        raise UserError(f"{where}: defaults.prompt_style must be one of {', '.join(PROMPT_STYLES)}")
-    return dict(raw)
+    return check_mapping(raw, PROFILE_KEYS, f"{where}:", fmt=lambda k: f" defaults.{k}")
+
+
+def _parse_deltas(where: str, raw: object) -> tuple[dict[str, ModelFile], dict[str, float]]:
+    """``[profiles.X.deltas.NAME]`` tables: chat file, optional reference file, default weight."""
+    if raw is None:
+        return {}, {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: 'deltas' must be a table of [deltas.NAME] sections")
+    files: dict[str, ModelFile] = {}
+    weights: dict[str, float] = {}
+    for name, table in raw.items():
+        at = f"{where}: delta '{name}'"
+        check_delta_name(name, at)
+        if name in ROLES or not isinstance(table, dict) or "chat" not in table:
+            raise UserError(f"{at} must be a table with a 'chat' file (and optional 'reference', 'weight'), "
+                            "and not be named base/chat/reference")
+        unknown = set(table) - _DELTA_KEYS
+        if unknown:
+            raise UserError(f"{at} has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_DELTA_KEYS))})")
+        files[name] = _parse_file(at, "chat", table["chat"])
+        if "reference" in table:
+            files[name + REF_SUFFIX] = _parse_file(at, "reference", table["reference"])
+        weights[name] = check_weight(name, table.get("weight", 1.0), f"{at}: weight")
+    return files, weights
 
 
 def _parse_profile(path: Path, name: str, raw: object) -> Profile:
@@ -178,7 +193,8 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
     if not isinstance(description, str):
         raise UserError(f"{where}: 'description' must be a string")
     files = {role: _parse_file(where, role, raw[role]) for role in ROLES}
-    return Profile(name, description, files, _parse_defaults(where, raw.get("defaults")))
+    delta_files, weights = _parse_deltas(where, raw.get("deltas"))
+    return Profile(name, description, {**files, **delta_files}, _parse_defaults(where, raw.get("defaults")), weights)
 
 
 def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]:
@@ -246,29 +262,29 @@ def download_command(name: str, models_file: str | Path | None = None,
 
 
 def _check_override(role: str, raw: str | Path) -> Path:
-    if role not in ROLES:
-        raise UserError(f"unknown role '{role}' (roles: {', '.join(ROLES)})")
     path = Path(raw).expanduser()
     if not path.is_file():
-        raise UserError(f"--{role} {raw}: no such file")
+        flag = f"--{role}" if role in ROLES else f"--delta-reference {role.removesuffix(REF_SUFFIX)}" if role.endswith(REF_SUFFIX) else f"--delta {role}"
+        raise UserError(f"{flag} {raw}: no such file")
     return path
 
 
 def resolve_profile(name: str | None, models_file: str | Path | None = None,
                     models_dir: str | Path | None = None,
                     overrides: dict[str, str] | None = None) -> ResolvedProfile:
-    """Local paths for a profile; ``overrides`` (role -> path) win over the profile."""
+    """Local paths for a profile; ``overrides`` (role -> path) win over the profile and may
+    add deltas (roles ``NAME`` / ``NAME.reference``)."""
     profile = get_profile(load_profiles(models_file), name)
     root = Path(models_dir).expanduser() if models_dir else default_models_dir()
     paths = {r: _check_override(r, p) for r, p in (overrides or {}).items() if p}
     missing = []
-    for role in ROLES:
+    for role, mf in profile.files.items():
         if role not in paths:
-            paths[role] = profile.files[role].local_path(root)
+            paths[role] = mf.local_path(root)
             if not paths[role].is_file():
-                missing.append(f"{role} ({profile.files[role].key})")
+                missing.append(f"{role} ({mf.key})")
     if missing:
         raise UserError(f"profile '{profile.name}': missing {', '.join(missing)} in {root}; "
                         f"download with `{download_command(profile.name, models_file, models_dir)}`"
                         " or pass --base/--chat/--reference")
-    return ResolvedProfile(profile.name, {r: paths[r] for r in ROLES}, dict(profile.defaults))
+    return ResolvedProfile(profile.name, paths, dict(profile.defaults), dict(profile.weights))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .settings import ROW_KEYS, check, check_weights
 
 VALID_ROLES = ("system", "user", "assistant")
 
@@ -19,6 +20,7 @@ class PromptItem:
     text: str | None = None
     messages: list[dict[str, str]] | None = None
     error: str | None = None  # a bad prompt among good ones becomes an error row
+    overrides: dict[str, Any] = field(default_factory=dict)  # per-prompt settings (JSONL rows)
 
 
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
@@ -62,6 +64,24 @@ def _read_jsonl(path: Path, content: str) -> list[PromptItem]:
 
 def _item(obj: dict, index: int, lineno: int) -> PromptItem:
     pid = obj.get("id", index)
+    try:
+        overrides = _overrides(obj, lineno)
+    except UserError as e:
+        return PromptItem(pid, obj.get("prompt", obj.get("messages")), error=str(e))
+    item = _prompt(obj, pid, lineno)
+    item.overrides = overrides
+    return item
+
+
+def _overrides(obj: dict, lineno: int) -> dict[str, Any]:
+    """Settings a row may override (``alpha``, ``temperature``, …, ``weights``), checked."""
+    out = {key: check(key, obj[key], f"line {lineno}: {key}") for key in ROW_KEYS if key in obj}
+    if "weights" in obj:
+        out["weights"] = check_weights(obj["weights"], f"line {lineno}: weights")
+    return out
+
+
+def _prompt(obj: dict, pid: Any, lineno: int) -> PromptItem:
     if "messages" in obj:
         err = _messages_error(obj["messages"])
         if err:

@@ -16,7 +16,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import UserError
 
-PROMPT_STYLES = ("template", "transcript")
+from .settings import PROMPT_STYLES
+
+__all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript"]
 Message = Mapping[str, str]
 
 
@@ -80,19 +82,29 @@ def role_prompts(
     messages: Sequence[Message] | None = None,
     raw: str | None = None,
     style: str = "template",
+    chat_roles: Sequence[str] = ("chat",),
 ) -> dict[str, list[int]]:
-    """Token ids of the prompt for each role."""
+    """Token ids of the prompt for each model.
+
+    Models named in ``chat_roles`` (fine-tuned, behaviour deltas) see their own chat
+    template; the others (base, references) see the first chat model's templated text or a
+    transcript, per ``style``.
+    """
     if raw is not None:
         return {r: m.tokenize(raw, add_bos=m.add_bos, special=True) for r, m in models.items()}
     if messages is None:
         raise ValueError("role_prompts needs messages or raw text")
     if style not in PROMPT_STYLES:
         raise UserError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
-    chat_text = render_chat(models["chat"], messages)
+    chats = [r for r in chat_roles if r in models]
+    rendered = {r: render_chat(models[r], messages) for r in chats}
+    plain_text = rendered[chats[0]] if style == "template" else transcript(messages)
     out = {}
     for role, model in models.items():
-        if role == "chat" or style == "template":
-            out[role] = tokenize_templated(model, chat_text)
+        if role in rendered:
+            out[role] = tokenize_templated(model, rendered[role])
+        elif style == "template":
+            out[role] = tokenize_templated(model, plain_text)
         else:
-            out[role] = model.tokenize(transcript(messages), add_bos=model.add_bos, special=False)
+            out[role] = model.tokenize(plain_text, add_bos=model.add_bos, special=False)
     return out

@@ -10,14 +10,15 @@ keeps a 152k-vocabulary step well under a millisecond.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import UserError
+from .filters import FILTERS, candidates, nucleus
+from .settings import TOP_P_MODES, check, check_weights
 
-TOP_P_MODES = ("eft", "base")
+__all__ = ["TOP_P_MODES", "SamplingParams", "Dist", "combine", "distribution", "eft_distribution", "sample"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,18 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     top_p_mode: str = "eft"
+    typical_p: float = 1.0
+    weights: Mapping[str, float] = field(default_factory=dict)  # α of every delta other than "chat"
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise UserError(f"--min-p must be in [0, 1), got {self.min_p}")
-        if self.top_k < 0:
-            raise UserError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if self.top_p_mode not in TOP_P_MODES:
-            raise UserError(f"--top-p-mode must be one of {', '.join(TOP_P_MODES)}, got {self.top_p_mode!r}")
+        """Every value checked by its one definition in ``settings`` (finite, in range)."""
+        for name in ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "typical_p", "top_p_mode"):
+            check(name, getattr(self, name))
+        check_weights(self.weights, "--weight")
+
+    def weight(self, delta: str) -> float:
+        """α of a behaviour delta: ``alpha`` for "chat", else ``weights`` (default 1)."""
+        return self.alpha if delta == "chat" else float(self.weights.get(delta, 1.0))
 
 
 class Dist:
@@ -91,156 +92,96 @@ class Dist:
         return out
 
 
-def combine(
-    base: np.ndarray,
-    chat: np.ndarray,
-    reference: np.ndarray,
-    alpha: float,
-    beta: float,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """``z = ref + α(chat − ref) + β(base − ref)`` over the rows' common length, in float32.
+def combine(rows: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarray | None = None) -> np.ndarray:
+    """``z = Σ weights[m] · rows[m]`` over the rows' common length, in float32.
 
-    Inputs may be longer than ``out`` (padded vocabularies): only the first ``len(out)``
-    entries are used. Written as ``α·chat + β·base + (1−α−β)·ref`` to touch memory once
-    per term; exact corners (α,β) ∈ {0,1}² skip the zero terms.
+    The EFT formula expanded per model (see ``EftEngine.coefficients``). Rows may be longer
+    than ``out`` (padded vocabularies): only the first ``len(out)`` entries are used. Zero
+    weights are skipped and ±1 add/subtract without a multiply, so a corner (one model with
+    weight 1) is that model's row exactly.
     """
-    n = len(out) if out is not None else min(len(base), len(chat), len(reference))
+    n = len(out) if out is not None else min(len(r) for r in rows)
     out = np.empty(n, np.float32) if out is None else out
-    terms = [(alpha, chat[:n]), (beta, base[:n]), (1.0 - alpha - beta, reference[:n])]
-    terms = [(w, x) for w, x in terms if w != 0.0]
+    terms = [(float(w), x) for w, x in zip(weights, rows) if w != 0.0]
     if not terms:
         out[:] = 0.0
         return out
     w0, x0 = terms[0]
-    np.multiply(x0, np.float32(w0), out=out) if w0 != 1.0 else np.copyto(out, x0)
+    if w0 == 1.0:
+        np.copyto(out, x0[:n])
+    else:
+        np.multiply(x0[:n], np.float32(w0), out=out)
     for w, x in terms[1:]:
         if w == 1.0:
-            np.add(out, x, out=out)
+            np.add(out, x[:n], out=out)
         elif w == -1.0:
-            np.subtract(out, x, out=out)
+            np.subtract(out, x[:n], out=out)
         else:
-            out += np.float32(w) * x
+            out += np.float32(w) * x[:n]
     return out
 
 
-# Descending weight thresholds tried when looking for a small set that holds the nucleus.
-_THRESHOLDS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-13, 1e-20)
+def three_roles(base: np.ndarray, chat: np.ndarray, reference: np.ndarray, alpha: float, beta: float) -> tuple[list[np.ndarray], list[float]]:
+    """Rows and weights of the one-delta formula ``ref + α(chat − ref) + β(base − ref)``."""
+    return [chat, base, reference], [alpha, beta, 1.0 - alpha - beta]
+
+
 _BLOCK = 1024  # dense sampling: cumsum over block sums, then inside one block
-_SORT_LIMIT = 4096  # above this many top-p candidates, find the nucleus by histogram
-
-
-def _weights(z: np.ndarray, temperature: float) -> np.ndarray:
-    """exp((z − max) / T) in float32: the top token weighs 1, -inf weighs 0."""
-    e = z - np.float32(z.max())
-    e *= np.float32(1.0 / temperature)
-    return np.exp(e, out=e)
-
-
-def _head(e: np.ndarray, floor: float, enough: Callable[[np.ndarray], bool], sort: bool = True) -> np.ndarray:
-    """Ids of the heaviest weights, a superset of what ``enough`` needs (sorted by weight).
-
-    Tries ever lower thresholds (never below ``floor``) so that only a small set is sorted.
-    """
-    for t in _THRESHOLDS:  # descending; those at or below the floor are skipped
-        if t > floor:
-            idx = np.flatnonzero(e >= t)
-            if enough(idx):
-                break
-    else:
-        idx = np.flatnonzero(e >= floor) if floor > 0 else np.flatnonzero(e > 0)
-    return idx[np.argsort(-e[idx], kind="stable")] if sort else idx
-
-
-def _filter(z: np.ndarray, params: SamplingParams) -> Dist:
-    """Temperature, min-p, top-k, top-p on one logit row (see ``distribution``)."""
-    e = _weights(z, params.temperature)
-    floor = params.min_p
-    top_p = params.top_p if params.top_p_mode == "eft" else 1.0
-    k = params.top_k if params.top_k and params.top_k < len(e) else 0
-    if not k and top_p >= 1.0:
-        if floor <= 0:
-            return Dist(None, e)
-        idx = np.flatnonzero(e >= floor)
-        return Dist(idx, e[idx].astype(np.float64))
-    if k:
-        ids = _head(e, floor, lambda c: len(c) >= k)[:k]
-        mass = float(e[ids].sum(dtype=np.float64))
-    else:
-        mass = float(e.sum(dtype=np.float64)) if floor <= 0 else float(e[e >= floor].sum(dtype=np.float64))
-        ids = _head(e, floor, lambda c: float(e[c].sum(dtype=np.float64)) >= top_p * mass, sort=False)
-        if len(ids) > _SORT_LIMIT:
-            ids = _nucleus_by_histogram(e, ids, top_p * mass)
-            return Dist(ids, e[ids].astype(np.float64))
-        ids = ids[np.argsort(-e[ids], kind="stable")]
-    w = e[ids].astype(np.float64)
-    if top_p < 1.0:
-        keep = min(len(w), int(np.searchsorted(np.cumsum(w), top_p * mass, side="left")) + 1)
-        ids, w = ids[:keep], w[:keep]
-    return Dist(ids, w)
-
-
-def _nucleus_by_histogram(e: np.ndarray, idx: np.ndarray, target: float) -> np.ndarray:
-    """The top-p nucleus of a broad distribution without sorting all its candidates.
-
-    Weights are binned by log2 (8 bins per halving; heavier bins first); whole bins are
-    taken until the one where the cumulative mass crosses ``target``, and only that bin is
-    sorted. Same set as a full sort (ties by id), in a fraction of the time.
-    """
-    w = e[idx]
-    bins = np.minimum((-np.log2(w) * 8).astype(np.int64), 4095)
-    mass = np.cumsum(np.bincount(bins, weights=w.astype(np.float64)))
-    b = min(int(np.searchsorted(mass, target, side="left")), len(mass) - 1)
-    before = mass[b - 1] if b else 0.0
-    edge = np.flatnonzero(bins == b)
-    edge = edge[np.argsort(-w[edge], kind="stable")]
-    need = min(len(edge), int(np.searchsorted(before + np.cumsum(w[edge], dtype=np.float64), target, side="left")) + 1)
-    return np.concatenate([idx[bins < b], idx[edge[:need]]])
 
 
 def distribution(z: np.ndarray, params: SamplingParams, allowed: np.ndarray | None = None) -> Dist:
     """The filtered next-token distribution of logits ``z``.
 
-    Order: temperature, min-p (relative to the top token), top-k, top-p (each on the
-    renormalized result of the previous one). Temperature 0 is greedy. ``allowed`` (ids)
-    restricts the support first (the base-nucleus top-p mode; top-p is then not reapplied).
+    Temperature 0 is greedy; otherwise ``filters.FILTERS`` in order (min-p relative to the
+    top token, top-k, typical-p, top-p), each on the renormalized result of the previous
+    one. ``allowed`` (ids) restricts the support first (the base-nucleus top-p mode; top-p
+    is then not reapplied).
     """
     if allowed is not None:
         zz = z[allowed]
         if params.temperature == 0:
             return Dist(allowed[[int(np.argmax(zz))]], np.ones(1))
-        d = _filter(zz, replace(params, top_p=1.0))
+        d = _filtered(zz, replace(params, top_p=1.0))
         return Dist(allowed if d.ids is None else allowed[d.ids], d.w, d.total)
     if params.temperature == 0:
         return Dist(np.array([int(np.argmax(z))]), np.ones(1))
-    return _filter(z, params)
+    return _filtered(z, params)
+
+
+def _filtered(z: np.ndarray, params: SamplingParams) -> Dist:
+    c = candidates(z, params.temperature, params)
+    for f in FILTERS:
+        c = f(c, params)
+    return Dist(None, c.w) if c.ids is None else Dist(c.ids, c.w.astype(np.float64))
 
 
 def base_nucleus(base: np.ndarray, n: int, params: SamplingParams) -> np.ndarray | None:
     """Sorted ids of the base model's top-p nucleus (DExperts mode), else None."""
     if params.top_p_mode != "base" or params.top_p >= 1.0 or params.temperature == 0:
         return None
-    d = _filter(base[:n], SamplingParams(temperature=params.temperature, top_p=params.top_p))
-    return np.sort(d.ids)
+    c = nucleus(candidates(base[:n], params.temperature), params.top_p)
+    return np.sort(c.ids)
 
 
 def eft_distribution(
-    base: np.ndarray,
-    chat: np.ndarray,
-    reference: np.ndarray,
+    rows: Sequence[np.ndarray],
+    weights: Sequence[float],
     params: SamplingParams,
     n: int,
     mask: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    base: np.ndarray | None = None,
 ) -> Dist:
-    """One full EFT step: combine the three rows over the first ``n`` ids, then filter.
+    """One full EFT step: combine the models' rows over the first ``n`` ids, then filter.
 
     ``mask`` holds ids that must never be emitted (padding/unused tokens): set to -inf.
+    ``base`` is the large base model's row, needed only by the DExperts top-p mode.
     """
-    z = combine(base, chat, reference, params.alpha, params.beta, out if out is not None else np.empty(n, np.float32))
+    z = combine(rows, weights, out if out is not None else np.empty(n, np.float32))
     if mask is not None and mask.size:
         z[mask] = -np.inf
-    return distribution(z, params, base_nucleus(base, n, params))
+    allowed = base_nucleus(base, n, params) if base is not None else None
+    return distribution(z, params, allowed)
 
 
 def sample(dist: Dist, u: float) -> int:

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from eft_local.sampling import SamplingParams, eft_distribution, sample
+from eft_local.sampling import SamplingParams, eft_distribution, three_roles, sample
 
 N_SMALL = 151_936
 N_BASE_PADDED = 152_064
@@ -52,13 +52,13 @@ def bench_case(kind: str, n_base: int, params: SamplingParams, iters: int, seed:
     out = np.empty(n, np.float32)
     sample_rng = np.random.default_rng(seed + 1)
     for b, c, r in pool[:3]:  # warm-up
-        sample(eft_distribution(b, c, r, params, n, mask, out), sample_rng.random())
+        sample(eft_distribution(*three_roles(b, c, r, params.alpha, params.beta), params, n, mask, out), sample_rng.random())
     times = np.empty(iters)
     support = np.empty(iters)
     for i in range(iters):
         b, c, r = pool[i % len(pool)]
         t0 = time.perf_counter()
-        d = eft_distribution(b, c, r, params, n, mask, out)
+        d = eft_distribution(*three_roles(b, c, r, params.alpha, params.beta), params, n, mask, out)
         sample(d, sample_rng.random())
         times[i] = time.perf_counter() - t0
         support[i] = n if d.ids is None else len(d.ids)

@@ -10,7 +10,7 @@ from eft_local.cli import main
 
 from .conftest import run_cli
 
-FIELDS = {"id", "prompt", "text", "token_ids", "prompt_token_ids", "finish_reason", "n_tokens",
+FIELDS = {"id", "prompt", "text", "token_ids", "prompt_token_ids", "finish_reason", "n_tokens", "alpha", "beta", "weights",
           "seconds", "tokens_per_second", "drafted", "accepted"}
 
 

@@ -15,7 +15,7 @@ from scipy import stats
 
 from eft_local.decoder import GenerationConfig
 from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams, eft_distribution
+from eft_local.sampling import SamplingParams, eft_distribution, three_roles
 
 N_SAMPLES = 2500
 CONFIGS = {
@@ -37,7 +37,7 @@ def exact_dist(models, prompt, prefix, params):
     for role, m in models.items():
         m.rollback(0)
         rows[role] = m.eval(prompt[role] + prefix, 1)[0].copy()
-    d = eft_distribution(rows["base"], rows["chat"], rows["reference"], params, 512)
+    d = eft_distribution(*three_roles(rows["base"], rows["chat"], rows["reference"], params.alpha, params.beta), params, 512, base=rows["base"])
     return dict(zip(d.ids.tolist(), d.probs.tolist()))
 
 

@@ -245,3 +245,17 @@ def test_script_downloads_like_the_cli(hub, env):
                           capture_output=True, text=True, env=os.environ.copy(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert final(env, "base").read_bytes() == hub.files[FILES["base"]].data
+
+
+def test_profile_deltas_are_downloaded_like_the_three_roles(hub, env, capsys):
+    hub.add("org/Safe-GGUF", "safe.gguf", synthetic_gguf(7))
+    hub.add("org/SafeRef-GGUF", "safe-ref.gguf", synthetic_gguf(8))
+    models = write_models(env / "models.toml")
+    models.write_text(models.read_text() + "[profiles.tiny.deltas.safe]\n"
+                      'chat = { repo_id = "org/Safe-GGUF", filename = "safe.gguf" }\n'
+                      'reference = { repo_id = "org/SafeRef-GGUF", filename = "safe-ref.gguf" }\nweight = 0.5\n')
+    assert download(env, models=models) == 0
+    assert (env / "models" / "org/Safe-GGUF/safe.gguf").read_bytes() == hub.files[("org/Safe-GGUF", "safe.gguf")].data
+    assert (env / "models" / "org/SafeRef-GGUF/safe-ref.gguf").is_file()
+    err = capsys.readouterr().err
+    assert "5 downloaded" in err and "tiny:safe.reference" in err

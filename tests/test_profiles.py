@@ -194,3 +194,61 @@ def test_script_reports_bad_toml_in_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("download_models.py: error: ") and "line 1" in lines[0]
+
+
+DELTAS = TINY + """
+[profiles.tiny.deltas.safe]
+chat = { repo_id = "org/Safe-GGUF", filename = "safe.gguf" }
+weight = 0.5
+[profiles.tiny.deltas.terse]
+chat = { repo_id = "org/Terse-GGUF", filename = "terse.gguf" }
+reference = { repo_id = "org/TerseRef-GGUF", filename = "terse-ref.gguf" }
+"""
+
+
+def test_profile_deltas_resolve_with_default_weights(tmp_path):
+    f = write(tmp_path / "m.toml", DELTAS)
+    profiles, _ = parse_models_file(f)
+    p = profiles["tiny"]
+    assert set(p.files) == {*ROLES, "safe", "terse", "terse.reference"}
+    assert p.weights == {"safe": 0.5, "terse": 1.0}
+    models = tmp_path / "models"
+    for mf in p.files.values():
+        place(models, mf.repo_id, mf.filename)
+    r = resolve_profile("tiny", models_file=f, models_dir=models)
+    assert r.paths["terse.reference"] == models / "org/TerseRef-GGUF/terse-ref.gguf"
+    assert r.weights == {"safe": 0.5, "terse": 1.0}
+
+
+@pytest.mark.parametrize("bad,expect", [
+    ("[profiles.tiny.deltas.safe]\nweight = 1\n", "'chat' file"),
+    ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\nweight = "big"\n', "weight"),
+    ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\nweight = nan\n', "finite"),
+    ('[profiles.tiny.deltas.base]\nchat = { repo_id = "o/x", filename = "x.gguf" }\n', "delta name"),
+    ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\ncolour = 1\n', "unknown key"),
+])
+def test_bad_profile_deltas_fail_in_one_line(tmp_path, bad, expect):
+    with pytest.raises(UserError, match=expect):
+        parse_models_file(write(tmp_path / "m.toml", TINY + bad))
+
+
+@pytest.mark.parametrize("line,expect", [
+    ("seed = -1", "seed"), ("n_gpu_layers = 1.5", "gpu_layers"), ("beta = nan", "finite"), ("top_p = inf", "finite"),
+    ("threads = 0", "threads"), ("repeat_penalty = 1.1", "unknown setting"), ("temperature = true", "number"),
+])
+def test_profile_defaults_checked_by_the_schema(tmp_path, line, expect):
+    with pytest.raises(UserError, match=expect):
+        parse_models_file(write(tmp_path / "m.toml", TINY + line + "\n"))
+
+
+def test_profile_seed_and_gpu_layers_take_effect(tmp_path):
+    import argparse
+
+    from eft_local.cli import resolve_settings
+
+    profiles, _ = parse_models_file(write(tmp_path / "m.toml", TINY + "seed = 9\nn_gpu_layers = 0\nthreads = 1\n"))
+    defaults = {**profiles["tiny"].defaults, "weights": {}}
+    settings = resolve_settings(argparse.Namespace(), defaults)
+    assert (settings["seed"], settings["gpu_layers"], settings["threads"], settings["n_ctx"]) == (9, 0, 1, 512)
+    settings = resolve_settings(argparse.Namespace(seed="3"), defaults)
+    assert settings["seed"] == 3

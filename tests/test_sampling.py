@@ -12,6 +12,7 @@ from eft_local.sampling import (
     accept,
     base_nucleus,
     combine,
+    three_roles,
     distribution,
     eft_distribution,
     residual,
@@ -56,22 +57,22 @@ def as_dense(d: Dist, n):
 @pytest.mark.parametrize("alpha,beta", [(1, 1), (0, 1), (1, 0), (0, 0), (0.5, 1.5), (2.0, -0.3)])
 def test_combine_matches_formula(alpha, beta):
     b, c, r = rows()
-    z = combine(b, c, r, alpha, beta)
+    z = combine(*three_roles(b, c, r, alpha, beta))
     expect = r.astype(np.float64) + alpha * (c - r.astype(np.float64)) + beta * (b - r.astype(np.float64))
     np.testing.assert_allclose(z, expect, rtol=1e-5, atol=1e-4)
 
 
 def test_combine_corners_are_exact():
     b, c, r = rows()
-    np.testing.assert_array_equal(combine(b, c, r, 0, 1), b)
-    np.testing.assert_array_equal(combine(b, c, r, 1, 0), c)
-    np.testing.assert_array_equal(combine(b, c, r, 0, 0), r)
+    np.testing.assert_array_equal(combine(*three_roles(b, c, r, 0, 1)), b)
+    np.testing.assert_array_equal(combine(*three_roles(b, c, r, 1, 0)), c)
+    np.testing.assert_array_equal(combine(*three_roles(b, c, r, 0, 0)), r)
 
 
 def test_combine_uses_shared_prefix_of_padded_rows():
     b, c, r = rows()
     b_padded = np.concatenate([b, np.full(128, 100.0, np.float32)])
-    z = combine(b_padded, c, r, 1, 1)
+    z = combine(*three_roles(b_padded, c, r, 1, 1))
     assert len(z) == len(c)
     np.testing.assert_allclose(z, c + b - r, rtol=1e-5, atol=1e-4)
 
@@ -92,11 +93,22 @@ def test_greedy_is_argmax():
     assert d.ids.tolist() == [int(np.argmax(z))] and d.probs.tolist() == [1.0]
 
 
-def test_unfiltered_distribution_is_dense_softmax_at_large_vocab():
-    z = rows(152_064, seed=4)[0] * 4
+@pytest.mark.parametrize("spread,dense", [(4, False), (0.5, True)])
+def test_unfiltered_distribution_is_softmax_at_large_vocab(spread, dense):
+    """Wide rows drop a tail below float precision (sparse); narrow rows keep every id (dense)."""
+    z = rows(152_064, seed=4)[0] * spread
     d = distribution(z, SamplingParams(temperature=1.3))
-    assert d.ids is None
+    assert (d.ids is None) == dense
     np.testing.assert_allclose(d.dense(len(z)), dense_probs(z, 1.3), rtol=2e-5, atol=1e-12)
+
+
+def test_typical_p_keeps_the_tokens_nearest_the_entropy():
+    z = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    d = distribution(z, SamplingParams(temperature=1.0, typical_p=0.5))
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    h = -(p * np.log(p)).sum()
+    order = np.argsort(np.abs(-np.log(p) - h))
+    assert d.ids.tolist() == order[: int(np.searchsorted(np.cumsum(p[order]), 0.5)) + 1].tolist()
 
 
 @pytest.mark.parametrize("top_p,top_k,min_p", [(0.95, 0, 0.0), (0.5, 0, 0.0), (1.0, 40, 0.0), (0.9, 100, 1e-3)])
@@ -133,9 +145,9 @@ def test_dense_and_sparse_residual_agree():
 def test_mask_never_emitted():
     b, c, r = rows(200)
     top = int(np.argmax(c + b - r))
-    d = eft_distribution(b, c, r, SamplingParams(temperature=0), 200, mask=np.array([top]))
+    d = eft_distribution(*three_roles(b, c, r, 1.0, 1.0), SamplingParams(temperature=0), 200, mask=np.array([top]))
     assert d.ids[0] != top
-    d = eft_distribution(b, c, r, SamplingParams(temperature=5.0), 200, mask=np.array([top]))
+    d = eft_distribution(*three_roles(b, c, r, 1.0, 1.0), SamplingParams(temperature=5.0), 200, mask=np.array([top]))
     assert d.prob(top) == 0.0 and d.prob(int(np.argmin(np.abs(c)))) > 0
 
 
@@ -145,7 +157,7 @@ def test_base_nucleus_mode_restricts_support_to_base_top_p():
     allowed = base_nucleus(b, 300, params)
     base_p = dense_probs(b, 1.0, top_p=0.5)
     assert sorted(allowed.tolist()) == sorted(np.flatnonzero(base_p).tolist())
-    d = eft_distribution(b, c, r, params, 300)
+    d = eft_distribution(*three_roles(b, c, r, params.alpha, params.beta), params, 300, base=b)
     assert set(d.ids.tolist()) <= set(allowed.tolist())
     z = (c + b - r).astype(np.float64)
     sub = np.exp(z[allowed] - z[allowed].max())

@@ -24,6 +24,7 @@ from eft_local.sampling import SamplingParams  # noqa: E402
 from eft_local.server.app import ServerOptions, create_app  # noqa: E402
 from eft_local.server.cli import bind, is_loopback  # noqa: E402
 from eft_local.session import Session, rng_for  # noqa: E402
+from eft_local.settings import defaults as setting_defaults  # noqa: E402
 
 from .conftest import run_cli  # noqa: E402
 
@@ -56,7 +57,12 @@ class ServerThread:
         self.thread.join(20)
 
 
-def defaults(**kw) -> GenerationConfig:
+def server_settings(**kw) -> dict:
+    """Checked settings as `cli.resolve_settings` makes them: built-in defaults, greedy, 24 tokens."""
+    return {**setting_defaults(), "temperature": 0.0, "max_tokens": 24, "weights": {}, "draft_with": None, **kw}
+
+
+def gen_config(**kw) -> GenerationConfig:
     return GenerationConfig(sampling=SamplingParams(temperature=0.0), max_tokens=24, **kw)
 
 
@@ -64,7 +70,7 @@ def defaults(**kw) -> GenerationConfig:
 def served(family):
     engine = EftEngine.load(family.paths(), n_ctx=N_CTX, n_threads=1)
     session = Session(engine)
-    srv = ServerThread(create_app(session, ServerOptions(model_name=MODEL, defaults=defaults())))
+    srv = ServerThread(create_app(session, ServerOptions(model_name=MODEL, settings=server_settings())))
     yield srv
     srv.stop()
     session.close()
@@ -83,13 +89,11 @@ def client(served):
     return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def batch_answer(engine, *, messages=None, raw=None, seed=None, **sampling) -> str:
-    temperature = sampling.pop("temperature", 0.0)
-    max_tokens = sampling.pop("max_tokens", 24)
-    config = GenerationConfig(sampling=SamplingParams(temperature=temperature, **sampling), max_tokens=max_tokens)
+def batch_answer(engine, *, messages=None, raw=None, **settings) -> str:
+    """`eft-local run`'s answer (batch.run_one, prompt 0) with these settings, from empty caches."""
     item = PromptItem(id="0", prompt=raw if raw is not None else messages, text=raw, messages=messages)
     engine.reset()
-    row, fin = run_one(engine, item, 0, BatchOptions(config=config, seed=seed, raw=raw is not None))
+    row, fin = run_one(engine, item, 0, BatchOptions(settings=server_settings(**settings), raw=raw is not None))
     assert row["finish_reason"] in ("stop", "length"), row
     return row["text"]
 
@@ -213,14 +217,18 @@ def test_bad_completion_requests_and_server_still_answers(served, client):
 
 
 def test_hostile_values_are_clamped_not_fatal(served, client):
-    r = client.chat.completions.create(model=MODEL, messages=hello(), max_tokens=10**12, temperature=1e-30,
-                                       extra_body={"top_k": 10**9, "alpha": 100, "beta": -100, "weights": {"x": 1.0}})
+    r = client.chat.completions.create(model=MODEL, messages=hello(), max_tokens=1 << 24, temperature=1e-30,
+                                       extra_body={"top_k": 10**9, "alpha": 1e30, "beta": -1e30, "weights": {"chat": 1e300}})
     assert r.choices[0].finish_reason in ("stop", "length")
+    r = httpx.post(served.url + "/v1/chat/completions", json={"messages": hello(), "weights": {"nope": 1.0}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "weights" and "nope" in r.json()["error"]["message"]
+    r = httpx.post(served.url + "/v1/chat/completions", content=b'{"messages": [{"role": "user", "content": "hi"}], "alpha": ' + b"9" * 400 + b"}")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "alpha"
 
 
 # -- authentication ------------------------------------------------------------------------------------
 def test_api_key(served):
-    app = create_app(served.app.state.worker.session, ServerOptions(model_name=MODEL, defaults=defaults(), api_key="s3cret"))
+    app = create_app(served.app.state.worker.session, ServerOptions(model_name=MODEL, settings=server_settings(), api_key="s3cret"))
     srv = ServerThread(app)
     try:
         body = {"messages": hello(), "max_tokens": 2}
@@ -290,7 +298,7 @@ def test_disconnect_while_waiting_for_a_blocking_answer_cancels_it(served):
 
 
 def test_queue_full_is_503_with_retry_after(served):
-    app = create_app(served.worker.session, ServerOptions(model_name=MODEL, defaults=defaults(), max_queue=0))
+    app = create_app(served.worker.session, ServerOptions(model_name=MODEL, settings=server_settings(), max_queue=0))
     srv = ServerThread(app)
     try:
         body = {"prompt": "a long story", "max_tokens": 900, "stream": True}  # 900 tokens, no early stop
@@ -311,10 +319,10 @@ def test_queue_full_is_503_with_retry_after(served):
 # -- the session layer ---------------------------------------------------------------------------------------
 def test_engine_refuses_a_second_generation(reference):
     prompt = reference.prompt(raw="abc")
-    first = reference.generate(prompt, defaults(), rng_for(1, 0))
+    first = reference.generate(prompt, gen_config(), rng_for(1, 0))
     next(first)
     with pytest.raises(EngineBusy):
-        next(reference.generate(prompt, defaults(), rng_for(1, 0)))
+        next(reference.generate(prompt, gen_config(), rng_for(1, 0)))
     first.close()
     events = list(reference.generate(prompt, GenerationConfig(max_tokens=60, stats_interval=0.0), rng_for(1, 0)))
     stats = [e.stats for e in events if isinstance(e, StatsEvent)]

@@ -20,7 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..decoder import GenerationConfig
 from ..events import FinishedEvent, TokenEvent
 from ..session import Session
 from .request import MAX_BODY_BYTES, ApiError, GenRequest, bad, load_json, parse
@@ -33,11 +32,10 @@ STREAM_PACE_SECONDS = 0.02  # after sending a chunk, let tokens gather this long
 @dataclass
 class ServerOptions:
     model_name: str
-    defaults: GenerationConfig
+    settings: dict[str, Any]  # the server's defaults: cli.resolve_settings (flags > profile > built-in)
     api_key: str | None = None
     max_queue: int = 16
     retry_after: int = 5  # seconds, for 503 answers
-    seed: int | None = None  # used when a request brings no seed
 
 
 def error_response(e: ApiError) -> JSONResponse:
@@ -118,7 +116,7 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
 
     async def _answer(request: Request, kind: str) -> Response:
         body = load_json(await _read_body(request))
-        req = parse(kind, body, options.defaults, n_ctx=n_ctx, seed=options.seed)
+        req = parse(kind, body, options.settings, n_ctx=n_ctx, deltas=session.engine.delta_names)
         if req.model is not None and req.model != options.model_name:
             raise _unknown_model(req.model, options.model_name)
         job = Job(req, Channel(asyncio.get_running_loop()), tokens=req.stream)
@@ -238,7 +236,7 @@ def _unknown_model(name: str, served: str) -> ApiError:
 def _model_card(name: str, created: int, session: Session) -> dict[str, Any]:
     return {
         "id": name, "object": "model", "created": created, "owned_by": "eft-local",
-        "eft": {role: m.path.name for role, m in session.engine.models.items()},
+        "eft": {role: m.path.name for role, m in session.engine.roles.items()},
     }
 
 

@@ -63,7 +63,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..cli import generation_config, load_engine, resolve_models, setting
+    from ..cli import load_engine, prepare
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
@@ -77,24 +77,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:  # pragma: no cover - broken install
         raise UserError(f"eft-local serve needs fastapi and uvicorn ({e}); reinstall eft-local") from None
 
-    paths, defaults, profile = resolve_models(args)
-    config = generation_config(args, defaults)
+    paths, settings, profile = prepare(args)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host) and not args.api_key:
         print(f"eft-local: warning: listening on {args.host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr, flush=True)
     try:
-        engine = load_engine(paths, args, defaults)
+        engine = load_engine(paths, settings)
     except BaseException:
         sock.close()
         raise
-    system = args.system if args.system is not None else defaults.get("system_prompt")
-    session = Session(engine, prompt_style=setting(args, defaults, "prompt_style"), system_prompt=system)
+    session = Session(engine, prompt_style=settings["prompt_style"], system_prompt=settings["system_prompt"])
     if not engine.chat.chat_template:
         print(f"eft-local: warning: {paths['chat']} has no chat template: only /v1/completions (raw prompts) will work",
               file=sys.stderr, flush=True)
     name = args.model_name or model_name(profile, paths)
-    options = ServerOptions(model_name=name, defaults=config, api_key=args.api_key, max_queue=args.max_queue, seed=args.seed)
+    options = ServerOptions(model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue)
     app = create_app(session, options)
 
     host, port = sock.getsockname()[:2]

@@ -1,7 +1,7 @@
 """HTTP request bodies -> what to generate, with OpenAI-shaped errors.
 
 Everything that maps a request field to a generation setting, and checks it, lives here
-(``FIELDS`` and ``parse``), so it can follow one settings schema with the command line.
+(``setting`` and ``parse``), over the one settings schema the command line uses.
 Unknown fields are ignored (clients send ``user``, ``presence_penalty``, …); known fields
 with a wrong type or value are a 400 naming the field.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..batch import effective_settings, generation_config
 from ..decoder import GenerationConfig
 from ..errors import UserError
-from ..sampling import TOP_P_MODES, SamplingParams
+from ..settings import ROW_KEYS, SETTINGS, check_weights
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP = 16
@@ -74,42 +75,45 @@ def load_json(raw: bytes) -> dict[str, Any]:
 
 
 # -- field checks -------------------------------------------------------------------------------
-def _number(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise bad(name, f"'{name}' must be a number, got {type(v).__name__}", "invalid_type")
-    v = float(v) if not isinstance(v, int) or abs(v) < 2**63 else math.copysign(math.inf, v)
-    if not math.isfinite(v):
-        raise bad(name, f"'{name}' must be a finite number")
-    return v
+# Generation settings come from the one schema (``settings.SETTINGS``): the same names, types,
+# ranges and defaults as the command line and JSONL rows. HTTP adds only OpenAI's own fields.
+HTTP_SETTINGS = (*ROW_KEYS, "draft_tokens", "stop")  # ROW_KEYS: alpha, beta, temperature, top_p, top_k, …
+ALIASES = {"max_completion_tokens": "max_tokens"}  # OpenAI's newer name wins over max_tokens
 
 
-def _integer(name: str, v: Any) -> int:
-    if isinstance(v, float) and v.is_integer() and math.isfinite(v):
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise bad(name, f"'{name}' must be an integer, got {type(v).__name__}", "invalid_type")
-    return v
+def _typed(name: str, v: Any) -> None:
+    """JSON types first (a string is not a number here, a bool is not an integer), so the code can say which."""
+    kind = SETTINGS[name].type
+    if kind in (int, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad(name, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {_json_type(v)}", "invalid_type")
+        if kind is int and isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+            raise bad(name, f"'{name}' must be an integer, got {v!r}", "invalid_type")
+    elif kind is str and not isinstance(v, str):
+        raise bad(name, f"'{name}' must be a string, got {_json_type(v)}", "invalid_type")
+    elif kind is list and not (isinstance(v, str) or isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        raise bad(name, f"'{name}' must be a string or a list of strings", "invalid_type")
 
 
-def _ranged(conv: Callable[[str, Any], Any], lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False):
-    def check(name: str, v: Any) -> Any:
-        v = conv(name, v)
-        if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
-            if hi is None:
-                want = f"> {lo:g}" if lo_open else f">= {lo:g}"
-            else:
-                want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            raise bad(name, f"'{name}' must be {want}, got {v}")
-        return v
-    return check
+def _json_type(v: Any) -> str:
+    return {bool: "a boolean", str: "a string", list: "an array", dict: "an object", type(None): "null"}.get(type(v), "a number")
 
 
-def _choice(options: tuple[str, ...]):
-    def check(name: str, v: Any) -> str:
-        if v not in options:
-            raise bad(name, f"'{name}' must be one of {', '.join(options)}, got {json.dumps(v)[:60]}")
-        return v
-    return check
+def setting(name: str, v: Any, field_name: str | None = None) -> Any:
+    """One request field checked by its setting's definition; a 400 naming the field."""
+    field_name = field_name or name
+    _typed(name, v)
+    if name == "stop":
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP or any(len(x) > MAX_STOP_CHARS for x in stops):
+            raise bad(field_name, f"'{field_name}' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
+        v = [_utf8(field_name, x) for x in stops if x]  # "" stops nothing: dropped, as OpenAI does
+    try:
+        return SETTINGS[name].check(v, f"'{field_name}'")
+    except UserError as e:
+        raise bad(field_name, str(e)) from None
+    except (OverflowError, ValueError):  # an integer too large for a float
+        raise bad(field_name, f"'{field_name}' is out of range") from None
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -119,44 +123,19 @@ def _bool(name: str, v: Any) -> bool:
 
 
 def _one(name: str, v: Any) -> int:
-    if _integer(name, v) != 1:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise bad(name, f"'{name}' must be an integer", "invalid_type")
+    if v != 1:
         raise bad(name, f"'{name}' must be 1: this server returns one choice per request", "unsupported_value")
     return 1
 
 
-def _stop(name: str, v: Any) -> tuple[str, ...]:
-    stops = [v] if isinstance(v, str) else v
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise bad(name, f"'{name}' must be a string or a list of strings", "invalid_type")
-    if len(stops) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stops):
-        raise bad(name, f"'{name}' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
-    return tuple(_utf8(name, s) for s in stops if s)
-
-
-def _weights(name: str, v: Any) -> dict[str, float]:
-    if not isinstance(v, dict):
-        raise bad(name, f"'{name}' must be an object of name -> number", "invalid_type")
-    return {str(k): _ranged(_number, -100, 100)(f"{name}.{k}", x) for k, x in v.items()}
-
-
-# name -> (check, where it goes: "sampling" | "config" | "request")
-FIELDS: dict[str, tuple[Callable[[str, Any], Any], str]] = {
-    "temperature": (_ranged(_number, 0, 100), "sampling"),
-    "top_p": (_ranged(_number, 0, 1, lo_open=True), "sampling"),
-    "top_k": (_ranged(_integer, 0, 1 << 30), "sampling"),
-    "min_p": (_ranged(_number, 0, 1, hi_open=True), "sampling"),
-    "top_p_mode": (_choice(TOP_P_MODES), "sampling"),
-    "alpha": (_ranged(_number, -100, 100), "sampling"),
-    "beta": (_ranged(_number, -100, 100), "sampling"),
-    "weights": (_weights, "sampling"),
-    "max_tokens": (_ranged(_integer, 1, None), "config"),
-    "max_completion_tokens": (_ranged(_integer, 1, None), "config"),
-    "draft_tokens": (_ranged(_integer, 0, 64), "config"),
-    "stop": (_stop, "config"),
-    "seed": (_ranged(_integer, 0, (1 << 64) - 1), "request"),
-    "n": (_one, "request"),
-    "stream": (_bool, "request"),
-}
+def _utf8(where: str, text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad(where, f"'{where}' holds a lone surrogate (\\ud800-\\udfff): not encodable as UTF-8") from None
+    return text
 
 
 def _messages(v: Any) -> list[dict[str, str]]:
@@ -172,14 +151,6 @@ def _messages(v: Any) -> list[dict[str, str]]:
             raise bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}")
         out.append({"role": ROLES[role], "content": _content(f"{where}.content", m.get("content"))})
     return out
-
-
-def _utf8(where: str, text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad(where, f"'{where}' holds a lone surrogate (\\ud800-\\udfff): not encodable as UTF-8") from None
-    return text
 
 
 def _content(where: str, c: Any) -> str:
@@ -207,36 +178,37 @@ def _prompt(v: Any) -> str:
     return _utf8("prompt", v)
 
 
-def parse(kind: str, body: Mapping[str, Any], defaults: GenerationConfig, *, n_ctx: int, seed: int | None = None) -> GenRequest:
-    """``kind`` is "chat" (messages) or "completion" (raw prompt). Server defaults fill what the body leaves out."""
-    values: dict[str, Any] = {}
-    for name, (check, _) in FIELDS.items():
+def parse(kind: str, body: Mapping[str, Any], settings: Mapping[str, Any], *, n_ctx: int,
+          deltas: Sequence[str] = ()) -> GenRequest:
+    """``kind`` is "chat" (messages) or "completion" (raw prompt). ``settings`` are the server's
+    (``cli.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on top,
+    exactly as a JSONL row's overrides do in ``eft-local run`` (``batch.effective_settings``)."""
+    layer: dict[str, Any] = {}
+    for name in HTTP_SETTINGS:
         if body.get(name) is not None:
-            values[name] = check(name, body[name])
+            layer[name] = setting(name, body[name])
+    for alias, name in ALIASES.items():
+        if body.get(alias) is not None:
+            layer[name] = setting(name, body[alias], alias)
+    if body.get("weights") is not None:
+        try:
+            layer["weights"] = check_weights(body["weights"], "'weights'", known=list(deltas))
+        except (UserError, OverflowError) as e:
+            raise bad("weights", str(e) if isinstance(e, UserError) else "'weights' holds a number out of range") from None
+    for name in ("n",):
+        if body.get(name) is not None:
+            _one(name, body[name])
+    stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
 
-    sampling_fields = {f.name for f in fields(SamplingParams)}
-    sampling = {k: v for k, v in values.items() if FIELDS[k][1] == "sampling" and k in sampling_fields}
-    if 0 < sampling.get("temperature", 1.0) < TINY_TEMPERATURE:
-        sampling["temperature"] = 0.0
-    params = replace(defaults.sampling, **sampling)
+    effective = effective_settings(settings, layer)
+    if 0 < effective["temperature"] < TINY_TEMPERATURE:
+        effective["temperature"] = 0.0
+    effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
     try:
-        params.validate()
+        config = generation_config(effective)
+        config.sampling.validate()
     except UserError as e:
-        raise bad(None, str(e).replace("--", "").replace("-", "_", 1)) from None
-
-    extra = {}  # behaviour-delta weights, where the decoder has them
-    if "weights" in values and "weights" in {f.name for f in fields(GenerationConfig)}:
-        extra["weights"] = values["weights"]
-    max_tokens = values.get("max_completion_tokens", values.get("max_tokens", defaults.max_tokens))
-    config = replace(
-        defaults,
-        sampling=params,
-        max_tokens=min(max_tokens, n_ctx),  # a generation can't outgrow the context anyway
-        draft_tokens=values.get("draft_tokens", defaults.draft_tokens),
-        stop=values.get("stop", defaults.stop),
-        trace=False,
-        **extra,
-    )
+        raise bad(None, str(e)) from None
 
     options = body.get("stream_options")
     include_usage = False
@@ -256,4 +228,4 @@ def parse(kind: str, body: Mapping[str, Any], defaults: GenerationConfig, *, n_c
         if "prompt" not in body:
             raise bad("prompt", "'prompt' is required", "missing_field")
         messages, raw = None, _prompt(body["prompt"])
-    return GenRequest(messages, raw, config, values.get("seed", seed), values.get("stream", False), include_usage, model)
+    return GenRequest(messages, raw, config, effective["seed"], stream, include_usage, model)

@@ -178,7 +178,7 @@ class EngineWorker:
             except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
                 put_last(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
                 return
-            put(Started(len(prompt["chat"])))
+            put(Started(len(prompt[self.session.engine.chat_name])))
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
                     if isinstance(ev, FinishedEvent):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from textual.worker import get_current_worker
 
 from ..decoder import EftEngine, GenerationConfig
 from ..errors import UserError
+from ..mixture import deltas_of
 from ..events import FinishedEvent, GenStats
 from ..sampling import SamplingParams
 from ..session import Session, rng_for
@@ -67,6 +68,17 @@ class JobDone(Message):
     pass
 
 
+def compare_variants(settings: ChatSettings) -> list[tuple[str, SamplingParams]]:
+    """Compare columns: base alone, chat alone, each further delta alone (on the base), EFT."""
+    s = settings.sampling
+    out = [("base alone  α=0 β=1", settings.corner(0.0, 1.0)), ("chat alone  α=1 β=0", settings.corner(1.0, 0.0))]
+    for name in settings.deltas:
+        w = s.weights.get(name, 1.0)
+        out.append((f"{name} alone  β={s.beta:g} {name}={w:g}", settings.corner(0.0, s.beta, only=name)))
+    out.append((f"EFT  {settings.mix()}", s))
+    return out
+
+
 class EftChatApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "eft-local"
@@ -77,13 +89,14 @@ class EftChatApp(App[int]):
         n_gpu_layers: int = 0, n_threads: int | None = None, sampling: SamplingParams | None = None,
         draft_tokens: int | None = None, max_tokens: int = 512, prompt_style: str = "template",
         seed: int | None = None, system_prompt: str | None = None, profile_name: str | None = None,
-        history_path: Path | None = None,
+        history_path: Path | None = None, stop: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
         self.load_error = load_error if load_error or paths else "no models given"
         self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
-        self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens)
+        deltas = tuple(d.name for d in deltas_of(self.paths or {}) if d.name != "chat")
+        self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens, deltas, stop)
         self.prompt_style = prompt_style
         self.seed = seed
         self.conv = Conversation(system_prompt=system_prompt or "")
@@ -305,15 +318,13 @@ class EftChatApp(App[int]):
                 return
             question = self.conv.turns[last_user].content
             messages = Conversation(self.conv.system_prompt, self.conv.turns[: last_user + 1]).messages()
-        s = self.settings.sampling
-        variants = [("base alone  α=0 β=1", 0.0, 1.0), ("chat alone  α=1 β=0", 1.0, 0.0),
-                    (f"EFT  α={s.alpha:g} β={s.beta:g}", s.alpha, s.beta)]
-        turns = [(title, Turn("assistant", "")) for title, _, _ in variants]
+        variants = compare_variants(self.settings)
+        turns = [(title, Turn("assistant", "")) for title, _ in variants]
         screen = CompareScreen(question, turns, self.delta_view)
         await self.push_screen(screen)
         index = self._index()
-        jobs = [Job(messages, self.settings.config(sampling=replace(s, alpha=a, beta=b)), index, w)
-                for (_, a, b), w in zip(variants, screen.answers)]
+        jobs = [Job(messages, self.settings.config(sampling=sampling), index, w)
+                for (_, sampling), w in zip(variants, screen.answers)]
         self._start(jobs)
 
     def action_settings(self) -> None:

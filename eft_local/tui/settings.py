@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..decoder import GenerationConfig
+from ..mixture import describe as describe_mix
 from ..sampling import SamplingParams
 
-# name -> (alpha, beta); "eft" uses the user's own α/β (see ChatSettings.preset).
+# name -> (title, alpha, beta); "eft" uses the user's own mix (see ChatSettings.preset).
+# The corners set every other delta's weight to 0.
 PRESETS = {
     "eft": ("EFT", None, None),
     "chat": ("chat alone", 1.0, 0.0),
@@ -21,20 +23,25 @@ class ChatSettings:
     speculative: bool = True
     block_size: int | None = None  # None: adaptive block; only used when speculative
     max_tokens: int = 512
-    eft_alpha: float = 1.0  # remembered α/β for the "EFT" preset
-    eft_beta: float = 1.0
+    deltas: tuple[str, ...] = ()  # behaviour deltas besides "chat", by name
+    eft_mix: SamplingParams | None = None  # remembered α/β/weights for the "EFT" preset
+    stop: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
-    def create(cls, sampling: SamplingParams | None, draft_tokens: int | None, max_tokens: int) -> ChatSettings:
+    def create(cls, sampling: SamplingParams | None, draft_tokens: int | None, max_tokens: int,
+               deltas: tuple[str, ...] = (), stop: tuple[str, ...] = ()) -> ChatSettings:
         sampling = sampling or SamplingParams()
-        return cls(
-            sampling=sampling,
-            speculative=draft_tokens != 0,
-            block_size=draft_tokens or None,
-            max_tokens=max_tokens,
-            eft_alpha=sampling.alpha if (sampling.alpha, sampling.beta) not in ((1.0, 0.0), (0.0, 1.0)) else 1.0,
-            eft_beta=sampling.beta if (sampling.alpha, sampling.beta) not in ((1.0, 0.0), (0.0, 1.0)) else 1.0,
-        )
+        sampling = replace(sampling, weights={d: float(sampling.weights.get(d, 1.0)) for d in deltas})
+        settings = cls(sampling=sampling, speculative=draft_tokens != 0, block_size=draft_tokens or None,
+                       max_tokens=max_tokens, deltas=tuple(deltas), stop=tuple(stop))
+        settings.eft_mix = sampling if settings.mode == "eft" else replace(
+            sampling, alpha=1.0, beta=1.0, weights=dict.fromkeys(deltas, 1.0))
+        return settings
+
+    def corner(self, alpha: float, beta: float, only: str | None = None) -> SamplingParams:
+        """This sampling with α, β set and every other delta at 0 (``only`` keeps its weight)."""
+        weights = {d: (self.sampling.weights.get(d, 1.0) if d == only else 0.0) for d in self.deltas}
+        return replace(self.sampling, alpha=alpha, beta=beta, weights=weights)
 
     @property
     def draft_tokens(self) -> int | None:
@@ -46,26 +53,36 @@ class ChatSettings:
             sampling=sampling or self.sampling,
             max_tokens=self.max_tokens,
             draft_tokens=self.draft_tokens,
+            stop=self.stop,
             trace=trace,
         )
 
     def preset(self, name: str) -> None:
-        """Switch to a preset; α/β that are not a corner are remembered for "EFT"."""
+        """Switch to a preset; a mix that is not a corner is remembered for "EFT"."""
         _, alpha, beta = PRESETS[name]
         if self.mode == "eft":
-            self.eft_alpha, self.eft_beta = self.sampling.alpha, self.sampling.beta
+            self.eft_mix = self.sampling
         if alpha is None:
-            alpha, beta = self.eft_alpha, self.eft_beta
-        self.sampling = replace(self.sampling, alpha=alpha, beta=beta)
+            mix = self.eft_mix or self.sampling
+            self.sampling = replace(self.sampling, alpha=mix.alpha, beta=mix.beta, weights=dict(mix.weights))
+        else:
+            self.sampling = self.corner(alpha, beta)
 
     @property
     def mode(self) -> str:
-        a, b = self.sampling.alpha, self.sampling.beta
-        return {(1.0, 0.0): "chat", (0.0, 1.0): "base"}.get((a, b), "eft")
+        s = self.sampling
+        if any(s.weights.get(d, 1.0) != 0.0 for d in self.deltas):
+            return "eft"
+        return {(1.0, 0.0): "chat", (0.0, 1.0): "base"}.get((s.alpha, s.beta), "eft")
+
+    def mix(self) -> str:
+        """α, β and every delta's weight, e.g. ``α=1 β=1 safe=0.5``."""
+        s = self.sampling
+        return describe_mix({d: s.weights.get(d, 1.0) for d in self.deltas}, s.alpha, s.beta)
 
     def describe(self) -> str:
         s = self.sampling
         spec = "off" if not self.speculative else f"k={self.block_size}" if self.block_size else "adaptive"
         temp = "greedy" if s.temperature == 0 else f"T={s.temperature:g}"
         top_p = f" top-p={s.top_p:g}" if s.top_p < 1 else ""
-        return f"{PRESETS[self.mode][0]} α={s.alpha:g} β={s.beta:g} {temp}{top_p} spec {spec}"
+        return f"{PRESETS[self.mode][0]} {self.mix()} {temp}{top_p} spec {spec}"

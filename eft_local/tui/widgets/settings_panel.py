@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Switch
 
 from ...errors import UserError
+from ...settings import check, check_weight
 from ..settings import PRESETS, ChatSettings
 
 FIELDS = (  # input id, label, hint
@@ -38,6 +39,8 @@ class SettingsPanel(VerticalScroll):
         for key, label, hint in FIELDS:
             yield Label(f"{label}  [dim]{hint}[/]")
             yield Input(id=key, compact=True, select_on_focus=True)
+            if key == "beta":
+                yield from self._weight_fields()
         with Horizontal(classes="switch-row"):
             yield Label("speculative ")
             yield Switch(id="speculative")
@@ -47,6 +50,13 @@ class SettingsPanel(VerticalScroll):
         yield Input(id="max_tokens", compact=True, select_on_focus=True)
         yield Label("", id="settings-error")
 
+    def _weight_fields(self) -> ComposeResult:
+        """One weight control per further delta, named by the profile/--delta."""
+        for name in self.settings.deltas:
+            label = Label(f"weight {name}  [dim]its delta[/]", markup=True)
+            yield label
+            yield Input(id=f"weight-{name}", compact=True, select_on_focus=True)
+
     def on_mount(self) -> None:
         self.show(self.settings)
 
@@ -55,21 +65,20 @@ class SettingsPanel(VerticalScroll):
         s = settings.sampling
         for key, value in (("alpha", s.alpha), ("beta", s.beta), ("temperature", s.temperature), ("top_p", s.top_p)):
             self.query_one(f"#{key}", Input).value = f"{value:g}"
+        for name in settings.deltas:
+            self.query_one(f"#weight-{name}", Input).value = f"{s.weights.get(name, 1.0):g}"
         self.query_one("#speculative", Switch).value = settings.speculative
         self.query_one("#block", Input).value = str(settings.block_size or "")
         self.query_one("#max_tokens", Input).value = str(settings.max_tokens)
 
     def _read(self) -> ChatSettings:
         def num(key: str) -> float:
-            text = self.query_one(f"#{key}", Input).value.strip()
-            try:
-                return float(text)
-            except ValueError:
-                raise UserError(f"{key}: not a number: {text!r}") from None
+            return check(key, self.query_one(f"#{key}", Input).value.strip(), key.replace("_", "-"))
 
+        weights = {name: check_weight(name, self.query_one(f"#weight-{name}", Input).value.strip(), f"weight {name}")
+                   for name in self.settings.deltas}
         sampling = replace(self.settings.sampling, alpha=num("alpha"), beta=num("beta"),
-                           temperature=num("temperature"), top_p=num("top_p"))
-        sampling.validate()
+                           temperature=num("temperature"), top_p=num("top_p"), weights=weights)
         block = self.query_one("#block", Input).value.strip()
         max_tokens = self.query_one("#max_tokens", Input).value.strip()
         if block and not (block.isdigit() and 1 <= int(block) <= 16):

@@ -1,0 +1,173 @@
+"""Sampling filters as small functions over a candidate set.
+
+``candidates`` turns a logit row into the ids still in the running and their tempered
+weights ``exp((z − max) / T)`` (the top token weighs 1). It cuts in *logit* space first:
+a token more than ``T·(ln V + 20)`` below the maximum weighs under ``e^-20 / V``, so all of
+them together weigh less than float32 can represent next to 1 — dropping them is exact to
+float precision, and on a real model's row it leaves a few hundred candidates to
+exponentiate instead of 152k. Each filter then takes and returns a ``Candidates``; a
+filter that is off returns its input. Adding one (typical-p is the example) is one
+function and one line in ``FILTERS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .sampling import SamplingParams
+
+TAIL = 20.0  # see the module docstring
+_DENSE_FRACTION = 0.5  # keep a dense row when more than this share of ids survives the cut
+_THRESHOLDS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-13)  # weight floors tried to find a small nucleus head
+_SORT_LIMIT = 4096  # above this many top-p candidates, find the nucleus by histogram
+_TOP_K_STEPS = (2.0, 5.0, 10.0, 20.0)  # logit distances (× T) below the top tried for top-k
+
+
+@dataclass
+class Candidates:
+    """Ids (``None``: every id 0..len(w)-1) and float32 weights; ``by_weight``: sorted descending."""
+
+    ids: np.ndarray | None
+    w: np.ndarray
+    by_weight: bool = False
+
+    def __len__(self) -> int:
+        return len(self.w)
+
+    def take(self, idx: np.ndarray, by_weight: bool = False) -> Candidates:
+        """The candidates at positions ``idx`` (of this set)."""
+        return Candidates(idx if self.ids is None else self.ids[idx], self.w[idx], by_weight)
+
+    def mass(self) -> float:
+        return float(self.w.sum(dtype=np.float64))
+
+    def sorted(self) -> Candidates:
+        if self.by_weight:
+            return self
+        return self.take(np.argsort(-self.w, kind="stable"), by_weight=True)
+
+
+Filter = Callable[[Candidates, "SamplingParams"], Candidates]
+
+
+def candidates(z: np.ndarray, temperature: float, params: SamplingParams | None = None) -> Candidates:
+    """Tempered weights of the ids that can matter, cut in logit space before exponentiating.
+
+    Always dropped: ids more than ``T·(ln V + 20)`` below the top logit (below float
+    precision). With ``params``, min-p and top-k also cut here first — both keep an upper
+    set of the logits — with a small margin, so the weight-space filters below stay the
+    authority on the boundary and only a short list is exponentiated.
+    """
+    top = np.float32(z.max())
+    floor = float(top) - temperature * (math.log(len(z)) + TAIL)
+    if params is not None and params.min_p > 0:
+        floor = max(floor, float(top) + temperature * (math.log(params.min_p) - 1e-3))
+    keep = _upper_set(z, float(top), floor, temperature, params.top_k if params is not None else 0)
+    scale = np.float32(1.0 / temperature)
+    if keep is None:
+        e = z - top
+        e *= scale
+        return Candidates(None, np.exp(e, out=e))
+    e = z[keep] - top
+    e *= scale
+    return Candidates(keep, np.exp(e, out=e))
+
+
+def _upper_set(z: np.ndarray, top: float, floor: float, temperature: float, k: int) -> np.ndarray | None:
+    """Ids with ``z >= floor`` — or, for top-k, with z above the highest step that still
+    keeps ``k`` ids. ``None`` when most ids survive (then a dense row is cheaper)."""
+    if k and k < len(z):
+        for step in _TOP_K_STEPS:
+            keep = np.flatnonzero(z >= np.float32(max(floor, top - temperature * step)))
+            if len(keep) >= k:
+                return keep
+    above = z >= np.float32(floor)
+    if np.count_nonzero(above) > _DENSE_FRACTION * len(z):
+        return None
+    return np.flatnonzero(above)
+
+
+def min_p(c: Candidates, params: SamplingParams) -> Candidates:
+    """Drop tokens below ``min_p`` × the top token's probability (the top weighs 1)."""
+    if params.min_p <= 0:
+        return c
+    return c.take(np.flatnonzero(c.w >= np.float32(params.min_p)))
+
+
+def top_k(c: Candidates, params: SamplingParams) -> Candidates:
+    """The ``top_k`` heaviest tokens; ties at the boundary go to the lower ids."""
+    k = params.top_k
+    if not k or k >= len(c):
+        return c
+    kth = np.partition(c.w, len(c) - k)[len(c) - k]
+    above = np.flatnonzero(c.w > kth)
+    ties = np.flatnonzero(c.w == kth)[: k - len(above)]
+    idx = np.concatenate([above, ties])
+    return c.take(idx[np.argsort(-c.w[idx], kind="stable")], by_weight=True)
+
+
+def typical_p(c: Candidates, params: SamplingParams) -> Candidates:
+    """Locally typical sampling: tokens whose surprisal is closest to the entropy, up to mass ``typical_p``."""
+    if params.typical_p >= 1.0:
+        return c
+    p = c.w.astype(np.float64) / c.mass()
+    logp = np.log(np.maximum(p, 1e-300))
+    entropy = -float((p * logp).sum())
+    order = np.argsort(np.abs(-logp - entropy), kind="stable")
+    keep = min(len(order), int(np.searchsorted(np.cumsum(p[order]), params.typical_p, side="left")) + 1)
+    return c.take(order[:keep])
+
+
+def top_p(c: Candidates, params: SamplingParams) -> Candidates:
+    """The smallest heaviest set holding ``top_p`` of the mass (EFT mode; see ``base_nucleus``)."""
+    if params.top_p >= 1.0 or params.top_p_mode != "eft":
+        return c
+    return nucleus(c, params.top_p)
+
+
+def nucleus(c: Candidates, top_p_value: float) -> Candidates:
+    target = top_p_value * c.mass()
+    if not c.by_weight and len(c) > _SORT_LIMIT:
+        c = _heavy_head(c, target)
+        if len(c) > _SORT_LIMIT:
+            return c.take(_nucleus_by_histogram(c.w, target))
+    c = c.sorted()
+    keep = min(len(c), int(np.searchsorted(np.cumsum(c.w, dtype=np.float64), target, side="left")) + 1)
+    return c.take(np.arange(keep), by_weight=True)
+
+
+def _heavy_head(c: Candidates, target: float) -> Candidates:
+    """A small superset of the nucleus: the tokens above the highest weight floor that
+    still holds ``target`` mass (so only a few are sorted)."""
+    for t in _THRESHOLDS:
+        idx = np.flatnonzero(c.w >= np.float32(t))
+        if float(c.w[idx].sum(dtype=np.float64)) >= target:
+            return c.take(idx)
+    return c
+
+
+def _nucleus_by_histogram(w: np.ndarray, target: float) -> np.ndarray:
+    """Positions of the top-p nucleus of a broad distribution without sorting it all.
+
+    Weights are binned by log2 (8 bins per halving; heavier bins first); whole bins are
+    taken until the one where the cumulative mass crosses ``target``, and only that bin is
+    sorted. Same set as a full sort (ties by position), in a fraction of the time.
+    """
+    bins = np.minimum((-np.log2(np.maximum(w, np.float32(1e-38))) * 8).astype(np.int64), 4095)
+    mass = np.cumsum(np.bincount(bins, weights=w.astype(np.float64)))
+    b = min(int(np.searchsorted(mass, target, side="left")), len(mass) - 1)
+    before = mass[b - 1] if b else 0.0
+    edge = np.flatnonzero(bins == b)
+    edge = edge[np.argsort(-w[edge], kind="stable")]
+    need = min(len(edge), int(np.searchsorted(before + np.cumsum(w[edge], dtype=np.float64), target, side="left")) + 1)
+    return np.concatenate([np.flatnonzero(bins < b), edge[:need]])
+
+
+# Applied in this order, each to the renormalized result of the previous one.
+FILTERS: tuple[Filter, ...] = (min_p, top_k, typical_p, top_p)

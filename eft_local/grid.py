@@ -1,0 +1,62 @@
+"""``--grid KEY=V1,V2,...``: run every prompt at every combination of settings."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import UserError
+from .settings import GRID_KEYS, check, check_delta_name, check_weight
+
+Point = dict[str, Any]  # setting name -> value; delta weights under "weights"
+
+
+def parse_grid(items: Sequence[str], settings: dict[str, Any]) -> list[Point]:
+    """The grid's points, first key varying slowest; ``[{}]`` without ``--grid``.
+
+    Known delta names come from ``settings["weights"]`` and the model set (checked by the
+    caller); values are checked by each setting's one definition.
+    """
+    axes: list[tuple[str, list[Any]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise UserError(f"--grid {item!r}: expected KEY=V1,V2,... (KEY: {', '.join(GRID_KEYS)} or weight.NAME)")
+        if key in (k for k, _ in axes):
+            raise UserError(f"--grid {key} given twice")
+        axes.append((key, [_value(key, v.strip()) for v in values.split(",")]))
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        point: Point = {}
+        for (key, _), value in zip(axes, combo):
+            _set(point, key, value)
+        points.append(point)
+    return points or [{}]
+
+
+def _value(key: str, text: str) -> Any:
+    where = f"--grid {key}"
+    if key.startswith("weight."):
+        name = key.removeprefix("weight.")
+        if name != "chat":
+            check_delta_name(name, where)
+        return check_weight(name, text, where)
+    if key not in GRID_KEYS:
+        raise UserError(f"--grid {key}: unknown key (use {', '.join(GRID_KEYS)} or weight.NAME)")
+    return check(key, text, where)
+
+
+def _set(point: Point, key: str, value: Any) -> None:
+    if key == "weight.chat":
+        point["alpha"] = value
+    elif key.startswith("weight."):
+        point.setdefault("weights", {})[key.removeprefix("weight.")] = value
+    else:
+        point[key] = value
+
+
+def grid_deltas(points: list[Point]) -> set[str]:
+    """Delta names the grid weights (to check against the loaded model set)."""
+    return {name for p in points for name in p.get("weights", {})}

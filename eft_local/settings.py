@@ -1,0 +1,210 @@
+"""One definition per setting: name, type, default, range, help.
+
+CLI flags, profile ``defaults``, JSONL row overrides, the chat app's fields and HTTP request
+fields are all derived from ``SETTINGS`` and checked by ``Setting.check`` — so a non-finite
+or out-of-range number gets the same one-line error wherever it comes from, naming the
+place (``--alpha``, ``models.toml: profile 'x': defaults.alpha``, ``line 3: alpha``, …).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UserError
+
+TOP_P_MODES = ("eft", "base")
+PROMPT_STYLES = ("template", "transcript")
+MAX_SEED = 2**63 - 1
+DELTA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+RESERVED_NAMES = ("base", "reference")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A user-settable value and every rule about it.
+
+    ``scope``: ``generation`` (may change per prompt/request), ``load`` (fixed once models
+    load) or ``run`` (per command). ``per_prompt`` settings may be overridden by a JSONL row
+    and an HTTP request. ``nullable``: ``None`` is meaningful (adaptive, auto, unseeded).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+    scope: str = "generation"
+    per_prompt: bool = False
+    flag: str | None = None  # CLI flag when it isn't --name-with-dashes
+    metavar: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any, where: str | None = None) -> Any:
+        """``value`` converted to this setting's type, or one UserError naming ``where``."""
+        where = where or self.cli_flag
+        if value is None:
+            if self.nullable:
+                return None
+            raise UserError(f"{where} needs a value")
+        if self.type is str:
+            return self._check_str(value, where)
+        if self.type is list:
+            return self._check_list(value, where)
+        number = _number(value, self.type, where)
+        self._check_range(number, where)
+        return number
+
+    def _check_str(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise UserError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+    def _check_list(self, value: Any, where: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise UserError(f"{where} must be a string or a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    def _check_range(self, x: float, where: str) -> None:
+        below = self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo)
+        above = self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi)
+        if below or above:
+            raise UserError(f"{where} must be {self.range_text()}, got {x:g}")
+
+    def range_text(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"in {left}{self.lo:g}, {self.hi:g}{right}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "a finite number"
+
+
+def _number(value: Any, kind: type, where: str) -> float | int:
+    """Accept ints for floats and integral floats for ints; never bools, never nan/inf."""
+    if isinstance(value, str):
+        value = _parse_number(value, kind, where)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value}")
+    if kind is int:
+        if value != int(value):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _parse_number(text: str, kind: type, where: str) -> float | int:
+    try:
+        return int(text) if kind is int else float(text)
+    except ValueError:
+        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def _max_threads() -> int:
+    return max(256, os.cpu_count() or 1)
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        # -- EFT and sampling (per prompt)
+        Setting("alpha", float, 1.0, "behaviour: weight of the fine-tuning delta chat − reference", per_prompt=True),
+        Setting("beta", float, 1.0, "knowledge: weight of the pre-training delta base − reference", per_prompt=True),
+        Setting("temperature", float, 0.7, "0 = greedy", lo=0.0, hi=100.0, per_prompt=True),
+        Setting("top_p", float, 0.95, "nucleus sampling (1 = off)", lo=0.0, hi=1.0, lo_open=True, per_prompt=True),
+        Setting("top_k", int, 0, "keep the k most likely tokens (0 = off)", lo=0, hi=2**31 - 1, per_prompt=True),
+        Setting("min_p", float, 0.0, "drop tokens below min-p × the top token's probability", lo=0.0, hi=1.0, hi_open=True, per_prompt=True),
+        Setting("typical_p", float, 1.0, "locally typical sampling mass (1 = off)", lo=0.0, hi=1.0, lo_open=True,
+                per_prompt=True),
+        Setting("top_p_mode", str, "eft", "top-p on the EFT distribution (eft) or on the base model alone (base, DExperts)",
+                choices=TOP_P_MODES, per_prompt=True),
+        Setting("seed", int, None, "RNG seed: prompt i uses (seed, i), so reruns are identical", lo=0, hi=MAX_SEED,
+                nullable=True, per_prompt=True),
+        Setting("max_tokens", int, 256, "tokens to generate per prompt", lo=1, hi=1 << 24, per_prompt=True),
+        Setting("draft_tokens", int, None, "speculative block: 0 = naive EFT; default adaptive", lo=0, hi=64,
+                nullable=True, metavar="K"),
+        Setting("stop", list, (), "stop string (repeatable)", metavar="TEXT"),
+        Setting("prompt_style", str, "template", "what base/reference see: the chat template or a plain transcript",
+                choices=PROMPT_STYLES),
+        Setting("system_prompt", str, None, "system prompt", nullable=True, flag="--system", metavar="TEXT"),
+        # -- loading
+        Setting("n_ctx", int, 4096, "context length per model", lo=16, hi=1 << 24, scope="load"),
+        Setting("gpu_layers", int, None, "layers to offload to the GPU per model (-1 = all; default: all when "
+                "llama.cpp has GPU offload, else 0)", lo=-1, hi=1 << 16, nullable=True, scope="load"),
+        Setting("threads", int, None, "CPU threads per model (default: half the logical CPUs)", lo=1, hi=_max_threads(),
+                nullable=True, scope="load"),
+    )
+}
+# Keys a profile's [defaults] table may set (every one takes effect), plus old spellings.
+PROFILE_KEYS = tuple(SETTINGS)
+PROFILE_ALIASES = {"n_gpu_layers": "gpu_layers"}
+# Keys a JSONL row (and an HTTP request) may override per prompt; ``weights`` is separate.
+ROW_KEYS = tuple(name for name, s in SETTINGS.items() if s.per_prompt)
+GRID_KEYS = ("alpha", "beta", "temperature", "top_p", "seed")
+
+
+def check(name: str, value: Any, where: str | None = None) -> Any:
+    return SETTINGS[name].check(value, where)
+
+
+def check_weight(name: str, value: Any, where: str) -> float:
+    """A delta weight: any finite real number (negative steers away)."""
+    return float(_number(value, float, where))
+
+
+def check_delta_name(name: str, where: str) -> str:
+    if not DELTA_NAME.match(name) or name in RESERVED_NAMES or name.endswith(".reference"):
+        raise UserError(
+            f"{where}: delta name {name!r} must start with a letter and use letters, digits, - or _ "
+            f"(at most 32), and not be {' or '.join(RESERVED_NAMES)}"
+        )
+    return name
+
+
+def check_weights(raw: Any, where: str, known: Iterable[str] | None = None) -> dict[str, float]:
+    """An object NAME → weight (JSONL ``weights``, HTTP ``weights``, profile defaults)."""
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where} must be an object mapping delta names to numbers, got {raw!r}")
+    known = None if known is None else list(known)
+    out = {}
+    for name, value in raw.items():
+        if known is not None and name not in known:
+            raise UserError(f"{where}: unknown delta {name!r} (deltas: {', '.join(known) or 'none'})")
+        out[str(name)] = check_weight(name, value, f"{where}.{name}")
+    return out
+
+
+def check_mapping(raw: Mapping[str, Any], keys: Iterable[str], where: str, fmt: Callable[[str], str] = str) -> dict[str, Any]:
+    """Check the known ``keys`` of ``raw`` (e.g. a profile's defaults); refuse unknown keys."""
+    keys = tuple(keys)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = PROFILE_ALIASES.get(key, key)
+        if name not in keys:
+            raise UserError(f"{where}: unknown setting {key!r} (known: {', '.join(keys)})")
+        out[name] = check(name, value, f"{where}{fmt(key)}")
+    return out
+
+
+def defaults() -> dict[str, Any]:
+    return {name: s.default for name, s in SETTINGS.items()}
