@@ -57,6 +57,14 @@ class ServerThread:
         self.thread.join(20)
 
 
+def wait_idle(worker, limit: float = 5.0) -> None:
+    """The engine thread clears ``running`` just after sending the last event."""
+    end = time.monotonic() + limit
+    while worker.running is not None:
+        assert time.monotonic() < end, "the engine thread stayed busy"
+        time.sleep(0.002)
+
+
 def server_settings(**kw) -> dict:
     """Checked settings as `cli.resolve_settings` makes them: built-in defaults, greedy, 24 tokens."""
     return {**setting_defaults(), "temperature": 0.0, "max_tokens": 24, "weights": {}, "draft_with": None, **kw}
@@ -206,6 +214,9 @@ def test_bad_completion_requests_and_server_still_answers(served, client):
     assert post({"prompt": 12}).json()["error"]["param"] == "prompt"
     assert post({"prompt": ""}).status_code in (200, 400)  # BOS-only models answer, others refuse: never a 500
     assert post({"prompt": "x " * 3000}).status_code == 413
+    t0 = time.perf_counter()
+    r = httpx.post(served.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}] * 20000}, timeout=30)
+    assert r.status_code == 413 and time.perf_counter() - t0 < 2  # refused before the engine tokenizes it
     r = post({"prompt": "x " * 3000, "stream": True})  # a streamed request fails before its stream starts
     assert r.status_code == 413 and r.json()["error"]["code"] == "context_length_exceeded"
     assert httpx.get(served.url + "/v1/nope").json()["error"]["code"] == "not_found"
@@ -213,7 +224,8 @@ def test_bad_completion_requests_and_server_still_answers(served, client):
     big = httpx.post(served.url + "/v1/completions", content=b" " * (9 * 1024 * 1024), timeout=30)
     assert big.status_code == 413
     r = client.completions.create(model=MODEL, prompt="still alive", max_tokens=4, temperature=0)
-    assert r.usage.completion_tokens == 4 and served.worker.running is None
+    assert r.usage.completion_tokens == 4
+    wait_idle(served.worker)
 
 
 def test_hostile_values_are_clamped_not_fatal(served, client):
@@ -308,9 +320,7 @@ def test_queue_full_is_503_with_retry_after(served):
             busy = httpx.post(srv.url + "/v1/completions", json={"prompt": "me too", "max_tokens": 2})
             assert busy.status_code == 503 and busy.headers["retry-after"].isdigit()
             assert busy.json()["error"]["code"] == "queue_full"
-        end = time.monotonic() + 5
-        while srv.worker.running is not None and time.monotonic() < end:
-            time.sleep(0.01)
+        wait_idle(srv.worker)
         assert httpx.post(srv.url + "/v1/completions", json={"prompt": "me too", "max_tokens": 2}).status_code == 200
     finally:
         srv.stop()

@@ -22,6 +22,7 @@ from ..settings import ROW_KEYS, SETTINGS, check_weights
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP = 16
 MAX_STOP_CHARS = 500
+MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
 TINY_TEMPERATURE = 1e-3  # below this, 1/T overflows float32 logits: treated as greedy
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -228,4 +229,11 @@ def parse(kind: str, body: Mapping[str, Any], settings: Mapping[str, Any], *, n_
         if "prompt" not in body:
             raise bad("prompt", "'prompt' is required", "missing_field")
         messages, raw = None, _prompt(body["prompt"])
+    chars = len(raw) if raw is not None else sum(len(m["content"]) for m in messages)
+    if messages is not None and len(messages) > n_ctx:  # every real chat template spends a token or more per message
+        raise ApiError(413, f"{len(messages)} messages can't fit a context of {n_ctx} tokens; send fewer",
+                       param="messages", code="context_length_exceeded")
+    if chars > MAX_CHARS_PER_TOKEN * n_ctx:
+        raise ApiError(413, f"the prompt has {chars} characters: far more than the context of {n_ctx} tokens holds; shorten it",
+                       param="prompt" if raw is not None else "messages", code="context_length_exceeded")
     return GenRequest(messages, raw, config, effective["seed"], stream, include_usage, model)
