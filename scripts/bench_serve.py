@@ -17,6 +17,8 @@ then 1, 4 and 8 concurrent streaming clients: wall time, TTFT median/max, aggreg
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import json
 import statistics
 import subprocess
@@ -30,10 +32,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eft_local.decoder import EftEngine, GenerationConfig  # noqa: E402
+from eft_local.batch import generation_config  # noqa: E402
+from eft_local.decoder import EftEngine  # noqa: E402
 from eft_local.events import FinishedEvent, TokenEvent  # noqa: E402
-from eft_local.sampling import SamplingParams  # noqa: E402
 from eft_local.session import Session, rng_for  # noqa: E402
+from eft_local.settings import defaults as setting_defaults  # noqa: E402
 from eft_local.synthetic import ModelSpec, write_family  # noqa: E402
 
 SIZES = {
@@ -66,11 +69,25 @@ def start_server(paths: dict[str, Path], args) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"server did not start (exit {proc.wait()})")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of process ``pid`` (Linux /proc; {} elsewhere)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            fields = open(f"{task}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[task.rsplit("/", 1)[1]] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def direct(session: Session, prompt: str, max_tokens: int) -> dict[str, float]:
     t0 = time.perf_counter()
     first = None
     tokens = 0
-    config = GenerationConfig(sampling=SamplingParams(temperature=0.0), max_tokens=max_tokens)
+    # the settings `eft-local run --temperature 0 --max-tokens N` (and the server) use
+    config = generation_config({**setting_defaults(), "temperature": 0.0, "max_tokens": max_tokens, "weights": {}, "draft_with": None})
     ids = session.prompt(messages=[{"role": "user", "content": prompt}])
     for ev in session.generate(ids, config, rng_for(None, 0)):
         if isinstance(ev, TokenEvent) and first is None and ev.text:  # as the server: first visible text
@@ -139,10 +156,16 @@ def main() -> None:
             served(url, "warm up", 8, client)
             direct(session, "warm up", 8)
             d_rows, s_rows = [], []
+            d_cpu, s_cpu = 0.0, {}
             for _ in range(args.repeat):
                 for p in prompts:  # interleaved, so load from other processes hits both paths alike
+                    c0 = time.thread_time()
                     d_rows.append(direct(session, p, args.tokens))
+                    d_cpu += time.thread_time() - c0
+                    before = thread_cpu(proc.pid)
                     s_rows.append(served(url, p, args.tokens, client))
+                    for tid, t in thread_cpu(proc.pid).items():
+                        s_cpu[tid] = s_cpu.get(tid, 0.0) + t - before.get(tid, 0.0)
             print(f"models: {', '.join(f'{r}={p.name}' for r, p in paths.items())}; {args.threads} thread(s)/model; "
                   f"{len(prompts)} prompts x {args.repeat}, max {args.tokens} tokens, greedy")
             print(f"{'path':<22}{'TTFT ms':>10}{'tok/s':>10}{'total s':>10}{'tokens':>8}")
@@ -153,6 +176,11 @@ def main() -> None:
             paired = lambda key: statistics.median(s[key] / d[key] for d, s in zip(d_rows, s_rows) if d[key] and s[key])  # noqa: E731
             print(f"server/direct (median of per-prompt ratios): TTFT x{paired('ttft'):.3f}, tok/s x{paired('tps'):.3f}, "
                   f"total x{paired('total'):.3f}; summed time x{total_s / total_d:.3f} (overhead {100 * (total_s / total_d - 1):+.1f}%)")
+            if s_cpu:  # CPU time is what the server adds, whatever else runs on the machine
+                engine_cpu = max(s_cpu.values())
+                other = sum(s_cpu.values()) - engine_cpu
+                print(f"CPU seconds: direct {d_cpu:.2f}; server engine thread {engine_cpu:.2f} (x{engine_cpu / d_cpu:.3f}), "
+                      f"server's other threads {other:.2f} (+{100 * other / d_cpu:.1f}% of direct)")
 
             print("\nqueueing (one generation at a time; clients start together):")
             print(f"{'clients':>8}{'wall s':>10}{'TTFT med ms':>13}{'TTFT max ms':>13}{'agg tok/s':>11}{'wall/solo':>11}")

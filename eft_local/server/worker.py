@@ -40,38 +40,27 @@ class Failed:
 class Channel:
     """Items from the engine thread to one coroutine.
 
-    The engine thread only wakes the event loop when the coroutine is actually waiting, so
-    tokens produced while the loop is busy (or pacing its writes) cost an append each, not a
-    cross-thread wake-up each.
+    The engine thread only wakes the event loop when the coroutine is actually waiting (or
+    pausing, for the last item), so tokens produced while the loop is busy or pacing its
+    writes cost an append each, not a cross-thread wake-up each.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: deque[Any] = deque()
         self._ready = asyncio.Event()
-        self._last = asyncio.Event()  # the final item (FinishedEvent / Failed) is in
-        self._waiting = False
+        self._waiting = False  # the coroutine waits in get(): wake it on the next item
+        self._pausing = False  # the coroutine pauses: wake it only for the last item
+        self._last = False  # the final item (FinishedEvent / Failed) is in
 
     def put(self, item: Any, last: bool = False) -> None:  # engine thread
-        self.items.append(item)  # append first, then look at _waiting (get() does the reverse)
-        if last:
-            self._call(self._last.set)
-        if self._waiting:
-            self._waiting = False
-            self._call(self._ready.set)
-
-    def _call(self, fn) -> None:
-        try:
-            self.loop.call_soon_threadsafe(fn)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
-
-    async def pause(self, seconds: float) -> None:
-        """Let items gather for ``seconds``, but return as soon as the last one is in."""
-        if not self._last.is_set():
+        self.items.append(item)  # append first, then look at the flags (get() does the reverse)
+        self._last = self._last or last
+        if self._waiting or (last and self._pausing):
+            self._waiting = self._pausing = False
             try:
-                await asyncio.wait_for(self._last.wait(), seconds)
-            except asyncio.TimeoutError:
+                self.loop.call_soon_threadsafe(self._ready.set)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
                 pass
 
     async def get(self, timeout: float | None = None) -> list[Any]:
@@ -82,6 +71,9 @@ class Channel:
             if self.items:  # arrived between the check and the flag: no wake-up was sent
                 self._waiting = False
                 break
+            if timeout is None:
+                await self._ready.wait()
+                continue
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except asyncio.TimeoutError:
@@ -91,6 +83,22 @@ class Channel:
         for _ in out:
             self.items.popleft()
         return out
+
+    async def pause(self, seconds: float) -> None:
+        """Let items gather for ``seconds``, but return as soon as the last one is in."""
+        if self._last:
+            return
+        self._ready.clear()
+        self._pausing = True
+        if self._last:  # came in between
+            self._pausing = False
+            return
+        timer = self.loop.call_later(seconds, self._ready.set)
+        try:
+            await self._ready.wait()
+        finally:
+            timer.cancel()
+            self._pausing = False
 
     def unget(self, items: list[Any]) -> None:
         """Put back items that ``get`` returned but the caller did not use (they come out first)."""
