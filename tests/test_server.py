@@ -296,7 +296,7 @@ def test_disconnect_mid_stream_frees_the_engine_within_a_round(served, client):
     eft = full.model_extra["eft"]
     round_s = full.usage.completion_tokens / max(eft["tokens_per_second"], 1) / max(eft["drafted"] / 4, 1)  # k = 4 drafts a round
     print(f"freed {freed * 1000:.1f} ms after disconnect; one round ≈ {round_s * 1000:.2f} ms; full answer {full.usage.completion_tokens} tokens")
-    assert freed < 0.25 + 5 * round_s
+    assert freed < 0.1 + 2 * round_s  # the round in flight, plus the time TCP and the loop take to notice
 
 
 def test_disconnect_while_waiting_for_a_blocking_answer_cancels_it(served):
