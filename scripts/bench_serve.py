@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,12 +32,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eft_local.batch import generation_config  # noqa: E402
-from eft_local.decoder import EftEngine  # noqa: E402
-from eft_local.events import FinishedEvent, TokenEvent  # noqa: E402
-from eft_local.session import Session, rng_for  # noqa: E402
-from eft_local.settings import defaults as setting_defaults  # noqa: E402
-from eft_local.synthetic import ModelSpec, write_family  # noqa: E402
+from eft_local.batch import generation_config
+from eft_local.decoder import EftEngine
+from eft_local.events import FinishedEvent, TokenEvent
+from eft_local.session import Session, rng_for
+from eft_local.settings import defaults as setting_defaults
+from eft_local.synthetic import ModelSpec, write_family
 
 SIZES = {
     "small": ModelSpec(),
@@ -75,7 +75,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
-            fields = open(f"{task}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         out[task.rsplit("/", 1)[1]] = (int(fields[11]) + int(fields[12])) / tick
@@ -173,7 +174,7 @@ def main() -> None:
                 print(f"{name:<22}{1000 * med(rows, 'ttft'):>10.1f}{med(rows, 'tps'):>10.1f}{med(rows, 'total'):>10.3f}"
                       f"{sum(r['tokens'] for r in rows) / len(rows):>8.1f}")
             total_d, total_s = sum(r["total"] for r in d_rows), sum(r["total"] for r in s_rows)
-            paired = lambda key: statistics.median(s[key] / d[key] for d, s in zip(d_rows, s_rows) if d[key] and s[key])  # noqa: E731
+            paired = lambda key: statistics.median(s[key] / d[key] for d, s in zip(d_rows, s_rows) if d[key] and s[key])
             print(f"server/direct (median of per-prompt ratios): TTFT x{paired('ttft'):.3f}, tok/s x{paired('tps'):.3f}, "
                   f"total x{paired('total'):.3f}; summed time x{total_s / total_d:.3f} (overhead {100 * (total_s / total_d - 1):+.1f}%)")
             if s_cpu:  # CPU time is what the server adds, whatever else runs on the machine
@@ -189,7 +190,7 @@ def main() -> None:
                 rows: list[dict[str, float]] = [{}] * n
                 barrier = threading.Barrier(n)
 
-                def one(i: int) -> None:
+                def one(i: int, rows=rows, barrier=barrier) -> None:
                     with httpx.Client(timeout=600) as c:
                         barrier.wait()
                         rows[i] = served(url, prompts[i % len(prompts)], args.tokens, c)

@@ -3,7 +3,6 @@ the official `openai` client (blocking and streaming) and raw httpx for malforme
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,18 +14,18 @@ import uvicorn
 
 openai = pytest.importorskip("openai")
 
-from eft_local.batch import BatchOptions, run_one  # noqa: E402
-from eft_local.decoder import EftEngine, GenerationConfig  # noqa: E402
-from eft_local.errors import EngineBusy  # noqa: E402
-from eft_local.events import FinishedEvent, StatsEvent  # noqa: E402
-from eft_local.prompt_file import PromptItem  # noqa: E402
-from eft_local.sampling import SamplingParams  # noqa: E402
-from eft_local.server.app import ServerOptions, create_app  # noqa: E402
-from eft_local.server.cli import bind, is_loopback  # noqa: E402
-from eft_local.session import Session, rng_for  # noqa: E402
-from eft_local.settings import defaults as setting_defaults  # noqa: E402
+from eft_local.batch import BatchOptions, run_one
+from eft_local.decoder import EftEngine, GenerationConfig
+from eft_local.errors import EngineBusy
+from eft_local.events import FinishedEvent, StatsEvent
+from eft_local.prompt_file import PromptItem
+from eft_local.sampling import SamplingParams
+from eft_local.server.app import ServerOptions, create_app
+from eft_local.server.cli import bind, is_loopback
+from eft_local.session import Session, rng_for
+from eft_local.settings import defaults as setting_defaults
 
-from .conftest import run_cli  # noqa: E402
+from .conftest import run_cli
 
 MODEL = "synthetic-eft"
 N_CTX = 1024
@@ -101,7 +100,7 @@ def batch_answer(engine, *, messages=None, raw=None, **settings) -> str:
     """`eft-local run`'s answer (batch.run_one, prompt 0) with these settings, from empty caches."""
     item = PromptItem(id="0", prompt=raw if raw is not None else messages, text=raw, messages=messages)
     engine.reset()
-    row, fin = run_one(engine, item, 0, BatchOptions(settings=server_settings(**settings), raw=raw is not None))
+    row, _fin = run_one(engine, item, 0, BatchOptions(settings=server_settings(**settings), raw=raw is not None))
     assert row["finish_reason"] in ("stop", "length"), row
     return row["text"]
 
@@ -139,7 +138,7 @@ def test_completions_raw_equal_batch(client, reference):
 
 
 def test_seeded_sampling_and_eft_fields_equal_batch(client, reference):
-    settings = dict(temperature=0.9, top_p=0.9, top_k=40, min_p=0.01, alpha=1.5, beta=0.5, max_tokens=40)
+    settings = {"temperature": 0.9, "top_p": 0.9, "top_k": 40, "min_p": 0.01, "alpha": 1.5, "beta": 0.5, "max_tokens": 40}
     expected = batch_answer(reference, messages=hello("tell me"), seed=1234, **settings)
     extra = {k: settings[k] for k in ("top_k", "min_p", "alpha", "beta")}
     for draft_tokens in (None, 0, 3):  # exact speculative decoding: the block length changes nothing
@@ -208,7 +207,7 @@ def test_bad_chat_requests(served, body, status, code, param):
 
 
 def test_bad_completion_requests_and_server_still_answers(served, client):
-    post = lambda body, **kw: httpx.post(served.url + "/v1/completions", json=body, timeout=30, **kw)  # noqa: E731
+    post = lambda body, **kw: httpx.post(served.url + "/v1/completions", json=body, timeout=30, **kw)
     assert post({"max_tokens": 3}).status_code == 400
     assert post({"prompt": ["a", "b"]}).status_code == 400
     assert post({"prompt": 12}).json()["error"]["param"] == "prompt"
@@ -266,7 +265,7 @@ def test_eight_concurrent_streams_each_get_their_solo_answer(client):
     prompts = [f"question number {i}" for i in range(8)]
 
     def ask(i: int, stream: bool) -> str:
-        kw = dict(model=MODEL, messages=hello(prompts[i]), max_tokens=32, temperature=0.8, seed=100 + i)
+        kw = {"model": MODEL, "messages": hello(prompts[i]), "max_tokens": 32, "temperature": 0.8, "seed": 100 + i}
         if not stream:
             return client.chat.completions.create(**kw).choices[0].message.content
         return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**kw, stream=True) if c.choices)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..events import FinishedEvent, TokenEvent
 from ..session import Session
-from .request import MAX_BODY_BYTES, ApiError, GenRequest, bad, load_json, parse
+from .request import MAX_BODY_BYTES, ApiError, GenRequest, load_json, parse
 from .worker import Channel, EngineWorker, Failed, Job, QueueFull, Started
 
 DISCONNECT_POLL_SECONDS = 0.25

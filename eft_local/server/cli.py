@@ -130,5 +130,5 @@ def _server_class():
     return Server
 
 
-def _Server(config, ready_line: str):  # noqa: N802 - a class made on first use (uvicorn imported lazily)
+def _Server(config, ready_line: str):
     return _server_class()(config, ready_line)

@@ -173,7 +173,7 @@ class EngineWorker:
 
     def _run(self, job: Job) -> None:
         req, put = job.request, job.channel.put
-        put_last = lambda item: put(item, last=True)  # noqa: E731
+        put_last = lambda item: put(item, last=True)
         with self.session.lock:
             try:
                 prompt = self.session.prompt(messages=req.messages, raw=req.raw)
