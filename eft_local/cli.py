@@ -199,9 +199,11 @@ def load_engine(paths: dict[str, Path], args: argparse.Namespace, defaults: dict
 # -- commands ---------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .batch import BatchOptions, run_batch
+    from .output import check_output
     from .prompt_file import read_prompt_file
 
     items = read_prompt_file(args.prompt_file)
+    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
     paths, defaults, _ = resolve_models(args)
     config = generation_config(args, defaults)
     style = setting(args, defaults, "prompt_style")
@@ -216,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
-    return 0
+    return 1 if summary.errors == summary.prompts else 0  # every row failed (rows still written)
 
 
 def _progress_printer(total: int):
