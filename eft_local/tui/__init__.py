@@ -13,7 +13,8 @@ def run_chat(
     max_tokens: int = 512, prompt_style: str = "template", seed: int | None = None,
     system_prompt: str | None = None, profile_name: str | None = None,
 ) -> int:
-    """Run the app until the user quits; 1 when the models could not be loaded, else 0."""
+    """Run the app until the user quits; 1 when the models could not be loaded or the app
+    crashed (Textual has then restored the terminal and printed the error), else 0."""
     from .app import EftChatApp
 
     app = EftChatApp(
@@ -22,6 +23,8 @@ def run_chat(
         seed=seed, system_prompt=system_prompt, profile_name=profile_name,
     )
     app.run()
+    if app.return_code:  # an unexpected exception ended the app
+        return app.return_code
     return 1 if app.load_error else 0
 
 
