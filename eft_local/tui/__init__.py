@@ -15,8 +15,10 @@ def run_chat(
 ) -> int:
     """Run the app until the user quits; 1 when the models could not be loaded or the app
     crashed (Textual has then restored the terminal and printed the error), else 0."""
+    from . import escape_keys
     from .app import EftChatApp
 
+    escape_keys.install()
     app = EftChatApp(
         paths=paths, load_error=load_error, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
         sampling=sampling, draft_tokens=draft_tokens, max_tokens=max_tokens, prompt_style=prompt_style,
