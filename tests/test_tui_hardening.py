@@ -19,7 +19,22 @@ from eft_local.tui.widgets.chat_view import AssistantMessage
 from eft_local.tui.widgets.load_panel import ErrorPanel, LoadPanel
 from eft_local.tui.widgets.settings_panel import SettingsPanel
 
-from .test_tui_app import app_for, loaded, send, tui_family, wait_for, xdg  # noqa: F401  (fixtures)
+from .test_tui_app import app_for, loaded, send, wait_for
+
+
+@pytest.fixture(scope="module")
+def tui_family(tmp_path_factory):
+    from eft_local.synthetic import write_family
+
+    return write_family(tmp_path_factory.mktemp("tui-family"), chat_shift=0.6, base_shift=0.6)
+
+
+@pytest.fixture(autouse=True)
+def xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+
 
 MARKUP = ["[/]", "[bold]unclosed", "[link=x]y[/link]", "a\\[b]", "[@click=app.quit]q[/]", "x\\", "[red]r[/blue]"]
 EVIL = "  ".join(MARKUP)
