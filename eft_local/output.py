@@ -9,8 +9,8 @@
 - a fifo or a character device (``/dev/null``, a terminal) is written directly, row by row;
   ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to that open descriptor.
 - anything else (a directory, ``""``, a block device, a socket, the prompt file itself, a
-  ``.partial`` name taken by something that isn't a partial result of ours) is refused
-  with one line.
+  GGUF model file, a ``.partial`` name taken by something that isn't a partial result of
+  ours) is refused with one line.
 """
 
 from __future__ import annotations
@@ -95,11 +95,21 @@ def check_output(out: str | os.PathLike | None, prompt_file: str | os.PathLike |
     parent = path.parent
     if not parent.is_dir():
         raise UserError(f"output directory does not exist: {parent}")
+    if st is not None and _is_gguf(path):
+        raise UserError(f"--output {where} is a GGUF model file; refusing to replace it")
     if st is not None and not os.access(path, os.W_OK):
         raise UserError(f"--output {where} is read-only; it would be replaced (chmod it or choose another name)")
     target = Target("file", path)
     _check_partial(target.partial)
     return target
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _check_partial(partial: Path) -> None:

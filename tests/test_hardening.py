@@ -156,6 +156,7 @@ def test_fd_aliases_write_to_the_open_descriptor(tmp_path, capfd):
         (lambda d: str(d / "taken-link.jsonl"), "not a partial result"),
         (lambda d: str(d / ("x" * 250)), "cannot write"),
         (lambda d: "/dev/fd/97", "not open"),
+        (lambda d: str(d / "model.gguf"), "GGUF model file"),
     ],
 )
 def test_bad_outputs_are_refused_in_one_line(tmp_path, make, expect):
@@ -164,6 +165,7 @@ def test_bad_outputs_are_refused_in_one_line(tmp_path, make, expect):
     (tmp_path / "taken.jsonl.partial").write_text("my own notes\n")
     (tmp_path / "taken-dir.jsonl.partial").mkdir()
     (tmp_path / "taken-link.jsonl.partial").symlink_to(tmp_path / "p.txt")
+    (tmp_path / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     with pytest.raises(UserError, match=expect) as e:
         check_output(make(tmp_path), tmp_path / "p.txt")
