@@ -156,11 +156,6 @@ fi
 
 # -- eft-local --------------------------------------------------------------------------------
 "$PY" -m pip install -q -e .
-"$PY" - <<'EOF'
-import llama_cpp
-
-gpu = llama_cpp.llama_supports_gpu_offload()
-rpc = getattr(llama_cpp, "llama_supports_rpc", lambda: False)()
-print(f"install: done. llama.cpp GPU offload: {'yes' if gpu else 'no'}, RPC: {'yes' if rpc else 'no'}")
-EOF
+RPC_OK=$("$PY" -c 'import llama_cpp; print("yes" if getattr(llama_cpp, "llama_supports_rpc", lambda: False)() else "no")')
+say "done: llama.cpp for $BACKEND, RPC $RPC_OK"
 say "start the chat app with: .venv/bin/eft-local   (or: . .venv/bin/activate && eft-local)"
