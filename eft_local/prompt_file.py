@@ -24,22 +24,32 @@ class PromptItem:
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
     """Parse the whole file up front, so a malformed file fails before any compute.
 
-    ``-`` reads standard input: JSONL when its first non-blank line starts with ``{``, else
-    one prompt per line. A UTF-8 byte-order mark at the start is dropped.
+    ``-`` reads standard input, and a pipe such as ``<(command)`` is read too: JSONL when its
+    first non-blank line starts with ``{``, else one prompt per line (a ``.txt``/``.jsonl``
+    name decides instead). A UTF-8 byte-order mark at the start is dropped.
     """
     if str(path) == "-":
         return _read_stdin()
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"prompt file is a directory: {path}")
+    if not path.exists():
         raise UserError(f"prompt file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".txt"):
+    stream = not path.is_file()  # a pipe: <(command), /dev/stdin, a fifo
+    if suffix not in (".jsonl", ".txt") and not stream:
         raise UserError(f"prompt file must end in .txt (one prompt per line) or .jsonl, got {path.name}")
     try:
         content = _decode(path.read_bytes(), str(path))
     except OSError as e:
         raise UserError(f"cannot read prompt file {path}: {e.strerror}") from None
-    return _parse(content, path.name, jsonl=suffix == ".jsonl", where=str(path))
+    jsonl = suffix == ".jsonl" if suffix in (".jsonl", ".txt") else _looks_like_jsonl(content)
+    return _parse(content, path.name, jsonl=jsonl, where=str(path))
+
+
+def _looks_like_jsonl(content: str) -> bool:
+    first = next((line for line in content.splitlines() if line.strip()), "")
+    return first.lstrip().startswith("{")
 
 
 def _read_stdin() -> list[PromptItem]:
@@ -48,8 +58,7 @@ def _read_stdin() -> list[PromptItem]:
     if sys.stdin is None or sys.stdin.isatty():
         raise UserError("--prompt-file -: pipe the prompts in (e.g. `... --prompt-file - < prompts.jsonl`)")
     content = _decode(sys.stdin.buffer.read(), "standard input")
-    first = next((line for line in content.splitlines() if line.strip()), "")
-    return _parse(content, "stdin", jsonl=first.lstrip().startswith("{"), where="standard input")
+    return _parse(content, "stdin", jsonl=_looks_like_jsonl(content), where="standard input")
 
 
 def _decode(data: bytes, where: str) -> str:

@@ -245,6 +245,21 @@ def test_utf8_bom_is_dropped(tmp_path, name, content):
     assert [i.text for i in items] == ["hello", "world"]
 
 
+def test_prompt_file_from_a_pipe_or_fifo(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "prompts"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('{"prompt": "a"}\n{"prompt": "b"}\n'))
+    writer.start()
+    items = read_prompt_file(fifo)
+    writer.join(10)
+    assert [i.text for i in items] == ["a", "b"]
+    with pytest.raises(UserError, match="directory"):
+        read_prompt_file(tmp_path)
+
+
 def test_prompt_file_dash_reads_stdin(family, tmp_path):
     import subprocess
     import sys
