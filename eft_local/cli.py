@@ -244,9 +244,11 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], 
 def cmd_run(args: argparse.Namespace) -> int:
     from .batch import BatchOptions, run_batch
     from .grid import grid_deltas, parse_grid
+    from .output import check_output
     from .prompt_file import read_prompt_file
 
     items = read_prompt_file(args.prompt_file)
+    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
     paths, settings, _ = prepare(args)
     grid = parse_grid(args.grid, settings)
     check_known_weights({**settings, "weights": dict.fromkeys(grid_deltas(grid), 1.0)}, paths)
@@ -260,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
-    return 0
+    return 1 if summary.errors == summary.prompts else 0  # every row failed (rows still written)
 
 
 def _progress_printer(total: int):

@@ -91,10 +91,13 @@ class LlamaModel:
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self._ctx = self._new_context(n_ctx, n_threads, n_batch)
-        self.n_ctx = ll.llama_n_ctx(self._ctx)
-        self.n_batch = n_batch
+        # llama.cpp rounds n_ctx and clamps n_batch/n_ubatch to it (and may pad them): use
+        # what the context really has, so no batch we send can reach its GGML_ASSERTs.
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self.n_batch = max(1, min(n_batch, int(ll.llama_n_batch(self._ctx)), self.n_ctx))
+        self.n_ubatch = int(ll.llama_n_ubatch(self._ctx))
         self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.tokens: list[int] = []
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -233,19 +236,26 @@ class LlamaModel:
         if self.n_past + len(tokens) > self.n_ctx:
             raise UserError(f"context full: {self.n_past + len(tokens)} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)")
         n_logits = max(1, min(n_logits, len(tokens)))
-        if n_logits > self.n_batch:
-            raise ValueError(f"can't return {n_logits} logit rows with n_batch {self.n_batch}")
+        parts: list[np.ndarray] = []  # copies of earlier chunks' rows when n_logits > n_batch
         start = 0
         while start < len(tokens):
             chunk = tokens[start : start + self.n_batch]
             first_out = len(tokens) - n_logits - start
             n_out = self._decode(chunk, first_out)
             start += len(chunk)
+            if n_out and start < len(tokens):  # the next decode overwrites these rows
+                parts.append(self._logits(n_out).copy())
+        rows = self._logits(n_out)
+        return np.concatenate([*parts, rows]) if parts else rows
+
+    def _logits(self, n_rows: int) -> np.ndarray:
         ptr = ll.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
 
     def _decode(self, chunk: list[int], first_out: int) -> int:
         """Decode one chunk; positions at index >= first_out get logits. Returns #rows."""
+        if not 0 < len(chunk) <= self.n_batch:  # the batch buffer holds n_batch; never reach llama.cpp's GGML_ASSERT(n_tokens <= n_batch)
+            raise RuntimeError(f"batch of {len(chunk)} tokens for n_batch {self.n_batch}")
         b = self._batch
         pos0 = self.n_past
         n_out = 0
