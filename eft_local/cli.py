@@ -43,6 +43,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU per model (-1 = all)")
     g.add_argument("--threads", type=int, help="CPU threads per model (default: half the logical CPUs)")
     g.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    from .cli_rpc import add_rpc_args
+    add_rpc_args(g)
     try:
         from .cli_models import add_profile_args
     except ImportError:  # pragma: no cover - profiles module absent
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from .cli_rpc import register as register_rpc
+    register_rpc(sub)
     return parser
 
 
@@ -193,7 +197,8 @@ def load_engine(paths: dict[str, Path], args: argparse.Namespace, defaults: dict
             print(f"  {role} ready in {time.perf_counter() - started.pop(role):.1f} s", file=sys.stderr, flush=True)
             started[role] = float("inf")
 
-    return EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu, n_threads=args.threads, on_progress=progress)
+    from .cli_rpc import rpc_endpoints
+    return EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu, n_threads=args.threads, on_progress=progress, rpc=rpc_endpoints(args, defaults))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -246,6 +251,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except UserError as e:
         load_error = str(e)
     config = generation_config(args, defaults)
+    from . import cli_rpc, rpc
+    rpc.default_endpoints = cli_rpc.rpc_endpoints(args, defaults)
     return run_chat(
         paths=paths,
         load_error=load_error,

@@ -18,7 +18,7 @@ Round with k drafts (Leviathan/Chen speculative sampling, target = the EFT distr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from .errors import Cancelled, UserError
 from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from .llama_adapter import LlamaModel
 from .profiles import ROLES
+from . import rpc as rpc_defaults
 from .prompts import role_prompts
 from .sampling import Dist, SamplingParams, accept, distribution, eft_distribution, residual, sample, token_logprob
 from .textstream import TextStream
@@ -70,15 +71,19 @@ class EftEngine:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         on_progress: Callable[[str, float], None] | None = None,
+        rpc: Mapping[str, Sequence[str]] | None = None,
     ) -> EftEngine:
         """Load the three roles. A file named for two roles is loaded twice: each role needs
-        its own context and KV cache (the weights are memory-mapped, so shared in RAM)."""
+        its own context and KV cache (the weights are memory-mapped, so shared in RAM).
+        ``rpc``: role -> llama.cpp RPC servers for its layers (default: ``rpc.default_endpoints``)."""
+        rpc = rpc_defaults.default_endpoints if rpc is None else rpc
         loaded: dict[str, LlamaModel] = {}
         try:
             for role in ROLES:
                 cb = (lambda f, r=role: on_progress(r, f)) if on_progress else None
                 loaded[role] = LlamaModel(
-                    Path(paths[role]).expanduser(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, progress=cb
+                    Path(paths[role]).expanduser(), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, progress=cb,
+                    rpc_servers=rpc.get(role, ()),
                 )
             return cls(loaded)
         except BaseException:
