@@ -84,10 +84,12 @@ def lib_dir() -> Path:
 
 
 def _find(name: str) -> Path | None:
-    for suffix in (".so", ".dylib", ".dll"):
-        for candidate in (lib_dir() / f"lib{name}{suffix}", lib_dir() / f"{name}{suffix}"):
-            if candidate.exists():
-                return candidate
+    """The file libllama's own dependency entry names (``libggml.so.0``), so that ctypes gets the
+    instance llama.cpp already uses. Wheels hold ``.so``/``.so.0`` as separate *copies*, and a
+    second copy would have its own device registry and abort callback."""
+    for file in (f"lib{name}.so.0", f"lib{name}.so", f"lib{name}.0.dylib", f"lib{name}.dylib", f"{name}.dll", f"lib{name}.dll"):
+        if (lib_dir() / file).exists():
+            return lib_dir() / file
     return None
 
 
@@ -106,8 +108,7 @@ def _load() -> _Libs:
     paths = {n: _find(n) for n in ("ggml-base", "ggml", "ggml-rpc")}
     if paths["ggml-rpc"] is None or not supports_rpc():
         raise UserError(BUILD_HINT)
-    mode = getattr(os, "RTLD_GLOBAL", 0)
-    base, ggml, rpc = (ctypes.CDLL(str(paths[n]), mode=mode) for n in ("ggml-base", "ggml", "ggml-rpc"))
+    base, ggml, rpc = (ctypes.CDLL(str(paths[n])) for n in ("ggml-base", "ggml", "ggml-rpc"))
     _sig(rpc, "ggml_backend_rpc_add_server", _P, ctypes.c_char_p)
     _sig(rpc, "ggml_backend_rpc_start_server", None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, _P)
     _sig(ggml, "ggml_backend_register", None, _P)
@@ -271,16 +272,17 @@ def describe(endpoints: Sequence[str]) -> str:
 
 # -- liveness ----------------------------------------------------------------------------------------
 _fd_cache: dict[str, int] = {}
+_RESET = ("reset",)  # _peer's answer for a socket whose connection is gone (ENOTCONN)
 
 
-def _peer(fd: int) -> tuple[str, int] | None:
+def _peer(fd: int):
     s = socket.socket(fileno=fd)
     try:
         if s.family != socket.AF_INET or s.type != socket.SOCK_STREAM:
             return None
         return s.getpeername()[:2]
     except OSError:
-        return None
+        return _RESET
     finally:
         s.detach()  # the fd is ggml's: never close it
 
@@ -295,10 +297,14 @@ def _fds() -> list[int]:
 
 
 def _socket_fd(ep: str) -> int | None:
-    """ggml's connection to ``ep`` among our file descriptors, or None (not connected now)."""
+    """ggml's connection to ``ep`` among our file descriptors, or None (not connected now).
+
+    A remembered descriptor whose connection was reset (no peer any more) is still returned:
+    ggml has not closed it, and ``_closed`` reports it dead.
+    """
     host, port = parse_endpoint(ep)
     fd = _fd_cache.get(ep)
-    if fd is not None and _is_socket(fd) and _peer(fd) == (host, port):
+    if fd is not None and _is_socket(fd) and _peer(fd) in ((host, port), _RESET):
         return fd
     _fd_cache.pop(ep, None)
     for fd in _fds():
