@@ -28,7 +28,7 @@ ROLES = ("base", "chat", "reference")
 FALLBACK_DEFAULT = "qwen2.5-7b"
 
 _FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
-_PROFILE_KEYS = {"description", "defaults", *ROLES}
+_PROFILE_KEYS = {"description", "defaults", "rpc", *ROLES}
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 # Known per-profile defaults and their types; unknown keys are passed through untouched.
@@ -178,7 +178,28 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
     if not isinstance(description, str):
         raise UserError(f"{where}: 'description' must be a string")
     files = {role: _parse_file(where, role, raw[role]) for role in ROLES}
-    return Profile(name, description, files, _parse_defaults(where, raw.get("defaults")))
+    defaults = _parse_defaults(where, raw.get("defaults"))
+    if "rpc" in raw:  # rpc = { base = "10.0.0.5:50052" } (or a list): carried to the loader with the defaults
+        defaults["rpc"] = _parse_rpc(where, raw["rpc"])
+    return Profile(name, description, files, defaults)
+
+
+def _parse_rpc(where: str, raw: object) -> dict[str, list[str]]:
+    from .cli_rpc import parse_rpc_spec
+
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: 'rpc' must be a table like {{ base = \"10.0.0.5:50052\" }}")
+    result = {}
+    for role, servers in raw.items():
+        if isinstance(servers, str):
+            servers = [servers]
+        if not isinstance(servers, list) or not all(isinstance(e, str) for e in servers):
+            raise UserError(f"{where}: rpc.{role} must be \"HOST:PORT\" or a list of them")
+        try:
+            result[role] = parse_rpc_spec(f"{role}={','.join(servers)}")[1]
+        except UserError as e:
+            raise UserError(f"{where}: rpc: {str(e).removeprefix('--rpc ')}") from None
+    return result
 
 
 def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]:
