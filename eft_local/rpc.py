@@ -380,18 +380,42 @@ def _on_abort(message: bytes | None) -> None:
         sys.stderr.flush()
         return  # not ours: ggml aborts as it always does
     dead = lost(_registered) or list(_registered)
-    why = text.split(": ", 1)[-1]
-    versions = "; ".join(f"{ep} speaks RPC v{'.'.join(map(str, v))}" for ep, v in _versions.items() if ep in dead)
-    extra = f" ({versions})" if "handshake" in why and versions else ""
+    why = text.split(": ", 1)[-1].strip()
+    _restore_terminal()
+    if "handshake" in why or "connect" in why:  # a (re)connection inside ggml failed
+        versions = "; ".join(f"{ep} speaks RPC v{'.'.join(map(str, v))}" for ep, v in _versions.items())
+        hint = "run an rpc-server from the same llama.cpp version as this eft-local" if "handshake" in why else "is the server still running?"
+        sys.stderr.write(f"eft-local: error: cannot use RPC server: {why}{f' ({versions})' if versions else ''}; "
+                         f"{hint} (exit status {EXIT_RPC_LOST})\n")
+    else:
+        sys.stderr.write(f"eft-local: error: lost RPC server {', '.join(dead)} during a decode ({why}); "
+                         "llama.cpp's RPC client cannot recover from this, so eft-local stops here"
+                         f" (exit status {EXIT_RPC_LOST}; finished batch rows are in OUT.partial)\n")
+    sys.stderr.flush()
+    os._exit(EXIT_RPC_LOST)
+
+
+def _restore_terminal() -> None:
+    """Best effort before os._exit: flush stdout and undo a full-screen app's terminal modes
+    (alternate screen, hidden cursor, mouse reporting, raw input) so the error line is readable."""
     try:
         sys.stdout.flush()
     except Exception:
         pass
-    sys.stderr.write(f"eft-local: error: lost RPC server {', '.join(dead)} during a decode ({why}){extra}; "
-                     "llama.cpp's RPC client cannot recover from this, so eft-local stops here"
-                     f" (exit status {EXIT_RPC_LOST}; finished batch rows are in OUT.partial)\n")
-    sys.stderr.flush()
-    os._exit(EXIT_RPC_LOST)
+    try:
+        if not sys.stderr.isatty():
+            return
+        import termios
+
+        sys.stderr.write("\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?25h\x1b[?1049l\n")
+        fd = sys.__stdin__.fileno()
+        attrs = termios.tcgetattr(fd)
+        attrs[0] |= termios.ICRNL
+        attrs[1] |= termios.OPOST
+        attrs[3] |= termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    except Exception:
+        pass
 
 
 def install_abort_handler() -> None:

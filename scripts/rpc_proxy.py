@@ -21,6 +21,7 @@ class LatencyProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
+        self.chunks = 0  # chunks forwarded, both directions (each waited `delay`)
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -55,6 +56,7 @@ class LatencyProxy:
                 except OSError:
                     data = b""
                 with ready:
+                    self.chunks += 1
                     queue.append((time.perf_counter() + self.delay, data))
                     ready.notify()
                 if not data:
