@@ -35,32 +35,32 @@ def parse_rpc_spec(text: str) -> tuple[str, list[str]]:
     return role, endpoints
 
 
-def _rpc_type(text: str) -> tuple[str, list[str]]:
-    """argparse type: a bad --rpc value is one usage line."""
-    try:
-        return parse_rpc_spec(text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--rpc ")) from None
+class _RpcAction(argparse.Action):
+    """Each ``--rpc ROLE=…`` adds its servers to ``args.rpc`` (role -> [endpoint, …])."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            role, endpoints = parse_rpc_spec(values)
+        except UserError as e:
+            parser.error(f"argument --rpc: {str(e).removeprefix('--rpc ')}")
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[role] = current.get(role, []) + endpoints
+        setattr(namespace, self.dest, current)
 
 
 def add_rpc_args(group) -> None:
-    group.add_argument("--rpc", action="append", type=_rpc_type, default=[], metavar=SYNTAX,
+    group.add_argument("--rpc", action=_RpcAction, default={}, metavar=SYNTAX,
                        help="put ROLE's layers on llama.cpp RPC servers (`eft-local rpc-server` on those machines); "
                             "repeatable, e.g. --rpc base=10.0.0.5:50052")
 
 
 def rpc_endpoints(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
-    """Role -> endpoints: the profile's ``rpc`` table, with each ``--rpc ROLE=…`` replacing its role.
-
-    Repeating ``--rpc`` for one role adds servers. Raises a clear UserError without RPC support.
-    """
+    """Role -> endpoints: the profile's ``rpc`` table, with ``--rpc ROLE=…`` replacing that role's
+    servers (repeating ``--rpc`` for one role adds servers). A clear UserError without RPC support."""
     from .rpc import supports_rpc, BUILD_HINT
 
     result: dict[str, list[str]] = {r: list(e) for r, e in ((defaults or {}).get("rpc") or {}).items()}
-    seen: set[str] = set()
-    for role, endpoints in getattr(args, "rpc", None) or []:
-        result[role] = (result[role] if role in seen else []) + list(endpoints)
-        seen.add(role)
+    result.update({r: list(e) for r, e in (getattr(args, "rpc", None) or {}).items()})
     result = {r: e for r, e in result.items() if e}
     if result and not supports_rpc():
         raise UserError(BUILD_HINT)
@@ -70,7 +70,7 @@ def rpc_endpoints(args: argparse.Namespace, defaults: Mapping[str, Any] | None =
 # -- eft-local rpc-server ----------------------------------------------------------------------------
 def register(subparsers) -> None:
     p = subparsers.add_parser("rpc-server", help="serve this machine's CPU/GPU to other eft-local or llama.cpp clients (llama.cpp RPC)")
-    p.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on (default 127.0.0.1; RPC has no authentication)")
+    p.add_argument("--host", default="127.0.0.1", help="IPv4 address (or host name) to listen on; default 127.0.0.1. RPC has no authentication")
     p.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
     p.add_argument("--threads", type=int, help="CPU threads for computing (default: half the logical CPUs)")
     p.add_argument("--cache", metavar="DIR", help="cache received tensors in DIR, so a reload of the same model skips the transfer")
@@ -88,17 +88,17 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
-    rpc.check_bindable(args.host, args.port)
+    host = rpc.check_bindable(args.host, args.port)
     cache = _cache_dir(args.cache)
     init_backend()
     devices = rpc.server_devices()
-    if not args.host.startswith("127."):
-        print(f"eft-local: warning: listening on {args.host}:{args.port}; llama.cpp RPC has no authentication or "
+    if not host.startswith("127."):
+        print(f"eft-local: warning: listening on {host}:{args.port}; llama.cpp RPC has no authentication or "
               "encryption: anyone who can reach this port can use this machine. Use it on a trusted network only.",
               file=sys.stderr, flush=True)
-    print(f"eft-local rpc-server on {args.host}:{args.port}, {threads} thread(s), devices: {', '.join(rpc.device_names(devices))}"
+    print(f"eft-local rpc-server on {host}:{args.port}, {threads} thread(s), devices: {', '.join(rpc.device_names(devices))}"
           f"{', cache ' + cache if cache else ''}; Ctrl+C stops it", file=sys.stderr, flush=True)
-    return _serve(lambda: rpc.start_server(args.host, args.port, threads=threads, cache_dir=cache, devices=devices))
+    return _serve(lambda: rpc.start_server(host, args.port, threads=threads, cache_dir=cache, devices=devices))
 
 
 def _cache_dir(raw: str | None) -> str | None:

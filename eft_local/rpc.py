@@ -444,18 +444,20 @@ def device_names(devs: Sequence[int]) -> list[str]:
     return [f"{libs.base.ggml_backend_dev_name(d).decode()} ({libs.base.ggml_backend_dev_description(d).decode()})" for d in devs]
 
 
-def check_bindable(host: str, port: int) -> None:
-    """Bind once in Python for a precise error (ggml only says 'Failed to create server socket')."""
+def check_bindable(host: str, port: int) -> str:
+    """Resolve ``host`` to the IPv4 address ggml needs and bind once in Python, for a precise
+    error (ggml only says 'Failed to create server socket'). Returns the address."""
     try:
-        socket.inet_aton(host)
+        ip = socket.gethostbyname(host)
     except OSError:
-        raise UserError(f"--host must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, got '{host}'") from None
+        raise UserError(f"--host {host}: not an IPv4 address or known host name") from None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
+            s.bind((ip, port))
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            raise UserError(f"cannot listen on {ip}:{port}: {e.strerror or e}") from None
+    return ip
 
 
 def start_server(host: str, port: int, *, threads: int, cache_dir: str | None, devices: Sequence[int]) -> None:

@@ -92,7 +92,8 @@ def tokens(result: subprocess.CompletedProcess) -> list[list[int]]:
 def test_rpc_flag_parses_roles_and_server_lists():
     args = build_parser().parse_args(["run", "--prompt-file", "x", "--rpc", "base=10.0.0.5:50052,10.0.0.6:50053",
                                       "--rpc", "reference=host.lan:1"])
-    assert args.rpc == [("base", ["10.0.0.5:50052", "10.0.0.6:50053"]), ("reference", ["host.lan:1"])]
+    assert args.rpc == {"base": ["10.0.0.5:50052", "10.0.0.6:50053"], "reference": ["host.lan:1"]}
+    assert build_parser().parse_args(["run", "--prompt-file", "x"]).rpc == {}
     if rpc.supports_rpc():
         assert rpc_endpoints(args) == {"base": ["10.0.0.5:50052", "10.0.0.6:50053"], "reference": ["host.lan:1"]}
 
