@@ -221,7 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
-    return 0
+    from .rpc import EXIT_RPC_LOST, report_lost
+    return EXIT_RPC_LOST if report_lost() else 0
 
 
 def _progress_printer(total: int):

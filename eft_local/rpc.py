@@ -368,6 +368,15 @@ def check_alive(endpoints: Sequence[str], what: str = "") -> None:
                             "restart it and reload the models")
 
 
+def report_lost() -> bool:
+    """After a batch run: print one line and return True if a server was lost along the way."""
+    dead = lost(_registered)
+    if dead:
+        print(f"eft-local: error: RPC server {', '.join(dead)} was lost during the run; the prompt in flight and "
+              f"all later ones are error rows (exit status {EXIT_RPC_LOST})", file=sys.stderr)
+    return bool(dead)
+
+
 # -- fatal errors inside ggml ----------------------------------------------------------------------------
 _ABORT_CB = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 _abort_handler = None

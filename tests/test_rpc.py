@@ -257,12 +257,18 @@ def test_server_killed_mid_run_ends_with_an_error(family, tmp_path):
             client.kill()
         stop(victim)
         stop(keep)
-    assert client.returncode != 0
+    # killed during a decode: the process stops at once; between decodes: error rows, then exit 69
+    assert client.returncode == rpc.EXIT_RPC_LOST, err
     lines = [line for line in err.splitlines() if f"127.0.0.1:{port}" in line]
     assert lines and "RPC server" in lines[-1], err
-    assert not out.exists()  # the run did not finish: rows so far stay in OUT.partial
-    rows = [json.loads(line) for line in partial.read_text().splitlines()]
-    assert rows and all(r["finish_reason"] in ("length", "stop", "error") for r in rows)
+    if out.exists():
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        failed = [i for i, r in enumerate(rows) if r["finish_reason"] == "error"]
+        assert failed and failed == list(range(failed[0], len(rows)))
+        assert f"127.0.0.1:{port}" in rows[-1]["error"]
+    else:
+        rows = [json.loads(line) for line in partial.read_text().splitlines()]
+        assert rows and all(r["finish_reason"] in ("length", "stop", "error") for r in rows)
 
 
 @needs_rpc
@@ -282,3 +288,39 @@ def test_server_port_in_use_is_one_line(servers):
     result = run_cli("rpc-server", "--port", servers[0].split(":")[1], cwd=ROOT, timeout=30)
     assert result.returncode == 2
     assert "cannot listen on" in result.stderr and result.stderr.count("\n") == 1
+
+
+@needs_rpc
+def test_server_lost_between_decodes_in_a_batch_error_rows_then_exit_69(family, tmp_path):
+    """Kill the server right before a decode (deterministic): that prompt and the later ones are
+    error rows, OUT is complete, and the run ends with one line and exit status 69."""
+    proc, port = start_server()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"hello world {i}\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    argv = model_args(family, prompts, "--output", str(out), "--rpc", f"base=127.0.0.1:{port}")
+    script = f"""
+        import os, signal, sys, time
+        from eft_local import cli, rpc
+        real, calls = rpc.check_alive, [0]
+        def check(endpoints, what=""):
+            calls[0] += 1
+            if calls[0] == 30:
+                os.kill({proc.pid}, signal.SIGKILL)
+                time.sleep(1.0)
+            return real(endpoints, what)
+        rpc.check_alive = check
+        sys.exit(cli.main({argv!r}))
+    """
+    try:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                                cwd=ROOT, timeout=120)
+    finally:
+        stop(proc)
+    assert result.returncode == rpc.EXIT_RPC_LOST, result.stderr
+    assert f"RPC server 127.0.0.1:{port} was lost during the run" in result.stderr.splitlines()[-1]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    reasons = [r["finish_reason"] for r in rows]
+    assert len(rows) == 5 and reasons[0] != "error" and reasons[-1] == "error", reasons
+    first = reasons.index("error")
+    assert set(reasons[first:]) == {"error"} and "closed the connection" in rows[first]["error"]
