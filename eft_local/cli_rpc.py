@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import UserError
@@ -57,7 +57,7 @@ def add_rpc_args(group) -> None:
 def rpc_endpoints(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
     """Role -> endpoints: the profile's ``rpc`` table, with ``--rpc ROLE=…`` replacing that role's
     servers (repeating ``--rpc`` for one role adds servers). A clear UserError without RPC support."""
-    from .rpc import supports_rpc, BUILD_HINT
+    from .rpc import BUILD_HINT, supports_rpc
 
     result: dict[str, list[str]] = {r: list(e) for r, e in ((defaults or {}).get("rpc") or {}).items()}
     result.update({r: list(e) for r, e in (getattr(args, "rpc", None) or {}).items()})
@@ -135,6 +135,3 @@ def _exit_now(code: int) -> None:
     sys.stderr.flush()
     os._exit(code)
 
-
-def endpoints_for(rpc: Mapping[str, Sequence[str]] | None, role: str) -> Sequence[str]:
-    return tuple((rpc or {}).get(role, ()))

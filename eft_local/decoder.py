@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import rpc as rpc_defaults
 from .draft_control import DraftController
 from .errors import Cancelled, UserError
 from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from .llama_adapter import LlamaModel
 from .profiles import ROLES
-from . import rpc as rpc_defaults
 from .prompts import role_prompts
 from .sampling import Dist, SamplingParams, accept, distribution, eft_distribution, residual, sample, token_logprob
 from .textstream import TextStream

@@ -33,6 +33,7 @@ Faults after loading. ggml's RPC client has no error path: a failed send/recv ca
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -131,7 +132,7 @@ def supports_rpc() -> bool:
         import llama_cpp
 
         return bool(llama_cpp.llama_supports_rpc()) and _find("ggml-rpc") is not None
-    except Exception:
+    except (ImportError, AttributeError, OSError):  # no llama_cpp, or one too old to know
         return False
 
 
@@ -179,7 +180,7 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
             rsp = _recv_exact(s, size)
     except ConnectionRefusedError:
         raise UserError(f"RPC server {endpoint}: connection refused (is `eft-local rpc-server --port {port}` running there?)") from None
-    except socket.timeout:
+    except TimeoutError:
         raise UserError(f"RPC server {endpoint}: no answer within {timeout:g} s (host down, firewalled, "
                         "or the server is busy with another client: an rpc-server serves one client at a time)") from None
     except (ConnectionError, EOFError):
@@ -211,6 +212,7 @@ def attach(endpoints: Iterable[str]) -> list[str]:
     A server this process is not connected to is probed first (see module docs); one it is
     connected to is checked with ``check_alive`` (a probe would wait behind our own connection).
     """
+    require_rpc()
     result: list[str] = []
     for ep in dict.fromkeys(canonical(e) for e in endpoints):
         with _lock:
@@ -365,7 +367,7 @@ def check_alive(endpoints: Sequence[str], what: str = "") -> None:
     if dead:
         for_what = f" (layers of {what})" if what else ""
         raise RpcServerLost(f"RPC server {', '.join(dead)}{for_what} closed the connection; "
-                            "restart it and reload the models")
+                            "restart it, then eft-local (this process can't use that server again)")
 
 
 def report_lost() -> bool:
@@ -407,11 +409,9 @@ def _on_abort(message: bytes | None) -> None:
 def _restore_terminal() -> None:
     """Best effort before os._exit: flush stdout and undo a full-screen app's terminal modes
     (alternate screen, hidden cursor, mouse reporting, raw input) so the error line is readable."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    except Exception:
-        pass
-    try:
+    with contextlib.suppress(OSError, ValueError, ImportError, AttributeError):
         if not sys.stderr.isatty():
             return
         import termios
@@ -423,8 +423,6 @@ def _restore_terminal() -> None:
         attrs[1] |= termios.OPOST
         attrs[3] |= termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
-    except Exception:
-        pass
 
 
 def install_abort_handler() -> None:

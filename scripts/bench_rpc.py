@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from rpc_proxy import LatencyProxy
+
 from eft_local.decoder import EftEngine, GenerationConfig
 from eft_local.events import FinishedEvent
 from eft_local.rpc import supports_rpc
 from eft_local.sampling import SamplingParams
 from eft_local.synthetic import ModelSpec, write_family
-
-from rpc_proxy import LatencyProxy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [{"role": "user", "content": "hello world the answer to the question is"}]
