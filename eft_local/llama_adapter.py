@@ -17,6 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
+from . import rpc
 from .errors import Cancelled, UserError
 
 log = logging.getLogger("eft_local.llama")
@@ -81,11 +82,15 @@ class LlamaModel:
         n_threads: int | None = None,
         n_batch: int = 512,
         progress: ProgressFn | None = None,
+        rpc_servers: Sequence[str] = (),
     ) -> None:
         init_backend()
         self.path = Path(path)
         check_gguf(self.path)
         self.n_gpu_layers = n_gpu_layers
+        if rpc_servers and n_gpu_layers == 0:
+            raise UserError(f"{self.path.name}: RPC servers hold offloaded layers; use --gpu-layers -1 (or N > 0), not 0")
+        self.rpc_servers = rpc.attach(rpc_servers) if rpc_servers else []
         self._model = self._load_model(n_gpu_layers, progress)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
@@ -105,6 +110,9 @@ class LlamaModel:
     def _load_model(self, n_gpu_layers: int, progress: ProgressFn | None):
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        self._devices = rpc.model_devices(self.rpc_servers)  # None: llama.cpp's default (no RPC in use)
+        if self._devices is not None:
+            params.devices = ctypes.addressof(self._devices)
         if progress is not None:
             def _cb(fraction: float, _user) -> bool:
                 progress(float(fraction))
@@ -132,6 +140,8 @@ class LlamaModel:
         return ctx
 
     def close(self) -> None:
+        if getattr(self, "rpc_servers", None) and rpc.lost(self.rpc_servers):
+            self._ctx = self._model = None  # freeing RPC buffers on a dead server would abort: leak them
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
@@ -268,6 +278,8 @@ class LlamaModel:
             b.logits[i] = want
             n_out += want
         b.n_tokens = len(chunk)
+        if self.rpc_servers:
+            rpc.check_alive(self.rpc_servers, self.path.name)
         rc = ll.llama_decode(self._ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")

@@ -12,6 +12,7 @@ def run_chat(
     n_threads: int | None = None, sampling: SamplingParams | None = None, draft_tokens: int | None = None,
     max_tokens: int = 512, prompt_style: str = "template", seed: int | None = None,
     system_prompt: str | None = None, profile_name: str | None = None, stop: tuple[str, ...] = (),
+    rpc: dict[str, list[str]] | None = None,
 ) -> int:
     """Run the app until the user quits; 1 when the models could not be loaded or the app
     crashed (Textual has then restored the terminal and printed the error), else 0."""
@@ -22,7 +23,7 @@ def run_chat(
     app = EftChatApp(
         paths=paths, load_error=load_error, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
         sampling=sampling, draft_tokens=draft_tokens, max_tokens=max_tokens, prompt_style=prompt_style,
-        seed=seed, system_prompt=system_prompt, profile_name=profile_name, stop=stop,
+        seed=seed, system_prompt=system_prompt, profile_name=profile_name, stop=stop, rpc=rpc,
     )
     app.run()
     if app.return_code:  # an unexpected exception ended the app

@@ -118,12 +118,12 @@ class EftChatApp(App[int]):
         n_gpu_layers: int = 0, n_threads: int | None = None, sampling: SamplingParams | None = None,
         draft_tokens: int | None = None, max_tokens: int = 512, prompt_style: str = "template",
         seed: int | None = None, system_prompt: str | None = None, profile_name: str | None = None,
-        history_path: Path | None = None, stop: tuple[str, ...] = (),
+        history_path: Path | None = None, stop: tuple[str, ...] = (), rpc: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
         self.load_error = load_error if load_error or paths else "no models given"
-        self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+        self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, rpc=rpc or {})
         deltas = tuple(d.name for d in deltas_of(self.paths or {}) if d.name != "chat")
         self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens, deltas, stop)
         self.prompt_style = prompt_style
