@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .decoder import EftEngine, GenerationConfig
 from .errors import UserError
 from .events import FinishedEvent, GenStats
+from .output import open_output
 from .prompt_file import PromptItem
 from .sampling import SamplingParams
 from .session import rng_for, with_system
@@ -66,6 +64,7 @@ class Summary:
     drafted: int = 0
     accepted: int = 0
     errors: int = 0
+    first_error: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, fin: FinishedEvent) -> None:
@@ -74,12 +73,14 @@ class Summary:
         self.decode_seconds += fin.stats.decode_seconds if fin.stats.n_tokens else 0.0
         self.drafted += fin.stats.drafted
         self.accepted += fin.stats.accepted
-        self.errors += fin.reason == "error"
+        if fin.reason == "error":
+            self.errors += 1
+            self.first_error = self.first_error or fin.error
 
     def line(self) -> str:
         tps = self.tokens / self.decode_seconds if self.decode_seconds else 0.0
         acc = f"{100 * self.accepted / self.drafted:.1f}%" if self.drafted else "n/a (naive)"
-        err = f", {self.errors} error(s)" if self.errors else ""
+        err = f", {self.errors} error row(s) (first: {self.first_error})" if self.errors else ""
         wall = time.perf_counter() - self.started
         return f"{self.prompts} prompts, {self.tokens} tokens, {tps:.1f} tok/s, acceptance {acc}, {wall:.1f} s{err}"
 
@@ -140,35 +141,6 @@ def _row(item: PromptItem, prompt_ids: list[int], fin: FinishedEvent, seconds: f
     if reason == "error":
         row["error"] = fin.error or "generation failed"
     return row
-
-
-@contextmanager
-def open_output(out: str | Path | None) -> Iterator[IO[str]]:
-    """stdout, or OUT written as OUT.partial and renamed only when every row is in.
-
-    A failed run leaves any previous OUT untouched and the partial rows under a name
-    that says they are partial.
-    """
-    if out is None:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    final = Path(out)
-    if final.parent and not final.parent.exists():
-        raise UserError(f"output directory does not exist: {final.parent}")
-    partial = final.with_name(final.name + ".partial")
-    f = open(partial, "w", encoding="utf-8")
-    try:
-        yield f
-    except BaseException:
-        f.close()
-        if partial.stat().st_size == 0:
-            partial.unlink()
-        else:
-            print(f"eft-local: incomplete results kept in {partial}", file=sys.stderr)
-        raise
-    f.close()
-    os.replace(partial, final)
 
 
 def run_batch(

@@ -47,6 +47,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     for name in LOAD_SETTINGS:
         _add_setting(g, name)
     g.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    from .cli_rpc import add_rpc_args
+    add_rpc_args(g)
     try:
         from .cli_models import add_profile_args
     except ImportError:  # pragma: no cover - profiles module absent
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from .cli_rpc import register as register_rpc
+    register_rpc(sub)
     from .server.cli import register as register_serve
 
     register_serve(sub)
@@ -200,11 +204,12 @@ def check_known_weights(settings: dict[str, Any], paths: dict[str, Path]) -> Non
 
 
 def gpu_layers(settings: dict[str, Any]) -> int:
+    """``--gpu-layers``; by default all layers when a GPU (or an RPC server) can take them, else 0."""
     value = settings["gpu_layers"]
     if value is None:
-        import llama_cpp
+        from .rpc import has_local_gpu
 
-        value = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        value = -1 if settings.get("rpc") or has_local_gpu() else 0
     return int(value)
 
 
@@ -232,7 +237,8 @@ def load_engine(paths: dict[str, Path], settings: dict[str, Any]):
             print(f"  {role} ready in {time.perf_counter() - started.pop(role):.1f} s", file=sys.stderr, flush=True)
             started[role] = float("inf")
 
-    return EftEngine.load(paths, n_ctx=settings["n_ctx"], n_gpu_layers=gpu, n_threads=settings["threads"], on_progress=progress)
+    return EftEngine.load(paths, n_ctx=settings["n_ctx"], n_gpu_layers=gpu, n_threads=settings["threads"], on_progress=progress,
+                          rpc=settings["rpc"])
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:
@@ -240,16 +246,30 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], 
     paths, defaults, profile = resolve_models(args)
     settings = resolve_settings(args, defaults)
     check_known_weights(settings, paths)
+    settings["rpc"] = rpc_placement(args, defaults, paths)
     return paths, settings, profile
+
+
+def rpc_placement(args: argparse.Namespace, defaults: dict[str, Any], paths: dict[str, Path]) -> dict[str, list[str]]:
+    """Role -> RPC servers (``--rpc`` over the profile's ``rpc`` table), for roles that exist."""
+    from .cli_rpc import rpc_endpoints
+
+    placement = rpc_endpoints(args, defaults)
+    unknown = [r for r in placement if r not in paths]
+    if unknown:
+        raise UserError(f"--rpc {unknown[0]}=…: unknown role '{unknown[0]}' (roles here: {', '.join(paths)})")
+    return placement
 
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .batch import BatchOptions, run_batch
     from .grid import grid_deltas, parse_grid
+    from .output import check_output
     from .prompt_file import read_prompt_file
 
     items = read_prompt_file(args.prompt_file)
+    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
     paths, settings, _ = prepare(args)
     grid = parse_grid(args.grid, settings)
     check_known_weights({**settings, "weights": dict.fromkeys(grid_deltas(grid), 1.0)}, paths)
@@ -263,7 +283,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
-    return 0
+    from .rpc import EXIT_RPC_LOST, report_lost
+
+    if report_lost():
+        return EXIT_RPC_LOST
+    return 1 if summary.errors == summary.prompts else 0  # every row failed (rows still written)
 
 
 def _progress_printer(total: int):
@@ -293,8 +317,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except UserError as e:
         load_error = str(e)
     settings = resolve_settings(args, defaults)
+    settings["rpc"] = {}
     if paths is not None:
         check_known_weights(settings, paths)
+        settings["rpc"] = rpc_placement(args, defaults, paths)
     return run_chat(
         paths=paths,
         load_error=load_error,
@@ -309,4 +335,5 @@ def cmd_chat(args: argparse.Namespace) -> int:
         system_prompt=settings["system_prompt"],
         profile_name=profile_name,
         stop=tuple(settings["stop"]),
+        rpc=settings["rpc"],
     )

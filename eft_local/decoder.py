@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,24 +82,29 @@ class EftEngine:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         on_progress: Callable[[str, float], None] | None = None,
+        rpc: Mapping[str, Sequence[str]] | None = None,
     ) -> EftEngine:
-        """Load every role's model, one context per distinct (file, prompt kind).
+        """Load every role's model, one context per distinct (file, prompt kind, RPC servers).
 
         Fine-tuned models see their chat template and the others plain/templated text, so a
         file in both kinds of role needs two contexts (the weights are memory-mapped, so
-        shared in RAM); the same file in two roles of one kind is loaded once.
+        shared in RAM); the same file in two roles of one kind is loaded once. ``rpc``:
+        role -> llama.cpp RPC servers that hold its layers.
         """
         check_roles(paths)
+        rpc = rpc or {}
         chats = {d.chat for d in deltas_of(paths)}
-        loaded: dict[tuple[Path, bool], LlamaModel] = {}
+        loaded: dict[tuple, LlamaModel] = {}
         roles: dict[str, LlamaModel] = {}
         try:
-            for role in role_order(paths):
+            for role in sorted(role_order(paths), key=lambda r: not rpc.get(r)):  # remote first: fail fast
                 path = Path(paths[role]).expanduser()
-                key = (path.resolve(), role in chats)
+                servers = tuple(rpc.get(role, ()))
+                key = (path.resolve(), role in chats, servers)
                 if key not in loaded:
                     cb = (lambda f, r=role: on_progress(r, f)) if on_progress else None
-                    loaded[key] = LlamaModel(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, progress=cb)
+                    loaded[key] = LlamaModel(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                                             progress=cb, rpc_servers=servers)
                 roles[role] = loaded[key]
             return cls(roles)
         except BaseException:

@@ -17,6 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
+from . import rpc
 from .errors import Cancelled, UserError
 
 log = logging.getLogger("eft_local.llama")
@@ -81,20 +82,27 @@ class LlamaModel:
         n_threads: int | None = None,
         n_batch: int = 512,
         progress: ProgressFn | None = None,
+        rpc_servers: Sequence[str] = (),
     ) -> None:
         init_backend()
         self.path = Path(path)
         check_gguf(self.path)
         self.n_gpu_layers = n_gpu_layers
+        if rpc_servers and n_gpu_layers == 0:
+            raise UserError(f"{self.path.name}: RPC servers hold offloaded layers; use --gpu-layers -1 (or N > 0), not 0")
+        self.rpc_servers = rpc.attach(rpc_servers) if rpc_servers else []
         self._model = self._load_model(n_gpu_layers, progress)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self._ctx = self._new_context(n_ctx, n_threads, n_batch)
-        self.n_ctx = ll.llama_n_ctx(self._ctx)
-        self.n_batch = n_batch
+        # llama.cpp rounds n_ctx and clamps n_batch/n_ubatch to it (and may pad them): use
+        # what the context really has, so no batch we send can reach its GGML_ASSERTs.
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self.n_batch = max(1, min(n_batch, int(ll.llama_n_batch(self._ctx)), self.n_ctx))
+        self.n_ubatch = int(ll.llama_n_ubatch(self._ctx))
         self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.tokens: list[int] = []
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -102,6 +110,9 @@ class LlamaModel:
     def _load_model(self, n_gpu_layers: int, progress: ProgressFn | None):
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        self._devices = rpc.model_devices(self.rpc_servers)  # None: llama.cpp's default (no RPC in use)
+        if self._devices is not None:
+            params.devices = ctypes.addressof(self._devices)
         if progress is not None:
             def _cb(fraction: float, _user) -> bool:
                 progress(float(fraction))
@@ -129,6 +140,8 @@ class LlamaModel:
         return ctx
 
     def close(self) -> None:
+        if getattr(self, "rpc_servers", None) and rpc.lost(self.rpc_servers):
+            self._ctx = self._model = None  # freeing RPC buffers on a dead server would abort: leak them
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
@@ -233,19 +246,26 @@ class LlamaModel:
         if self.n_past + len(tokens) > self.n_ctx:
             raise UserError(f"context full: {self.n_past + len(tokens)} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)")
         n_logits = max(1, min(n_logits, len(tokens)))
-        if n_logits > self.n_batch:
-            raise ValueError(f"can't return {n_logits} logit rows with n_batch {self.n_batch}")
+        parts: list[np.ndarray] = []  # copies of earlier chunks' rows when n_logits > n_batch
         start = 0
         while start < len(tokens):
             chunk = tokens[start : start + self.n_batch]
             first_out = len(tokens) - n_logits - start
             n_out = self._decode(chunk, first_out)
             start += len(chunk)
+            if n_out and start < len(tokens):  # the next decode overwrites these rows
+                parts.append(self._logits(n_out).copy())
+        rows = self._logits(n_out)
+        return np.concatenate([*parts, rows]) if parts else rows
+
+    def _logits(self, n_rows: int) -> np.ndarray:
         ptr = ll.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab))
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
 
     def _decode(self, chunk: list[int], first_out: int) -> int:
         """Decode one chunk; positions at index >= first_out get logits. Returns #rows."""
+        if not 0 < len(chunk) <= self.n_batch:  # the batch buffer holds n_batch; never reach llama.cpp's GGML_ASSERT(n_tokens <= n_batch)
+            raise RuntimeError(f"batch of {len(chunk)} tokens for n_batch {self.n_batch}")
         b = self._batch
         pos0 = self.n_past
         n_out = 0
@@ -258,6 +278,8 @@ class LlamaModel:
             b.logits[i] = want
             n_out += want
         b.n_tokens = len(chunk)
+        if self.rpc_servers:
+            rpc.check_alive(self.rpc_servers, self.path.name)
         rc = ll.llama_decode(self._ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")

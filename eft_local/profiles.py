@@ -29,7 +29,7 @@ ROLES = ("base", "chat", "reference")
 FALLBACK_DEFAULT = "qwen2.5-7b"
 
 _FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
-_PROFILE_KEYS = {"description", "defaults", "deltas", *ROLES}
+_PROFILE_KEYS = {"description", "defaults", "deltas", "rpc", *ROLES}
 _DELTA_KEYS = {"chat", "reference", "weight"}
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -194,7 +194,31 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
         raise UserError(f"{where}: 'description' must be a string")
     files = {role: _parse_file(where, role, raw[role]) for role in ROLES}
     delta_files, weights = _parse_deltas(where, raw.get("deltas"))
-    return Profile(name, description, {**files, **delta_files}, _parse_defaults(where, raw.get("defaults")), weights)
+    defaults = _parse_defaults(where, raw.get("defaults"))
+    if "rpc" in raw:  # rpc = { base = "10.0.0.5:50052" } (or a list): carried to the loader with the defaults
+        defaults["rpc"] = _parse_rpc(where, raw["rpc"])
+        unknown = [r for r in defaults["rpc"] if r not in files and r not in delta_files]
+        if unknown:
+            raise UserError(f"{where}: rpc: unknown role '{unknown[0]}' (roles: {', '.join([*files, *delta_files])})")
+    return Profile(name, description, {**files, **delta_files}, defaults, weights)
+
+
+def _parse_rpc(where: str, raw: object) -> dict[str, list[str]]:
+    from .cli_rpc import parse_rpc_spec
+
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: 'rpc' must be a table like {{ base = \"10.0.0.5:50052\" }}")
+    result = {}
+    for role, servers in raw.items():
+        if isinstance(servers, str):
+            servers = [servers]
+        if not isinstance(servers, list) or not all(isinstance(e, str) for e in servers):
+            raise UserError(f"{where}: rpc.{role} must be \"HOST:PORT\" or a list of them")
+        try:
+            result[role] = parse_rpc_spec(f"{role}={','.join(servers)}")[1]
+        except UserError as e:
+            raise UserError(f"{where}: rpc: {str(e).removeprefix('--rpc ')}") from None
+    return result
 
 
 def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]:

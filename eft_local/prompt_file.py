@@ -24,22 +24,59 @@ class PromptItem:
 
 
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
-    """Parse the whole file up front, so a malformed file fails before any compute."""
+    """Parse the whole file up front, so a malformed file fails before any compute.
+
+    ``-`` reads standard input, and a pipe such as ``<(command)`` is read too: JSONL when its
+    first non-blank line starts with ``{``, else one prompt per line (a ``.txt``/``.jsonl``
+    name decides instead). A UTF-8 byte-order mark at the start is dropped.
+    """
+    if str(path) == "-":
+        return _read_stdin()
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"prompt file is a directory: {path}")
+    if not path.exists():
         raise UserError(f"prompt file not found: {path}")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file is not UTF-8 text: {path}") from None
-    if path.suffix.lower() == ".jsonl":
-        items = _read_jsonl(path, content)
-    elif path.suffix.lower() == ".txt":
-        items = [PromptItem(id=i, prompt=line, text=line) for i, line in enumerate(_lines(content))]
-    else:
+    suffix = path.suffix.lower()
+    stream = not path.is_file()  # a pipe: <(command), /dev/stdin, a fifo
+    if suffix not in (".jsonl", ".txt") and not stream:
         raise UserError(f"prompt file must end in .txt (one prompt per line) or .jsonl, got {path.name}")
+    try:
+        content = _decode(path.read_bytes(), str(path))
+    except OSError as e:
+        raise UserError(f"cannot read prompt file {path}: {e.strerror}") from None
+    jsonl = suffix == ".jsonl" if suffix in (".jsonl", ".txt") else _looks_like_jsonl(content)
+    return _parse(content, path.name, jsonl=jsonl, where=str(path))
+
+
+def _looks_like_jsonl(content: str) -> bool:
+    first = next((line for line in content.splitlines() if line.strip()), "")
+    return first.lstrip().startswith("{")
+
+
+def _read_stdin() -> list[PromptItem]:
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("--prompt-file -: pipe the prompts in (e.g. `... --prompt-file - < prompts.jsonl`)")
+    content = _decode(sys.stdin.buffer.read(), "standard input")
+    return _parse(content, "stdin", jsonl=_looks_like_jsonl(content), where="standard input")
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM (Windows editors) is not part of prompt 1
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file is not UTF-8 text: {where}") from None
+
+
+def _parse(content: str, name: str, *, jsonl: bool, where: str) -> list[PromptItem]:
+    if jsonl:
+        items = _read_jsonl(name, content)
+    else:
+        items = [PromptItem(id=i, prompt=line, text=line) for i, line in enumerate(_lines(content))]
     if not items:
-        raise UserError(f"prompt file has no prompts: {path}")
+        raise UserError(f"prompt file has no prompts: {where}")
     return items
 
 
@@ -47,7 +84,7 @@ def _lines(content: str) -> list[str]:
     return [line for line in content.splitlines() if line.strip()]
 
 
-def _read_jsonl(path: Path, content: str) -> list[PromptItem]:
+def _read_jsonl(name: str, content: str) -> list[PromptItem]:
     items = []
     for lineno, line in enumerate(content.splitlines(), 1):
         if not line.strip():
@@ -55,9 +92,9 @@ def _read_jsonl(path: Path, content: str) -> list[PromptItem]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path.name} line {lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            raise UserError(f"{name} line {lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{path.name} line {lineno}: expected a JSON object like {{\"prompt\": \"...\"}}")
+            raise UserError(f"{name} line {lineno}: expected a JSON object like {{\"prompt\": \"...\"}}")
         items.append(_item(obj, len(items), lineno))
     return items
 

@@ -19,6 +19,9 @@ from .errors import UserError
 from .settings import PROMPT_STYLES
 
 __all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript"]
+# A chat template adds a few tokens of markup per message; one that renders far more than the
+# messages it was given (a loop, a runaway macro) is refused before it eats memory or time.
+TEMPLATE_OVERHEAD_CHARS = 1_000_000
 Message = Mapping[str, str]
 
 
@@ -33,6 +36,22 @@ class PromptModel(Protocol):
     def token_text(self, token: int) -> bytes: ...
 
 
+class _TemplateEnv(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox, plus: ``'x' * n`` and ``a ** b`` can't build a gigantic value in one step."""
+
+    intercepted_binops = frozenset(("*", "**"))
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple)):
+            left, right = right, left
+        if operator == "*" and isinstance(left, (str, list, tuple)) and isinstance(right, int):
+            if len(left) * right > TEMPLATE_OVERHEAD_CHARS:
+                raise TemplateError(f"a repetition of {len(left) * right:,} items is too large")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
+            raise TemplateError("an exponent above 1000 is too large")
+        return super().call_binop(context, operator, left, right)
+
+
 def _raise(message: str) -> None:
     raise TemplateError(message)
 
@@ -42,17 +61,31 @@ def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_
     template = model.chat_template
     if not template:
         raise UserError(f"{model.path} has no chat template; use --raw to send prompts as plain text")
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = _TemplateEnv(trim_blocks=True, lstrip_blocks=True)
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    n_in = sum(len(str(m.get("content", ""))) + len(str(m.get("role", ""))) for m in messages)
+    cap = 2 * n_in + TEMPLATE_OVERHEAD_CHARS  # twice the messages' text plus a fixed allowance
+    parts: list[str] = []
+    size = 0
     try:
-        return env.from_string(template).render(
+        for part in env.from_string(template).generate(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=_text(model, model.bos),
             eos_token=_text(model, model.eos),
-        )
+        ):
+            size += len(part)
+            if size > cap:
+                raise UserError(
+                    f"chat template of {model.path} rendered more than {cap:,} characters for "
+                    f"{n_in:,} characters of messages; refusing (a broken template?)"
+                )
+            parts.append(part)
     except TemplateError as e:
         raise UserError(f"chat template of {model.path} failed: {e}") from None
+    except RecursionError:
+        raise UserError(f"chat template of {model.path} failed: recursion too deep") from None
+    return "".join(parts)
 
 
 def _text(model: PromptModel, token: int) -> str:

@@ -36,10 +36,39 @@ from .widgets.prompt_input import PromptInput
 from .widgets.settings_panel import SettingsPanel
 from .widgets.status_bar import StatusBar
 
+NARROW = 72  # columns: below this the EFT controls are hidden (Ctrl+G shows them full width)
 LOAD_HINT = (
     "Check the paths (--base/--chat/--reference) or the profile in models.toml, or download a profile's "
     "files with [b]eft-local download NAME[/].  [dim]Ctrl+Q quits.[/]"
 )
+
+
+def export_folders() -> list[Path | str]:
+    """Where F4 may write: the working directory, else home, else the temp directory.
+    A str in the list says why the working directory is unusable."""
+    import tempfile
+
+    folders: list[Path | str] = []
+    try:
+        folders.append(Path.cwd())
+    except OSError as e:  # deleted while the app runs
+        folders.append(f"the working directory is gone ({e.strerror or e})")
+    folders += [Path.home(), Path(tempfile.gettempdir())]
+    return folders
+
+
+def write_new(folder: Path, name: str, text: str) -> Path:
+    """Write ``text`` to a new file in ``folder`` (never over an existing one)."""
+    stem, suffix = name.rsplit(".", 1)
+    for i in range(100):
+        path = folder / (name if i == 0 else f"{stem}-{i}.{suffix}")
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(text)
+        except FileExistsError:
+            continue
+        return path
+    raise OSError(f"too many exports named {stem}-*.{suffix}")
 
 
 @dataclass
@@ -89,12 +118,12 @@ class EftChatApp(App[int]):
         n_gpu_layers: int = 0, n_threads: int | None = None, sampling: SamplingParams | None = None,
         draft_tokens: int | None = None, max_tokens: int = 512, prompt_style: str = "template",
         seed: int | None = None, system_prompt: str | None = None, profile_name: str | None = None,
-        history_path: Path | None = None, stop: tuple[str, ...] = (),
+        history_path: Path | None = None, stop: tuple[str, ...] = (), rpc: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
         self.load_error = load_error if load_error or paths else "no models given"
-        self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+        self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, rpc=rpc or {})
         deltas = tuple(d.name for d in deltas_of(self.paths or {}) if d.name != "chat")
         self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens, deltas, stop)
         self.prompt_style = prompt_style
@@ -110,6 +139,12 @@ class EftChatApp(App[int]):
         self.delta_view = False
         self._history_path = history_path
         self.history: HistoryStore | None = None
+        self._narrow = False
+        self._settings_wanted = True  # the user's choice for the EFT controls when there is room
+
+    def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:  # type: ignore[override]
+        """Notices carry file names, errors and user text: shown as plain text unless asked."""
+        super().notify(message, markup=markup, **kwargs)
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -129,6 +164,7 @@ class EftChatApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one("#legend").display = False
+        self._fit(self.size.width)
         self.query_one(PromptInput).focus()
         self._status(state="error" if self.load_error else "loading", settings=self.settings.describe())
         try:
@@ -137,6 +173,21 @@ class EftChatApp(App[int]):
             self.notify(f"chat history disabled: {e}", severity="warning")
         if not self.load_error:
             self._load()
+
+    def on_resize(self, event) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        """Narrow terminals: the chat gets the whole width; the EFT controls show on demand."""
+        narrow = width < NARROW
+        if narrow != self._narrow:
+            self._narrow = narrow
+            self.query_one("#main").set_class(narrow, "-narrow")
+            self._show_settings(not narrow and self._settings_wanted)
+
+    def _show_settings(self, on: bool) -> None:
+        self.query_one(SettingsPanel).display = on
+        self.query_one("#chat-column").display = not (on and self._narrow)
 
     @property
     def chat_view(self) -> ChatView:
@@ -283,6 +334,9 @@ class EftChatApp(App[int]):
         if self.generating:
             self.workers.cancel_group(self, "engine")
             self._status(state="stopping")
+        elif self._narrow and self.query_one(SettingsPanel).display:
+            self._show_settings(False)  # the controls covered the chat: back to it
+            self.query_one(PromptInput).focus()
         elif self.focused is not self.query_one(PromptInput):
             self.query_one(PromptInput).focus()
 
@@ -330,10 +384,12 @@ class EftChatApp(App[int]):
     def action_settings(self) -> None:
         panel = self.query_one(SettingsPanel)
         if panel.display and panel.has_focus_within:
-            panel.display = False
+            self._settings_wanted = False
+            self._show_settings(False)
             self.query_one(PromptInput).focus()
         else:
-            panel.display = True
+            self._settings_wanted = True
+            self._show_settings(True)
             self.query_one("#alpha").focus()
 
     def action_preset(self, name: str) -> None:
@@ -393,9 +449,25 @@ class EftChatApp(App[int]):
         if not self.conv.turns:
             self.notify("nothing to export yet")
             return
-        path = Path.cwd() / f"eft-chat-{datetime.now():%Y%m%d-%H%M%S}.md"
-        path.write_text(self.conv.to_markdown(), encoding="utf-8")
-        self.notify(f"exported to {path}")
+        name = f"eft-chat-{datetime.now():%Y%m%d-%H%M%S}.md"
+        text = self.conv.to_markdown()
+        problem = None
+        for folder in export_folders():
+            if isinstance(folder, str):  # why the working directory can't be used
+                problem = folder
+                continue
+            try:
+                path = write_new(folder, name, text)
+            except OSError as e:
+                problem = problem or f"can't write to {folder}: {e.strerror or e}"
+                continue
+            if problem:
+                self.notify(f"{problem}; exported to {path} instead", severity="warning", timeout=10)
+            else:
+                self.notify(f"exported to {path}")
+            return
+        self.notify(f"could not export: {problem}; free some space or fix the permissions, or copy the answer with Ctrl+Y",
+                    severity="error", timeout=10)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

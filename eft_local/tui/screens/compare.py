@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Label
 
@@ -15,7 +16,7 @@ from ..widgets.chat_view import AssistantMessage
 class CompareColumn(VerticalScroll):
     def __init__(self, title: str, turn: Turn, delta_view: bool) -> None:
         super().__init__(classes="compare-column")
-        self.border_title = title
+        self.border_title = Content(title)
         self.border_subtitle = "waiting"
         self.answer = AssistantMessage(turn, delta_view=delta_view, streaming=True)
 
@@ -24,12 +25,12 @@ class CompareColumn(VerticalScroll):
 
     def on_stats_updated(self, message: StatsUpdated) -> None:
         message.stop()
-        self.border_subtitle = f"{message.stats.n_tokens} tok · {message.stats.tokens_per_second:,.1f} tok/s"
+        self.border_subtitle = Content(f"{message.stats.n_tokens} tok · {message.stats.tokens_per_second:,.1f} tok/s")
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
         s, r = message.result.stats, message.result
         done = {"stop": "done", "length": "max tokens", "cancelled": "stopped", "error": f"error: {r.error}"}[r.reason]
-        self.border_subtitle = f"{done} · {s.n_tokens} tok · {s.tokens_per_second:,.1f} tok/s"
+        self.border_subtitle = Content(f"{done} · {s.n_tokens} tok · {s.tokens_per_second:,.1f} tok/s")  # errors are plain text
 
 
 class CompareScreen(Screen[None]):
@@ -42,7 +43,7 @@ class CompareScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         text = " ".join(self.prompt.split())
-        yield Label(f"[b]Compare[/]  {text[:200]}", id="compare-prompt")
+        yield Label(Content.assemble(("Compare", "bold"), "  " + text[:200]), id="compare-prompt")
         with Horizontal(id="compare-columns"):
             yield from self.columns
         yield Footer()

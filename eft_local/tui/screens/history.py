@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
@@ -31,7 +32,8 @@ class HistoryScreen(ModalScreen[int | None]):
         options.clear_options()
         chats = self.store.list()
         for c in chats:
-            options.add_option(Option(f"{c.title}  [dim]{c.updated} · {c.n_turns} messages[/]", id=str(c.chat_id)))
+            label = Content.assemble(str(c.title), (f"  {c.updated} · {c.n_turns} messages", "dim"))  # titles are user text
+            options.add_option(Option(label, id=str(c.chat_id)))
         if chats:
             options.highlighted = 0
         else:

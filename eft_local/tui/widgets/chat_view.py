@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
 from textual.widgets import Label, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
@@ -36,10 +37,10 @@ class AssistantMessage(Vertical):
         self.error: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield Label(self._title(), classes="who")
+        yield Label(Content(self._title()), classes="who")  # Content: info/errors are never markup
         yield Markdown(self.turn.content, classes="body")
         yield Static(delta.render(self.turn.spans), classes="delta")
-        yield Label(self._footer(), classes="note")
+        yield Label(Content(self._footer()), classes="note")
 
     def on_mount(self) -> None:
         self.colored = delta.render(self.turn.spans)
@@ -65,7 +66,7 @@ class AssistantMessage(Vertical):
         self.query_one(".delta").display = self.delta_view
         note = self._footer()
         label = self.query_one(".note", Label)
-        label.update(note)
+        label.update(Content(note))
         label.display = bool(note)
         self.set_class(self.turn.stopped, "stopped")
 
@@ -74,7 +75,7 @@ class AssistantMessage(Vertical):
         first = not self.turn.content
         self.turn.content += message.text
         if first:
-            self.query_one(".note", Label).update(self._footer())
+            self.query_one(".note", Label).update(Content(self._footer()))
         self.turn.spans.extend(message.spans)
         delta.append_spans(self.colored, message.spans)
         if self.delta_view:
@@ -95,7 +96,7 @@ class AssistantMessage(Vertical):
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        self.query_one(".who", Label).update(self._title())
+        self.query_one(".who", Label).update(Content(self._title()))
         await self.query_one(Markdown).update(self.turn.content)
         self._show()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.widgets import Label, ProgressBar, Static
 
 ROLE_HELP = {
@@ -28,7 +28,7 @@ class LoadPanel(Vertical):
         for role, path in self.paths.items():
             with Horizontal(classes="load-row"):
                 yield Label(f"[b]{role:<9}[/]", classes="role")
-                yield Label(f"{Path(path).name}  [dim]{gpu} · {ROLE_HELP.get(role, '')}[/]", classes="file")
+                yield Label(Content.assemble(Path(path).name, (f"  {gpu} · {ROLE_HELP.get(role, '')}", "dim")), classes="file")
                 yield ProgressBar(total=1.0, show_eta=False, id=f"progress-{role}")
 
     def progress(self, role: str, fraction: float) -> None:
@@ -39,5 +39,5 @@ class ErrorPanel(Static):
     """Shown instead of the chat when models can't be loaded: the error and the next step."""
 
     def __init__(self, error: str, hint: str, **kwargs) -> None:
-        super().__init__(f"[b red]✗ {escape(error)}[/]\n\n{hint}", **kwargs)
+        super().__init__(Content.assemble((f"✗ {error}", "bold red"), "\n\n", Content.from_markup(hint)), **kwargs)
         self.border_title = "Could not load the models"

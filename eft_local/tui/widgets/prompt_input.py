@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from textual import events
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import TextArea
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "newline")
+PLACEHOLDER = "Message  (Enter send · Shift+Enter/Ctrl+J newline · ↑ earlier messages · F1 help)"
 
 
 class PromptInput(TextArea):
@@ -18,10 +20,20 @@ class PromptInput(TextArea):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
-        self.placeholder = "Message  (Enter send · Shift+Enter/Ctrl+J newline · ↑ earlier messages · F1 help)"
+        self.placeholder = PLACEHOLDER
         self.sent: list[str] = []
         self._recall: int | None = None  # index into sent while browsing, else None
         self._draft = ""  # what was typed before browsing started
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.placeholder = PLACEHOLDER if event.size.width >= 12 else ""  # too narrow to read
+
+    def render_line(self, y: int) -> Strip:
+        # TextArea wraps its placeholder to the content width: at width 0 (a tiny terminal,
+        # mid-layout) that raises "range() arg 3 must not be zero".
+        if not self.text and self.placeholder and self.content_size.width < 1:
+            return Strip.blank(self.size.width)
+        return super().render_line(y)
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Switch
 
@@ -93,7 +94,7 @@ class SettingsPanel(VerticalScroll):
             new = self._read()
         except UserError as e:
             self.set_class(True, "-invalid")
-            self.query_one("#settings-error", Label).update(f"✗ {e}")
+            self.query_one("#settings-error", Label).update(Content(f"✗ {e}"))  # e quotes what was typed
             return
         self.set_class(False, "-invalid")
         self.query_one("#settings-error", Label).update("")
