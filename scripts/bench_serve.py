@@ -11,7 +11,8 @@ caches reuse the same prefixes. Streaming through the server is measured with ra
 
 Prints, per path: time to first token (TTFT), generation tok/s (after the first token) and
 total seconds, medians over prompts × repeats, and the server/direct ratios (target ≤ 1.05);
-then 1, 4 and 8 concurrent streaming clients: wall time, TTFT median/max, aggregate tok/s.
+then 1, 4 and 8 concurrent streaming clients: wall time, TTFT median/max, aggregate tok/s, and
+the wall time over the sum of the same answers' solo times (1.0 = the queue adds nothing).
 """
 
 from __future__ import annotations
@@ -184,28 +185,34 @@ def main() -> None:
                       f"server's other threads {other:.2f} (+{100 * other / d_cpu:.1f}% of direct)")
 
             print("\nqueueing (one generation at a time; clients start together):")
-            print(f"{'clients':>8}{'wall s':>10}{'TTFT med ms':>13}{'TTFT max ms':>13}{'agg tok/s':>11}{'wall/solo':>11}")
-            solo = None
+            # each client's prompt alone took (median over the repeats above) this long through the server:
+            alone = [statistics.median(r["total"] for r in s_rows[i::len(prompts)]) for i in range(len(prompts))]
+            print(f"{'clients':>8}{'wall s':>10}{'TTFT med ms':>13}{'TTFT max ms':>13}{'agg tok/s':>11}{'wall/sum alone':>16}")
             for n in (int(x) for x in args.clients.split(",")):
                 rows: list[dict[str, float]] = [{}] * n
-                barrier = threading.Barrier(n)
+                barrier = threading.Barrier(n + 1)
+                clients = [httpx.Client(timeout=600) for _ in range(n)]  # made and connected before the clock starts
+                for c in clients:
+                    c.get(url.rsplit("/v1", 1)[0] + "/health")
 
-                def one(i: int, rows=rows, barrier=barrier) -> None:
-                    with httpx.Client(timeout=600) as c:
-                        barrier.wait()
-                        rows[i] = served(url, prompts[i % len(prompts)], args.tokens, c)
+                def one(i: int, rows=rows, barrier=barrier, clients=clients) -> None:
+                    barrier.wait()
+                    rows[i] = served(url, prompts[i % len(prompts)], args.tokens, clients[i])
 
-                t0 = time.perf_counter()
                 threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
                 for t in threads:
                     t.start()
+                barrier.wait()
+                t0 = time.perf_counter()
                 for t in threads:
                     t.join()
                 wall = time.perf_counter() - t0
-                solo = solo or wall
+                for c in clients:
+                    c.close()
+                expected = sum(alone[i % len(prompts)] for i in range(n))  # one at a time, no idle gaps
                 tokens = sum(r["tokens"] for r in rows)
                 print(f"{n:>8}{wall:>10.3f}{1000 * med(rows, 'ttft'):>13.1f}{1000 * max(r['ttft'] for r in rows):>13.1f}"
-                      f"{tokens / wall:>11.1f}{wall / solo:>11.2f}")
+                      f"{tokens / wall:>11.1f}{wall / expected:>16.3f}")
     finally:
         proc.terminate()
         proc.wait(30)
