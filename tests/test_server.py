@@ -3,6 +3,7 @@ the official `openai` client (blocking and streaming) and raw httpx for malforme
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ openai = pytest.importorskip("openai")
 from eft_local.batch import BatchOptions, run_one
 from eft_local.decoder import EftEngine, GenerationConfig
 from eft_local.errors import EngineBusy
-from eft_local.events import FinishedEvent, StatsEvent
+from eft_local.events import FinishedEvent, StatsEvent, TokenEvent
 from eft_local.prompt_file import PromptItem
 from eft_local.sampling import SamplingParams
 from eft_local.server.app import ServerOptions, create_app
@@ -236,6 +237,28 @@ def test_hostile_values_are_clamped_not_fatal(served, client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "weights" and "nope" in r.json()["error"]["message"]
     r = httpx.post(served.url + "/v1/chat/completions", content=b'{"messages": [{"role": "user", "content": "hi"}], "alpha": ' + b"9" * 400 + b"}")
     assert r.status_code == 400 and r.json()["error"]["param"] == "alpha"
+
+
+def test_engine_failure_mid_stream_is_an_error_event_then_the_server_goes_on(served, client, monkeypatch):
+    session = served.worker.session
+    real = session.generate
+
+    def failing(prompt, config, rng, cancel=None):
+        gen = real(prompt, config, rng, cancel)
+        yield next(ev for ev in gen if isinstance(ev, TokenEvent))
+        gen.close()
+        raise RuntimeError("llama_decode returned -3")
+
+    monkeypatch.setattr(session, "generate", failing)
+    r = httpx.post(served.url + "/v1/completions", json={"prompt": "abc", "max_tokens": 20, "stream": True}, timeout=30)
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["type"] == "server_error" and "llama_decode returned -3" in err["message"] and "\n" not in err["message"]
+    r = httpx.post(served.url + "/v1/completions", json={"prompt": "abc", "max_tokens": 20}, timeout=30)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    monkeypatch.setattr(session, "generate", real)
+    assert client.completions.create(model=MODEL, prompt="abc", max_tokens=3).usage.completion_tokens == 3
 
 
 # -- authentication ------------------------------------------------------------------------------------
