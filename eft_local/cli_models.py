@@ -90,9 +90,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         mark = " (default)" if name == default else ""
         print(f"\n{name}{mark}: {profile.description}")
         print(f"  {'role':<18} {'status':<10} {'size':>9}  repo_id/filename")
+        rpc = profile.defaults.get("rpc") or {}
         for role, status, size, mf in rows:
             shown = human_size(size if size is not None else mf.size) if (size or mf.size) else "-"
-            print(f"  {role:<18} {status:<10} {shown:>9}  {mf.key}")
+            runs = f"  (runs on RPC {', '.join(rpc[role])} + local)" if role in rpc else ""
+            print(f"  {role:<18} {status:<10} {shown:>9}  {mf.key}{runs}")
         _print_hint(name, rows, args)
     return 0
 

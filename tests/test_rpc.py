@@ -335,3 +335,20 @@ def test_rpc_for_a_role_that_is_not_loaded_fails_before_loading(family, tmp_path
     assert main(["run", "--prompt-file", str(pf), *models, "--rpc", "bass=127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown role 'bass'" in err[0]
+
+
+def test_models_listing_says_where_each_role_runs(tmp_path, capsys):
+    import argparse
+
+    from eft_local.cli_models import register
+
+    files = "\n".join(f'{r} = {{ repo_id = "a/b", filename = "{r}.gguf" }}' for r in ("base", "chat", "reference"))
+    path = tmp_path / "m.toml"
+    path.write_text(f'[profiles.p]\nrpc = {{ base = "10.0.0.5:50052" }}\n{files}\n')
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["models", "--models-file", str(path), "--models-dir", str(tmp_path)])
+    args.func(args)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.strip().startswith("base") and "runs on RPC 10.0.0.5:50052" in line for line in lines)
+    assert not any(line.strip().startswith("chat") and "RPC" in line for line in lines)

@@ -66,3 +66,17 @@ async def test_compare_shows_each_delta_alone(mix_paths, spy):  # noqa: F811
                          (1.0, 1.0, {"safe": 1.0})]
         titles = [c.border_title for c in app.screen.columns]
         assert titles[2].startswith("safe alone")
+
+
+async def test_delta_with_own_reference_loads_and_load_panel_says_where(mix_paths):
+    from eft_local.tui.widgets.load_panel import LoadPanel, where
+
+    paths = {**mix_paths, "safe.reference": mix_paths["reference"]}
+    app = mix_app(paths)
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.query_one(LoadPanel)
+        assert len(panel.query(".load-row")) == 5
+        await loaded(pilot)
+        assert app.engine.model_of["safe.reference"] == "reference"  # one context for the shared file
+    assert where(0, ["10.0.0.5:50052"]) == "RPC 10.0.0.5:50052 + local"
+    assert where(-1, None) == "GPU layers -1" and where(0, []) == "CPU only"

@@ -154,7 +154,7 @@ class EftChatApp(App[int]):
                 if self.load_error:
                     yield ErrorPanel(self.load_error, LOAD_HINT, id="load-error")
                 elif self.paths:
-                    yield LoadPanel(self.paths, self.load_args["n_gpu_layers"], id="loading")
+                    yield LoadPanel(self.paths, self.load_args["n_gpu_layers"], self.load_args["rpc"], id="loading")
                 yield ChatView(id="chat")
                 yield Static(delta.legend(), id="legend")
                 yield PromptInput(id="prompt")

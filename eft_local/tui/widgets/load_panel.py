@@ -16,23 +16,46 @@ ROLE_HELP = {
 }
 
 
+def role_help(role: str) -> str:
+    if role in ROLE_HELP:
+        return ROLE_HELP[role]
+    if role.endswith(".reference"):
+        return f"pre-trained model delta {role.removesuffix('.reference')} was tuned from"
+    return "fine-tuned model (a behaviour delta)"
+
+
+def where(n_gpu_layers: int, servers: list[str] | None) -> str:
+    """Where a role's layers go: local CPU/GPU, or RPC servers (see eft_local.rpc)."""
+    if servers:
+        return "RPC " + ", ".join(servers) + " + local"
+    return f"GPU layers {n_gpu_layers}" if n_gpu_layers else "CPU only"
+
+
 class LoadPanel(Vertical):
-    def __init__(self, paths: dict[str, Path], n_gpu_layers: int, **kwargs) -> None:
+    def __init__(self, paths: dict[str, Path], n_gpu_layers: int, rpc: dict[str, list[str]] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.paths = paths
         self.n_gpu_layers = n_gpu_layers
+        self.rpc = rpc or {}
         self.border_title = "Loading models"
 
     def compose(self) -> ComposeResult:
-        gpu = f"GPU layers {self.n_gpu_layers}" if self.n_gpu_layers else "CPU only"
         for role, path in self.paths.items():
+            info = f"  {where(self.n_gpu_layers, self.rpc.get(role))} · {role_help(role)}"
             with Horizontal(classes="load-row"):
-                yield Label(f"[b]{role:<9}[/]", classes="role")
-                yield Label(Content.assemble(Path(path).name, (f"  {gpu} · {ROLE_HELP.get(role, '')}", "dim")), classes="file")
-                yield ProgressBar(total=1.0, show_eta=False, id=f"progress-{role}")
+                yield Label(Content.styled(f"{role:<9}", "bold"), classes="role")
+                yield Label(Content.assemble(Path(path).name, (info, "dim")), classes="file")
+                yield ProgressBar(total=1.0, show_eta=False, id=_bar_id(role))
 
     def progress(self, role: str, fraction: float) -> None:
-        self.query_one(f"#progress-{role}", ProgressBar).update(progress=min(max(fraction, 0.0), 1.0))
+        """Progress of the model loading for ``role``; roles sharing its file share it."""
+        for other, path in self.paths.items():
+            if other == role or Path(path) == Path(self.paths.get(role, "")):
+                self.query_one(f"#{_bar_id(other)}", ProgressBar).update(progress=min(max(fraction, 0.0), 1.0))
+
+
+def _bar_id(role: str) -> str:
+    return "progress-" + role.replace(".", "--")
 
 
 class ErrorPanel(Static):
