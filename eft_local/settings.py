@@ -20,6 +20,9 @@ from .errors import UserError
 TOP_P_MODES = ("eft", "base")
 PROMPT_STYLES = ("template", "transcript")
 MAX_SEED = 2**63 - 1
+# Any real weight is meaningful (negative steers away), but past this the weighted logits
+# overflow float32 (inf − inf = nan): refused like a non-finite number.
+MAX_WEIGHT = 1000.0
 DELTA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 RESERVED_NAMES = ("base", "reference")
 
@@ -128,8 +131,10 @@ SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
         # -- EFT and sampling (per prompt)
-        Setting("alpha", float, 1.0, "behaviour: weight of the fine-tuning delta chat − reference", per_prompt=True),
-        Setting("beta", float, 1.0, "knowledge: weight of the pre-training delta base − reference", per_prompt=True),
+        Setting("alpha", float, 1.0, "behaviour: weight of the fine-tuning delta chat − reference", lo=-MAX_WEIGHT,
+                hi=MAX_WEIGHT, per_prompt=True),
+        Setting("beta", float, 1.0, "knowledge: weight of the pre-training delta base − reference", lo=-MAX_WEIGHT,
+                hi=MAX_WEIGHT, per_prompt=True),
         Setting("temperature", float, 0.7, "0 = greedy", lo=0.0, hi=100.0, per_prompt=True),
         Setting("top_p", float, 0.95, "nucleus sampling (1 = off)", lo=0.0, hi=1.0, lo_open=True, per_prompt=True),
         Setting("top_k", int, 0, "keep the k most likely tokens (0 = off)", lo=0, hi=2**31 - 1, per_prompt=True),
@@ -168,8 +173,11 @@ def check(name: str, value: Any, where: str | None = None) -> Any:
 
 
 def check_weight(name: str, value: Any, where: str) -> float:
-    """A delta weight: any finite real number (negative steers away)."""
-    return float(_number(value, float, where))
+    """A delta weight: any finite real number (negative steers away) up to ±MAX_WEIGHT."""
+    w = float(_number(value, float, where))
+    if abs(w) > MAX_WEIGHT:
+        raise UserError(f"{where} must be in [{-MAX_WEIGHT:g}, {MAX_WEIGHT:g}], got {w:g}")
+    return w
 
 
 def check_delta_name(name: str, where: str) -> str:

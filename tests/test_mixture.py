@@ -258,3 +258,12 @@ def test_bad_numbers_name_the_flag(tmp_path, mix_args, capsys, flag, value):
     assert main(["run", "--prompt-file", str(pf), *mix_args, f"{flag}={value}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0]
+
+
+@pytest.mark.parametrize("extra", [["--alpha=1e30"], ["--beta=-2000"], ["--weight", "safe=1e5"], ["--grid", "weight.safe=0,5000"]])
+def test_weights_that_would_overflow_the_logits_are_refused(tmp_path, mix_args, capsys, extra):
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    assert main(["run", "--prompt-file", str(pf), *mix_args, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1000" in err[0]
