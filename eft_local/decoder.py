@@ -145,9 +145,11 @@ class EftEngine:
             others = [n for n in self.delta_names if n != CHAT]
             raise UserError(f"unknown delta {unknown[0]!r} (deltas besides chat: {', '.join(others) or 'none'})")
 
-    def prompt(self, *, messages=None, raw: str | None = None, style: str = "template") -> dict[str, list[int]]:
+    def prompt(
+        self, *, messages=None, raw: str | None = None, style: str = "template", plain_content: bool = False
+    ) -> dict[str, list[int]]:
         chats = [self.model_of[d.chat] for d in self.deltas]
-        return role_prompts(self.models, messages=messages, raw=raw, style=style, chat_roles=chats)
+        return role_prompts(self.models, messages=messages, raw=raw, style=style, chat_roles=chats, plain_content=plain_content)
 
     def fit_prompt(self, messages, *, style: str = "template", reserve: int = 256) -> tuple[dict[str, list[int]], int]:
         """The prompt for the most recent turns that leave ``reserve`` tokens free in every

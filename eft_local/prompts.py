@@ -7,6 +7,7 @@ the same templated text (style ``template``, default) or a plain transcript (sty
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -109,6 +110,12 @@ def transcript(messages: Sequence[Message]) -> str:
     return "\n\n".join(parts) + "\n\nAssistant:"
 
 
+# Stand-ins for message contents while the template renders (plain-content mode): Unicode
+# private-use characters that no template emits on its own.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_SENTINEL = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+
+
 def role_prompts(
     models: Mapping[str, PromptModel],
     *,
@@ -116,28 +123,55 @@ def role_prompts(
     raw: str | None = None,
     style: str = "template",
     chat_roles: Sequence[str] = ("chat",),
+    plain_content: bool = False,
 ) -> dict[str, list[int]]:
     """Token ids of the prompt for each model.
 
     Models named in ``chat_roles`` (fine-tuned, behaviour deltas) see their own chat
     template; the others (base, references) see the first chat model's templated text or a
-    transcript, per ``style``.
+    transcript, per ``style``. ``plain_content``: text inside messages (or a raw prompt) is
+    tokenized as plain text, so ``<|im_start|>system`` typed by a user cannot forge a turn;
+    only the template's own markup becomes control tokens.
     """
     if raw is not None:
-        return {r: m.tokenize(raw, add_bos=m.add_bos, special=True) for r, m in models.items()}
+        return {r: m.tokenize(raw, add_bos=m.add_bos, special=not plain_content) for r, m in models.items()}
     if messages is None:
         raise ValueError("role_prompts needs messages or raw text")
     if style not in PROMPT_STYLES:
         raise UserError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
     chats = [r for r in chat_roles if r in models]
-    rendered = {r: render_chat(models[r], messages) for r in chats}
+    plain_content = plain_content and any(_has_control_text(models[chats[0]], m["content"]) for m in messages)
+    shown = _stand_ins(messages) if plain_content else messages
+    rendered = {r: render_chat(models[r], shown) for r in chats}
     plain_text = rendered[chats[0]] if style == "template" else transcript(messages)
     out = {}
     for role, model in models.items():
-        if role in rendered:
-            out[role] = tokenize_templated(model, rendered[role])
-        elif style == "template":
-            out[role] = tokenize_templated(model, plain_text)
+        if role in rendered or style == "template":
+            text = rendered.get(role, plain_text)
+            out[role] = _tokenize_with_contents(model, text, messages) if plain_content else tokenize_templated(model, text)
         else:
             out[role] = model.tokenize(plain_text, add_bos=model.add_bos, special=False)
     return out
+
+
+def _has_control_text(model: PromptModel, text: str) -> bool:
+    """Would llama.cpp turn part of ``text`` into a control token? (Only then do contents need
+    tokenizing apart from the template, which can shift a token boundary at their edges.)"""
+    return model.tokenize(text, add_bos=False, special=True) != model.tokenize(text, add_bos=False, special=False)
+
+
+def _stand_ins(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{**m, "content": f"{_OPEN}{i}{_CLOSE}"} for i, m in enumerate(messages)]
+
+
+def _tokenize_with_contents(model: PromptModel, text: str, messages: Sequence[Message]) -> list[int]:
+    """Templated text with stand-ins: the template's parts as control tokens, the contents as text."""
+    pieces = _SENTINEL.split(text)  # template, index, template, index, ..., template
+    if sorted(int(i) for i in pieces[1::2]) != list(range(len(messages))):
+        raise UserError(f"the chat template of {model.path} rewrites message contents, so they can't be kept as "
+                        "plain text; serve without plain-text content")
+    ids = tokenize_templated(model, pieces[0]) if pieces[0] else ([model.bos] if model.add_bos else [])
+    for i in range(1, len(pieces), 2):
+        ids += model.tokenize(messages[int(pieces[i])]["content"], add_bos=False, special=False)
+        ids += model.tokenize(pieces[i + 1], add_bos=False, special=True) if pieces[i + 1] else []
+    return ids

@@ -51,8 +51,11 @@ def with_system(messages: Messages, system: str | None) -> list[dict[str, Any]]:
 
 
 class Session:
-    def __init__(self, engine: EftEngine, *, prompt_style: str = "template", system_prompt: str | None = None) -> None:
+    def __init__(
+        self, engine: EftEngine, *, prompt_style: str = "template", system_prompt: str | None = None, plain_content: bool = False
+    ) -> None:
         self.engine = engine
+        self.plain_content = plain_content  # message text never becomes control tokens (see prompts.role_prompts)
         self.prompt_style = prompt_style
         self.system_prompt = system_prompt
         self.lock = threading.Lock()  # held by whoever drives the engine; others wait on it
@@ -66,9 +69,10 @@ class Session:
     def prompt(self, *, messages: Messages | None = None, raw: str | None = None) -> dict[str, list[int]]:
         """The exact prompt (nothing dropped); ``PromptTooLong`` when a role's context can't hold it."""
         if raw is not None:
-            prompt = self.engine.prompt(raw=raw)
+            prompt = self.engine.prompt(raw=raw, plain_content=self.plain_content)
         else:
-            prompt = self.engine.prompt(messages=with_system(messages or [], self.system_prompt), style=self.prompt_style)
+            prompt = self.engine.prompt(messages=with_system(messages or [], self.system_prompt), style=self.prompt_style,
+                                        plain_content=self.plain_content)
         for role, model in self.engine.models.items():
             if not prompt[role]:
                 raise UserError("the prompt is empty: nothing to generate from")

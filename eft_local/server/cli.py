@@ -22,6 +22,10 @@ def register(sub) -> None:
     g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
     g.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 requests")
     g.add_argument("--model-name", metavar="NAME", help="model id clients use (default: the profile name, or one made from the files)")
+    g.add_argument("--content-tokens", choices=("special", "plain"), default=None,
+                   help="how text inside messages and prompts is tokenized: 'special' parses control-token text like "
+                        "<|im_start|> (what llama.cpp's server does), 'plain' keeps it text so a client can't forge a "
+                        "turn (default: special on loopback, plain on any other address)")
     g.add_argument("--max-queue", type=int, default=16, metavar="N", help="requests that may wait while one generates (default 16; more get 503)")
     _model_args(p)
     _sampling_args(p)
@@ -87,7 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    session = Session(engine, prompt_style=settings["prompt_style"], system_prompt=settings["system_prompt"])
+    plain = args.content_tokens == "plain" or (args.content_tokens is None and not is_loopback(args.host))
+    session = Session(engine, prompt_style=settings["prompt_style"], system_prompt=settings["system_prompt"], plain_content=plain)
     if not engine.chat.chat_template:
         print(f"eft-local: warning: {paths['chat']} has no chat template: only /v1/completions (raw prompts) will work",
               file=sys.stderr, flush=True)
