@@ -322,11 +322,17 @@ class LlamaModel:
             parts[-1].append(j)
             size += n
         out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
-        for k, part in enumerate(parts):
-            rows = self._decode_many([items[j] for j in part])
-            last = k == len(parts) - 1
-            for j, r in zip(part, rows):
-                out[j] = r if last else r.copy()
+        before = {seq: len(self.seq_tokens[seq]) for seq, _, _ in items}
+        try:
+            for k, part in enumerate(parts):
+                rows = self._decode_many([items[j] for j in part])
+                last = k == len(parts) - 1
+                for j, r in zip(part, rows):
+                    out[j] = r if last else r.copy()
+        except BaseException:  # all or nothing: undo the parts that went in
+            for seq, n in before.items():
+                self.rollback_seq(seq, n)
+            raise
         return out
 
     def _decode_many(self, items: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
@@ -346,6 +352,8 @@ class LlamaModel:
         b.n_tokens = i
         rc = ll.llama_decode(self._ctx, b)
         if rc != 0:
+            for seq, _, _ in items:  # drop whatever part of the batch did get cached
+                ll.llama_memory_seq_rm(self._mem, seq, len(self.seq_tokens[seq]), -1)
             raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")
         logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
         rows, r = [], 0

@@ -212,16 +212,33 @@ class Scheduler:
         results = {slot: [None] * len(slot.reqs) for slot in served}
         failed: dict[_Slot, BaseException] = {}
         for name, items in by_model.items():
-            try:
-                rows = self.engine.models[name].eval_many([(s.seq, r.tokens, r.n_logits) for s, _, r in items])
-            except (UserError, RuntimeError) as exc:  # those sequences end as errors; the others go on
-                for s, _, _ in items:
-                    failed[s] = exc
-                continue
-            self.decodes += 1
-            for (s, j, _), row in zip(items, rows):
-                results[s][j] = row
+            for group, rows, exc in self._eval_model(name, items):
+                for (s, j, _), row in zip(group, rows or [None] * len(group)):
+                    if exc is not None:
+                        failed[s] = exc
+                    else:
+                        results[s][j] = row
         return results, failed
+
+    def _eval_model(self, name: str, items: list[tuple[_Slot, int, Eval]]):
+        """One eval_many for the model; if llama.cpp refuses it, each request alone, so
+        only the sequence that fails ends as an error (rows of those retries are copies)."""
+        model = self.engine.models[name]
+        try:
+            self.decodes += 1
+            return [(items, model.eval_many([(s.seq, r.tokens, r.n_logits) for s, _, r in items]), None)]
+        except (UserError, RuntimeError) as exc:
+            if len(items) == 1:
+                return [(items, None, exc)]
+        out = []
+        for item in items:
+            s, _, r = item
+            try:
+                self.decodes += 1
+                out.append(([item], [model.eval_many([(s.seq, r.tokens, r.n_logits)])[0].copy()], None))
+            except (UserError, RuntimeError) as exc:
+                out.append(([item], None, exc))
+        return out
 
     def _advance(self, slot: _Slot, rows: list[np.ndarray] | None, exc: BaseException | None, done: list[Ticket]) -> None:
         """Resume a sequence with its rows (or its failure) up to its next requests."""
