@@ -218,6 +218,7 @@ class _Run:
         self.stream = TextStream(config.stop)
         self.token_ids: list[int] = []
         self.out: list[Event] = []
+        self.k_source: Callable[[], int] | None = None  # adaptive block length from outside (a scheduler's round)
         self.t0 = time.perf_counter()
         self._last_stats = self.t0
         self.n = engine.vocab.n
@@ -344,7 +345,7 @@ class _Run:
             room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.active)
             if left <= 0 or room < 0:
                 return "length"
-            k = (fixed if fixed is not None else self.controller.next_k()) if speculative else 0
+            k = (fixed if fixed is not None else self._adaptive_k()) if speculative else 0
             k = max(0, min(k, left - 1, room))
             accepted, deltas = yield from self._round(k)
             if self._emit(accepted, deltas):
@@ -354,6 +355,9 @@ class _Run:
                 self._last_stats = now
                 self.stats.seconds = now - self.t0
                 self.out.append(StatsEvent(self.stats))
+
+    def _adaptive_k(self) -> int:
+        return self.k_source() if self.k_source is not None else self.controller.next_k()
 
     # -- one round --------------------------------------------------------------------------
     def _round(self, k: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[int], list[float | None]]]:

@@ -58,6 +58,28 @@ def check_gguf(path: Path) -> None:
 
 
 ProgressFn = Callable[[float], None]
+# One KV stream per sequence (llama.cpp's kv_unified off): a sequence attends over its own
+# cells only, so its logits match a lone run bit for bit (measured: unified streams round
+# differently). Cost: llama.cpp then splits a batch into equal-length parts per sequence,
+# which is why the scheduler gives every sequence of a round the same block length.
+KV_UNIFIED = False
+
+
+def has_gpu() -> bool:
+    """Whether llama.cpp sees a GPU device (``llama_supports_gpu_offload`` is also true for
+    an RPC-enabled CPU build, so ask ggml's device list)."""
+    init_backend()
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(ll.__file__), "lib", "libggml.so"))
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        types = [lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+    except (OSError, AttributeError):
+        return bool(ll.llama_supports_gpu_offload())
+    return any(t in (1, 3) for t in types)  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU
 
 
 def default_threads() -> int:
@@ -122,7 +144,7 @@ class LlamaModel:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = self.n_seq
-        params.kv_unified = False  # one KV stream per sequence: each attends over its own cells only
+        params.kv_unified = KV_UNIFIED
         threads = n_threads or default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads

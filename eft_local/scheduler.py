@@ -29,11 +29,22 @@ from typing import Any
 import numpy as np
 
 from .decoder import EftEngine, Eval, GenerationConfig, _Run
+from .draft_control import batch_k
 from .errors import UserError
 from .events import Event, FinishedEvent
 from .llama_adapter import LlamaModel
 
 PREFILL_CHUNK = 128  # prompt tokens per model and sequence in one tick: newcomers never stall a round for long
+# Marginal cost of one more token in a decode, relative to a one-token decode: a CPU is
+# compute-bound after a few tokens (measured 0.08-0.2 on 2 cores), a GPU not for dozens.
+CPU_GROWTH, GPU_GROWTH = 0.15, 0.01
+
+
+def default_growth(engine: EftEngine) -> float:
+    from .llama_adapter import has_gpu
+
+    on_gpu = any(m.n_gpu_layers != 0 for m in engine.models.values()) and has_gpu()
+    return GPU_GROWTH if on_gpu else CPU_GROWTH
 
 
 class SeqView:
@@ -102,7 +113,9 @@ class Scheduler:
     ``n_seq`` sequences per context). Drive it from one thread: ``step`` / ``run_all``;
     ``submit`` may be called from any thread."""
 
-    def __init__(self, engine: EftEngine, n_seq: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> None:
+    def __init__(
+        self, engine: EftEngine, n_seq: int | None = None, prefill_chunk: int = PREFILL_CHUNK, growth: float | None = None
+    ) -> None:
         cap = min(m.n_seq for m in engine.models.values())
         n_seq = cap if n_seq is None else n_seq
         if not 1 <= n_seq <= cap:
@@ -111,9 +124,11 @@ class Scheduler:
         self.engine = engine
         self.n_seq = n_seq
         self.prefill_chunk = max(1, min(prefill_chunk, batch))
+        self.growth = default_growth(engine) if growth is None else growth
         self._waiting: deque[Ticket] = deque()
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
+        self.round_k = 1
         self.ticks = 0
         self.decodes = 0
 
@@ -146,6 +161,8 @@ class Scheduler:
             return done
         self.ticks += 1
         results, failed = self._evaluate(served)
+        if not served[0].reqs[0].light:
+            self._plan_round()
         for slot in served:
             self._advance(slot, results.get(slot), failed.get(slot), done)
         self._admit(done)
@@ -192,6 +209,7 @@ class Scheduler:
             seq = free[0]
             views = {name: SeqView(m, seq) for name, m in self.engine.models.items()}
             run = _Run(self.engine, ticket.prompt, ticket.config, ticket.rng, ticket.cancelled, models=views)
+            run.k_source = lambda: self.round_k
             slot = _Slot(seq, ticket, run, run.steps(self.prefill_chunk), [])
             self._advance(slot, None, None, done)
             if slot.seq in self._slots:
@@ -239,6 +257,14 @@ class Scheduler:
             except (UserError, RuntimeError) as exc:
                 out.append(([item], None, exc))
         return out
+
+    def _plan_round(self) -> None:
+        """The block length of every adaptive sequence's next round (one for all: equal
+        blocks verify in one pass). Set at a verify tick, before the sequences resume, from
+        acceptance so far: no wall clock, so a rerun repeats every batch shape."""
+        runs = [s.run for s in self._slots.values()]
+        ctls = [r.controller for r in runs if hasattr(r, "controller") and r.cfg.draft_tokens is None]
+        self.round_k = batch_k(ctls, self.growth)
 
     def _advance(self, slot: _Slot, rows: list[np.ndarray] | None, exc: BaseException | None, done: list[Ticket]) -> None:
         """Resume a sequence with its rows (or its failure) up to its next requests."""
