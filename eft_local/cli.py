@@ -73,7 +73,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-DEFAULT_PARALLEL = 4  # measured on a 2-core CPU: most of the gain (docs/bench.md); a GPU gains more from 8-32
+def default_parallel(settings: dict[str, Any]) -> int:
+    """Prompts at once when --parallel is not given: 4 on a CPU (most of the gain there,
+    docs/bench.md), 8 when the models run on a GPU (a GPU decodes many tokens in about the
+    time of one)."""
+    from .llama_adapter import has_gpu
+
+    return 8 if gpu_layers(settings) != 0 and has_gpu() else 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                      help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)")
     run.add_argument("--parallel", type=_positive_int, metavar="N",
-                     help=f"generate for N prompts at once, batched (1 = one after another; default {DEFAULT_PARALLEL}; raise it on a GPU)")
+                     help="generate for N prompts at once, batched (1 = one after another, as before; default 4 on a CPU, 8 on a GPU)")
     _model_args(run)
     _sampling_args(run)
     run.set_defaults(func=cmd_run)
@@ -267,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid, settings)
     check_known_weights({**settings, "weights": dict.fromkeys(grid_deltas(grid), 1.0)}, paths)
     total = len(items) * len(grid)
-    parallel = min(args.parallel or DEFAULT_PARALLEL, max(total, 1))
+    parallel = min(args.parallel or default_parallel(settings), max(total, 1))
     engine = load_engine(paths, settings, n_seq=parallel)
     if not args.raw and not engine.chat.chat_template:
         engine.close()

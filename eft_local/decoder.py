@@ -185,6 +185,7 @@ class Eval:
     tokens: list[int]
     n_logits: int = 1
     light: bool = False
+    solo: bool = False  # a prompt chunk evaluated in a decode of its own (as a lone run does: same rounding)
 
 
 Steps = Generator[list[Eval], list[np.ndarray], None]
@@ -265,11 +266,12 @@ class _Run:
         out, self.out = self.out, []
         return out
 
-    def steps(self, prefill_chunk: int | None = None) -> Steps:
+    def steps(self, prefill_chunk: int | None = None, solo: bool = False) -> Steps:
         """The whole generation as a coroutine; ends after pushing one FinishedEvent.
 
         ``prefill_chunk``: None evaluates the prompt directly on the models (reusing what
-        their caches hold); a number yields it in chunks of that many tokens per model.
+        their caches hold); a number yields it in chunks of that many tokens per model,
+        ``solo`` ones if asked.
         """
         reason, error = "length", None
         try:
@@ -278,7 +280,7 @@ class _Run:
             if prefill_chunk is None:
                 self._prefill()
             else:
-                yield from self._prefill_steps(prefill_chunk)
+                yield from self._prefill_steps(prefill_chunk, solo)
             self.stats.prompt_seconds = time.perf_counter() - self.t0
             reason = yield from self._loop()
         except Cancelled:
@@ -316,7 +318,7 @@ class _Run:
             self.held[name] = self.models[name].prefill(self.prompt[name], self.cancel).copy()
             self.pending[name] = []
 
-    def _prefill_steps(self, chunk: int) -> Steps:
+    def _prefill_steps(self, chunk: int, solo: bool) -> Steps:
         """The prompt from an empty cache in chunks (one request per model and chunk)."""
         self.pending = {name: [] for name in self.active}
         self.held = {}
@@ -326,7 +328,7 @@ class _Run:
         for start in range(0, longest, chunk):
             if self.cancel():
                 raise Cancelled
-            reqs = [Eval(n, self.prompt[n][start : start + chunk], 1) for n in self.active if start < len(self.prompt[n])]
+            reqs = [Eval(n, self.prompt[n][start : start + chunk], 1, solo=solo) for n in self.active if start < len(self.prompt[n])]
             got = yield reqs
             for r, rows in zip(reqs, got):
                 if start + chunk >= len(self.prompt[r.name]):

@@ -34,7 +34,6 @@ from .errors import UserError
 from .events import Event, FinishedEvent
 from .llama_adapter import LlamaModel
 
-PREFILL_CHUNK = 128  # prompt tokens per model and sequence in one tick: newcomers never stall a round for long
 # Marginal cost of one more token in a decode, relative to a one-token decode: a CPU is
 # compute-bound after a few tokens (measured 0.08-0.2 on 2 cores), a GPU not for dozens.
 CPU_GROWTH, GPU_GROWTH = 0.15, 0.01
@@ -114,7 +113,7 @@ class Scheduler:
     ``submit`` may be called from any thread."""
 
     def __init__(
-        self, engine: EftEngine, n_seq: int | None = None, prefill_chunk: int = PREFILL_CHUNK, growth: float | None = None
+        self, engine: EftEngine, n_seq: int | None = None, prefill_chunk: int | None = None, growth: float | None = None
     ) -> None:
         cap = min(m.n_seq for m in engine.models.values())
         n_seq = cap if n_seq is None else n_seq
@@ -123,7 +122,11 @@ class Scheduler:
         batch = min(m.n_batch for m in engine.models.values())
         self.engine = engine
         self.n_seq = n_seq
-        self.prefill_chunk = max(1, min(prefill_chunk, batch))
+        # None: a newcomer's prompt goes in n_batch chunks, each in a decode of its own within
+        # the tick (the shapes of a lone run, so the same rounding); a number: chunks of that
+        # size join the round's batch (fewer decodes, but a batch rounds a little differently).
+        self.solo_prefill = prefill_chunk is None
+        self.prefill_chunk = batch if prefill_chunk is None else max(1, min(prefill_chunk, batch))
         self.growth = default_growth(engine) if growth is None else growth
         self._waiting: deque[Ticket] = deque()
         self._lock = threading.Lock()
@@ -210,7 +213,7 @@ class Scheduler:
             views = {name: SeqView(m, seq) for name, m in self.engine.models.items()}
             run = _Run(self.engine, ticket.prompt, ticket.config, ticket.rng, ticket.cancelled, models=views)
             run.k_source = lambda: self.round_k
-            slot = _Slot(seq, ticket, run, run.steps(self.prefill_chunk), [])
+            slot = _Slot(seq, ticket, run, run.steps(self.prefill_chunk, self.solo_prefill), [])
             self._advance(slot, None, None, done)
             if slot.seq in self._slots:
                 free.pop(0)
@@ -239,24 +242,33 @@ class Scheduler:
         return results, failed
 
     def _eval_model(self, name: str, items: list[tuple[_Slot, int, Eval]]):
-        """One eval_many for the model; if llama.cpp refuses it, each request alone, so
-        only the sequence that fails ends as an error (rows of those retries are copies)."""
+        """One eval_many for the model (solo prompt chunks first, each alone); if llama.cpp
+        refuses the batch, each request alone, so only the sequence that fails ends as an
+        error (rows of decodes before the model's last one are copies)."""
         model = self.engine.models[name]
+        solo = [it for it in items if it[2].solo]
+        items = [it for it in items if not it[2].solo]
+        out = [self._eval_alone(model, it) for it in solo]
+        if items:
+            out += self._eval_batch(model, items)
+        return out
+
+    def _eval_alone(self, model: LlamaModel, item: tuple[_Slot, int, Eval]):
+        s, _, r = item
+        try:
+            self.decodes += 1
+            return [item], [model.eval_many([(s.seq, r.tokens, r.n_logits)])[0].copy()], None
+        except (UserError, RuntimeError) as exc:
+            return [item], None, exc
+
+    def _eval_batch(self, model: LlamaModel, items: list[tuple[_Slot, int, Eval]]):
         try:
             self.decodes += 1
             return [(items, model.eval_many([(s.seq, r.tokens, r.n_logits) for s, _, r in items]), None)]
         except (UserError, RuntimeError) as exc:
             if len(items) == 1:
                 return [(items, None, exc)]
-        out = []
-        for item in items:
-            s, _, r = item
-            try:
-                self.decodes += 1
-                out.append(([item], [model.eval_many([(s.seq, r.tokens, r.n_logits)])[0].copy()], None))
-            except (UserError, RuntimeError) as exc:
-                out.append(([item], None, exc))
-        return out
+        return [self._eval_alone(model, it) for it in items]
 
     def _plan_round(self) -> None:
         """The block length of every adaptive sequence's next round (one for all: equal
