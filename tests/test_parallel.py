@@ -31,6 +31,9 @@ TEXTS = [
 ]
 MAX_TOKENS = [40, 7, 25, 60, 3, 33, 50, 12, 1, 20]
 SEED = 7
+# A batch of another shape rounds logits differently by up to ~3e-2 on these families (measured:
+# a 146-token prompt in 16-token chunks vs one pass); a decision closer than this may flip.
+LOGIT_TIE, PROB_TIE = 0.05, 0.01
 
 
 @pytest.fixture(scope="module", params=[("high", 0.15), ("low", 1.2)], ids=lambda p: p[0])
@@ -122,7 +125,8 @@ def check_rows(alone: EftEngine, prompts, cfgs, ref: list[FinishedEvent], got: d
         differ += 1
         j = next(j for j, (x, y) in enumerate(zip(g.token_ids, r.token_ids)) if x != y)
         margin = decision_margin(alone, prompts[i], r.token_ids[:j], cfgs[i], i, r.token_ids[j], g.token_ids[j])
-        assert margin < 1e-3, f"row {i} parts at token {j} without a near-tie (margin {margin:g})"
+        tie = LOGIT_TIE if cfgs[i].sampling.temperature == 0 else PROB_TIE
+        assert margin < tie, f"row {i} parts at token {j} without a near-tie (margin {margin:g})"
     return differ
 
 
@@ -148,6 +152,20 @@ def test_every_row_equals_its_lone_run(engines, draft, sampled):
         assert_idle(sched)
         ticks[n] = sched.ticks
     assert ticks[8] < ticks[3] < ticks[1]  # sequences really share the decodes
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_prompt_chunks_in_the_round_batch_differ_only_at_near_ties(engines, sampled):
+    """Small prompt chunks mixed into the round's batch (not the default): the prompt's
+    logits round differently, so a row may part from its lone run, but only at a near-tie."""
+    alone, shared = engines
+    prompts = [alone.prompt(messages=[{"role": "user", "content": t}]) for t in TEXTS]
+    cfgs = [GenerationConfig(sampling=sampling(i, sampled), max_tokens=MAX_TOKENS[i] + 10) for i in range(len(TEXTS))]
+    ref = [alone_run(alone, prompts[i], cfgs[i], i) for i in range(len(TEXTS))]
+    sched = Scheduler(shared, 3, prefill_chunk=16)
+    got = dict(sched.run_all(jobs(prompts, cfgs)))
+    assert check_rows(alone, prompts, cfgs, ref, got) <= 2  # measured: 0 or 1 (prompt 3, greedy, low agreement)
+    assert_idle(sched)
 
 
 def test_fixed_block_and_adaptive_mixed_in_one_batch(engines):
