@@ -130,6 +130,7 @@ class Scheduler:
         self.growth = default_growth(engine) if growth is None else growth
         self._waiting: deque[Ticket] = deque()
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._slots: dict[int, _Slot] = {}
         self.round_k = 1
         self.ticks = 0
@@ -148,7 +149,18 @@ class Scheduler:
         ticket = Ticket(prompt, config, rng, cancel, tag)
         with self._lock:
             self._waiting.append(ticket)
+        self._wake.set()
         return ticket
+
+    def run_forever(self, stop: threading.Event, idle_wait: float = 0.1) -> None:
+        """Server mode, in the one thread that owns the engine: tick while there is work,
+        sleep until ``submit`` brings more; returns once ``stop`` is set."""
+        while not stop.is_set():
+            if not self.busy:
+                self._wake.wait(idle_wait)
+                self._wake.clear()
+                continue
+            self.step()
 
     @property
     def busy(self) -> bool:

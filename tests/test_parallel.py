@@ -311,3 +311,24 @@ def test_parallel_flag_is_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--prompt-file", str(pf), "--parallel", "0"])
     assert "--parallel" in capsys.readouterr().err
+
+
+def test_run_forever_serves_submissions_from_other_threads(engines):
+    import threading
+
+    alone, shared = engines
+    prompts = [alone.prompt(messages=[{"role": "user", "content": t}]) for t in TEXTS[:3]]
+    cfgs = [GenerationConfig(sampling=sampling(i, True), max_tokens=15) for i in range(3)]
+    ref = [alone_run(alone, prompts[i], cfgs[i], i) for i in range(3)]
+    sched = Scheduler(shared, 2)
+    stop = threading.Event()
+    worker = threading.Thread(target=sched.run_forever, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        tickets = [sched.submit(prompts[i], cfgs[i], rng_for(SEED, i)) for i in range(3)]
+        finals = [list(t.stream())[-1] for t in tickets]
+    finally:
+        stop.set()
+        worker.join(5)
+    assert [f.token_ids for f in finals] == [r.token_ids for r in ref]
+    assert_idle(sched)
