@@ -44,14 +44,19 @@ class DraftController:
         self.rejected = d * self.rejected + (1 if accepted < drafted else 0)
 
 
-def batch_k(controllers: list[DraftController], growth: float) -> int:
+def batch_cost(b: int, growth: float, jump: float) -> float:
+    """Cost of decoding b tokens at once, relative to one token: 1 + jump + growth·(b − 1)
+    for b > 1 (a CPU leaves its one-token matrix-vector kernel for a dearer matrix one)."""
+    return 1.0 if b <= 1 else 1.0 + jump + growth * (b - 1)
+
+
+def batch_k(controllers: list[DraftController], growth: float, jump: float = 0.0) -> int:
     """One block length for n sequences drafted and verified together.
 
     Maximises the expected tokens of all of them per cost of the round: k drafting steps of
-    n tokens, c·(1 + g·(n − 1)) each, and one verification of n·(k + 1) tokens,
-    v·(1 + g·(n·(k + 1) − 1)), where g is a decode's marginal cost per extra token. For
-    n = 1 this is ``next_k``'s formula. Equal blocks also keep llama.cpp's per-sequence
-    KV streams in one compute pass.
+    n tokens each and one verification of n·(k + 1) tokens, each decode costing
+    ``batch_cost``. With n = 1 and no jump this is ``next_k``'s formula. Equal blocks also
+    keep llama.cpp's per-sequence KV streams in one compute pass.
     """
     if not controllers:
         return 1
@@ -63,6 +68,6 @@ def batch_k(controllers: list[DraftController], growth: float) -> int:
 
     def rate(k: int) -> float:
         tokens = sum((1 - a ** (k + 1)) / (1 - a) for a in accs)
-        return tokens / (k * c * (1 + growth * (n - 1)) + v * (1 + growth * (n * (k + 1) - 1)))
+        return tokens / (k * c * batch_cost(n, growth, jump) + v * batch_cost(n * (k + 1), growth, jump))
 
     return max(range(1, k_max + 1), key=rate)

@@ -34,16 +34,17 @@ from .errors import UserError
 from .events import Event, FinishedEvent
 from .llama_adapter import LlamaModel
 
-# Marginal cost of one more token in a decode, relative to a one-token decode: a CPU is
-# compute-bound after a few tokens (measured 0.08-0.2 on 2 cores), a GPU not for dozens.
-CPU_GROWTH, GPU_GROWTH = 0.15, 0.01
+# Cost of a b-token decode relative to one token: 1 + jump + growth·(b − 1) (draft_control.
+# batch_cost). A CPU is compute-bound after a few tokens — measured on this project's 2-core
+# machine, f32 synthetic base: 1, 2.6, 3.8, 5.5 for b = 1, 4, 9, 17 — a GPU not for dozens.
+CPU_COST, GPU_COST = (0.2, 0.9), (0.01, 0.0)  # (growth, jump)
 
 
-def default_growth(engine: EftEngine) -> float:
+def default_cost(engine: EftEngine) -> tuple[float, float]:
     from .llama_adapter import has_gpu
 
     on_gpu = any(m.n_gpu_layers != 0 for m in engine.models.values()) and has_gpu()
-    return GPU_GROWTH if on_gpu else CPU_GROWTH
+    return GPU_COST if on_gpu else CPU_COST
 
 
 class SeqView:
@@ -113,7 +114,11 @@ class Scheduler:
     ``submit`` may be called from any thread."""
 
     def __init__(
-        self, engine: EftEngine, n_seq: int | None = None, prefill_chunk: int | None = None, growth: float | None = None
+        self,
+        engine: EftEngine,
+        n_seq: int | None = None,
+        prefill_chunk: int | None = None,
+        cost: tuple[float, float] | None = None,
     ) -> None:
         cap = min(m.n_seq for m in engine.models.values())
         n_seq = cap if n_seq is None else n_seq
@@ -127,7 +132,7 @@ class Scheduler:
         # size join the round's batch (fewer decodes, but a batch rounds a little differently).
         self.solo_prefill = prefill_chunk is None
         self.prefill_chunk = batch if prefill_chunk is None else max(1, min(prefill_chunk, batch))
-        self.growth = default_growth(engine) if growth is None else growth
+        self.growth, self.jump = default_cost(engine) if cost is None else cost
         self._waiting: deque[Ticket] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -288,7 +293,7 @@ class Scheduler:
         acceptance so far: no wall clock, so a rerun repeats every batch shape."""
         runs = [s.run for s in self._slots.values()]
         ctls = [r.controller for r in runs if hasattr(r, "controller") and r.cfg.draft_tokens is None]
-        self.round_k = batch_k(ctls, self.growth)
+        self.round_k = batch_k(ctls, self.growth, self.jump)
 
     def _advance(self, slot: _Slot, rows: list[np.ndarray] | None, exc: BaseException | None, done: list[Ticket]) -> None:
         """Resume a sequence with its rows (or its failure) up to its next requests."""

@@ -386,13 +386,13 @@ PARALLEL_WORDS = "the answer to the question is hello world once upon a time you
 
 
 def parallel_prompts(n: int, seed: int) -> list[str]:
-    """n prompts of very different lengths (2 to 24 words: ~10 to ~110 tokens)."""
+    """n prompts of very different lengths (1 to 16 words: ~5 to ~75 tokens)."""
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(PARALLEL_WORDS, size=int(rng.integers(2, 25)))) for _ in range(n)]
+    return [" ".join(rng.choice(PARALLEL_WORDS, size=int(rng.integers(1, 17)))) for _ in range(n)]
 
 
 def parallel_run(engine: EftEngine, prompts: list[dict], n_tokens: int, params: SamplingParams, n_seq: int,
-                 seed: int, growth: float | None = None) -> tuple[float, int, float | None, list[tuple[int, ...]]]:
+                 seed: int, cost: tuple[float, float] | None = None) -> tuple[float, int, float | None, list[tuple[int, ...]]]:
     """All prompts through a scheduler of n_seq sequences (0: the plain one-by-one path).
     Returns (aggregate tok/s, tokens, acceptance, token ids per prompt)."""
     from eft_local.batch import rng_for
@@ -407,7 +407,7 @@ def parallel_run(engine: EftEngine, prompts: list[dict], n_tokens: int, params: 
                 if isinstance(ev, FinishedEvent):
                     fins[i] = ev
     else:
-        sched = Scheduler(engine, n_seq, growth=growth)
+        sched = Scheduler(engine, n_seq, cost=cost)
         jobs = ((i, (lambda i=i: (prompts[i], cfg, rng_for(seed, i)))) for i in range(len(prompts)))
         fins = dict(sched.run_all(jobs))
         assert sched.kv_used() == 0
@@ -446,7 +446,7 @@ def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: 
                 echo(f"{'N':>6} {'tok/s':>8} {'x plain':>8} {'x N=1':>7} {'accept':>7} {'tokens':>7} {'rows = plain':>13}")
                 rows = {}
                 for n in [0, *ns]:
-                    rows[n] = max((parallel_run(single if n == 0 else multi, prompts, args.tokens, params, n, args.seed, args.growth)
+                    rows[n] = max((parallel_run(single if n == 0 else multi, prompts, args.tokens, params, n, args.seed, args.cost)
                                    for _ in range(args.repeat)), key=lambda r: r[0])
                 plain_ids = rows[0][3]
                 ref1 = rows[ns[0]][0]
@@ -486,8 +486,8 @@ def main() -> None:
     ap.add_argument("--parallel", metavar="N1,N2,...",
                     help="instead: aggregate tok/s with N sequences at once (scheduler), e.g. 1,2,4,8")
     ap.add_argument("--prompts", type=int, default=32, help="--parallel: prompts per run (default 32)")
-    ap.add_argument("--growth", type=float, default=None,
-                    help="--parallel: the scheduler's marginal cost per batched token (default: its CPU/GPU guess)")
+    ap.add_argument("--cost", type=lambda t: tuple(float(x) for x in t.split(",")), default=None, metavar="GROWTH,JUMP",
+                    help="--parallel: the scheduler's decode cost model (default: its CPU/GPU guess)")
     ap.add_argument("--parallel-levels", default="high,medium", help="--parallel: agreement levels (default high,medium)")
     args = ap.parse_args()
 

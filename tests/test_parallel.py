@@ -101,12 +101,13 @@ def cdf_margin(dist, u: float) -> float:
     return float(np.min(np.abs(c - u))) if len(c) > 1 else 1.0
 
 
-def decision_margin(engine: EftEngine, prompt, prefix: list[int], cfg: GenerationConfig, i: int, a: int, b: int) -> float:
+def decision_margin(engine: EftEngine, prompt, prefix: list[int], cfg: GenerationConfig, i: int, a: int, b: int,
+                    seed: int = SEED) -> float:
     """How close the decision at this position is to flipping (0 = exact tie)."""
     z, p, q = position_dists(engine, prompt, prefix, cfg)
     if cfg.sampling.temperature == 0:
         return abs(float(z[a]) - float(z[b]))
-    u = rng_for(SEED, i).random((cfg.max_tokens + MAX_DRAFT + 2, 3))[len(prefix)]
+    u = rng_for(seed, i).random((cfg.max_tokens + MAX_DRAFT + 2, 3))[len(prefix)]
     x = sample(q, u[0])
     margins = [cdf_margin(q, u[0]), abs(u[1] * q.prob(x) - p.prob(x))]
     if not accept(p, q, x, u[1]):
