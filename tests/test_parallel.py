@@ -91,8 +91,20 @@ def position_dists(engine: EftEngine, prompt, prefix: list[int], cfg: Generation
 
         allowed = base_nucleus(base, n, params)
     p = distribution(z, params, allowed)
-    q = distribution(rows[engine.chat_name][:n].copy(), replace(params, top_p_mode="eft"))
-    return z, p, q
+    chat = rows[engine.chat_name][:n].copy()
+    q = distribution(chat.copy(), replace(params, top_p_mode="eft"))
+    return z, p, q, chat
+
+
+def nucleus_margin(z: np.ndarray, params: SamplingParams) -> float:
+    """Distance of top-p from the cumulative mass at the nucleus edge (a token in or out)."""
+    if params.top_p >= 1.0:
+        return 1.0
+    zz = np.asarray(z, np.float64)
+    w = np.exp((zz - zz.max()) / params.temperature)
+    c = np.cumsum(np.sort(w)[::-1]) / w.sum()
+    k = int(np.searchsorted(c, params.top_p))
+    return float(min(abs(c[min(k, len(c) - 1)] - params.top_p), abs(c[k - 1] - params.top_p) if k else 1.0))
 
 
 def cdf_margin(dist, u: float) -> float:
@@ -104,12 +116,13 @@ def cdf_margin(dist, u: float) -> float:
 def decision_margin(engine: EftEngine, prompt, prefix: list[int], cfg: GenerationConfig, i: int, a: int, b: int,
                     seed: int = SEED) -> float:
     """How close the decision at this position is to flipping (0 = exact tie)."""
-    z, p, q = position_dists(engine, prompt, prefix, cfg)
+    z, p, q, chat = position_dists(engine, prompt, prefix, cfg)
     if cfg.sampling.temperature == 0:
         return abs(float(z[a]) - float(z[b]))
+    edges = [nucleus_margin(z[np.isfinite(z)], cfg.sampling), nucleus_margin(chat, cfg.sampling)]
     u = rng_for(seed, i).random((cfg.max_tokens + MAX_DRAFT + 2, 3))[len(prefix)]
     x = sample(q, u[0])
-    margins = [cdf_margin(q, u[0]), abs(u[1] * q.prob(x) - p.prob(x))]
+    margins = [*edges, cdf_margin(q, u[0]), abs(u[1] * q.prob(x) - p.prob(x))]
     if not accept(p, q, x, u[1]):
         margins.append(cdf_margin(residual(p, q), u[2]))
     return min(margins)
