@@ -94,6 +94,16 @@ def role_prompt(engine: EftEngine, item: PromptItem, raw: bool, settings: dict[s
     return engine.prompt(messages=messages, style=settings["prompt_style"])
 
 
+def prepare_job(
+    engine: EftEngine, item: PromptItem, opts: BatchOptions, settings: dict[str, Any]
+) -> tuple[dict[str, list[int]], GenerationConfig]:
+    """The prompt and config of one row, or a UserError (the row becomes an error row)."""
+    if item.error:
+        raise UserError(item.error)
+    prompt = role_prompt(engine, item, opts.raw, settings)
+    return prompt, generation_config(settings)
+
+
 def run_one(
     engine: EftEngine, item: PromptItem, index: int, opts: BatchOptions, point: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], FinishedEvent]:
@@ -103,11 +113,8 @@ def run_one(
     fin: FinishedEvent | None = None
     settings = effective_settings(opts.settings, point or {}, item.overrides)
     try:
-        if item.error:
-            raise UserError(item.error)
-        prompt = role_prompt(engine, item, opts.raw, settings)
+        prompt, config = prepare_job(engine, item, opts, settings)
         prompt_ids = prompt[engine.chat_name]
-        config = generation_config(settings)
         for ev in engine.generate(prompt, config, rng_for(settings["seed"], index)):
             if isinstance(ev, FinishedEvent):
                 fin = ev
@@ -116,11 +123,18 @@ def run_one(
             engine.reset()
         fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
     assert fin is not None
-    row = _row(item, prompt_ids, fin, time.perf_counter() - t0)
+    return make_row(engine, item, opts, settings, prompt_ids, fin, time.perf_counter() - t0), fin
+
+
+def make_row(
+    engine: EftEngine, item: PromptItem, opts: BatchOptions, settings: dict[str, Any],
+    prompt_ids: list[int], fin: FinishedEvent, seconds: float,
+) -> dict[str, Any]:
+    row = _row(item, prompt_ids, fin, seconds)
     row["alpha"], row["beta"] = settings["alpha"], settings["beta"]
     row["weights"] = {d: settings["weights"].get(d, 1.0) for d in engine.delta_names if d != "chat"}
     row.update({k: settings[k] for k in opts.swept})
-    return row, fin
+    return row
 
 
 def _row(item: PromptItem, prompt_ids: list[int], fin: FinishedEvent, seconds: float) -> dict[str, Any]:
@@ -149,16 +163,61 @@ def run_batch(
     opts: BatchOptions,
     out: str | Path | None,
     progress: Callable[[int, int, Summary], None] | None = None,
+    parallel: int = 1,
 ) -> Summary:
+    """Every prompt at every grid point, rows in input order (prompt-major).
+
+    ``parallel`` > 1 runs that many generations at once (``scheduler.Scheduler``; the engine
+    must hold that many sequences); rows finishing early wait in memory for their turn.
+    """
     summary = Summary()
     total = len(items) * len(opts.grid)
     with open_output(out) as f:
+        def write(row: dict[str, Any], fin: FinishedEvent) -> None:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            summary.add(fin)
+            if progress:
+                progress(summary.prompts, total, summary)
+
+        if parallel > 1:
+            _run_parallel(engine, items, opts, parallel, write)
+            return summary
         for i, item in enumerate(items):
             for point in opts.grid:  # prompt-major; prompt i keeps its RNG stream at every point
-                row, fin = run_one(engine, item, i, opts, point)
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
-                summary.add(fin)
-                if progress:
-                    progress(summary.prompts, total, summary)
+                write(*run_one(engine, item, i, opts, point))
     return summary
+
+
+def _run_parallel(
+    engine: EftEngine, items: list[PromptItem], opts: BatchOptions, parallel: int,
+    write: Callable[[dict[str, Any], FinishedEvent], None],
+) -> None:
+    """The rows of ``run_batch`` from a scheduler: submitted in order, written in order."""
+    from .scheduler import Scheduler
+
+    jobs_info: dict[int, tuple[PromptItem, dict[str, Any], list[int], float]] = {}
+
+    def jobs():
+        n = 0
+        for i, item in enumerate(items):
+            for point in opts.grid:
+                settings = effective_settings(opts.settings, point, item.overrides)
+                jobs_info[n] = (item, settings, [], time.perf_counter())
+
+                def make(item=item, settings=settings, i=i, n=n):
+                    prompt, config = prepare_job(engine, item, opts, settings)
+                    jobs_info[n][2].extend(prompt[engine.chat_name])
+                    return prompt, config, rng_for(settings["seed"], i)
+
+                yield n, make
+                n += 1
+
+    ready: dict[int, tuple[dict[str, Any], FinishedEvent]] = {}
+    nxt = 0
+    for n, fin in Scheduler(engine, parallel).run_all(jobs()):
+        item, settings, prompt_ids, t0 = jobs_info.pop(n)
+        ready[n] = (make_row(engine, item, opts, settings, prompt_ids, fin, time.perf_counter() - t0), fin)
+        while nxt in ready:
+            write(*ready.pop(nxt))
+            nxt += 1

@@ -65,6 +65,25 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-with", metavar="NAME", help="which delta's chat model drafts (default: largest |weight|)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be in [1, 256], got {value}")
+    return value
+
+
+def default_parallel(settings: dict[str, Any]) -> int:
+    """Prompts at once when --parallel is not given: 8 when the models run on a GPU (it
+    decodes many tokens in about the time of one), 1 on a CPU (batching gained only
+    0.98–1.25× at N = 4 on a 2-core CPU, docs/bench.md, for N× the KV memory)."""
+    from .rpc import has_local_gpu
+
+    return 8 if gpu_layers(settings) != 0 and has_local_gpu() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="eft-local", description="Emulated fine-tuning on llama.cpp: a large base model steered by a small chat model.")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
@@ -74,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--raw", action="store_true", help="no chat template: prompt text as-is, BOS per model")
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                      help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)")
+    run.add_argument("--parallel", type=_positive_int, metavar="N",
+                     help="generate for N prompts at once, batched (1 = one after another; default 1 on a CPU, 8 on a GPU)")
     _model_args(run)
     _sampling_args(run)
     run.set_defaults(func=cmd_run)
@@ -219,7 +240,7 @@ def sampling_params(settings: dict[str, Any]):
     return generation_config({**settings, "weights": settings.get("weights", {})}).sampling
 
 
-def load_engine(paths: dict[str, Path], settings: dict[str, Any]):
+def load_engine(paths: dict[str, Path], settings: dict[str, Any], n_seq: int = 1):
     """Load every role's model with a progress line per model on stderr."""
     from .decoder import EftEngine
     from .llama_adapter import check_gguf
@@ -238,7 +259,7 @@ def load_engine(paths: dict[str, Path], settings: dict[str, Any]):
             started[role] = float("inf")
 
     return EftEngine.load(paths, n_ctx=settings["n_ctx"], n_gpu_layers=gpu, n_threads=settings["threads"], on_progress=progress,
-                          rpc=settings["rpc"])
+                          rpc=settings["rpc"], n_seq=n_seq)
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:
@@ -273,13 +294,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths, settings, _ = prepare(args)
     grid = parse_grid(args.grid, settings)
     check_known_weights({**settings, "weights": dict.fromkeys(grid_deltas(grid), 1.0)}, paths)
-    engine = load_engine(paths, settings)
+    total = len(items) * len(grid)
+    parallel = min(args.parallel or default_parallel(settings), max(total, 1))
+    engine = load_engine(paths, settings, n_seq=parallel)
     if not args.raw and not engine.chat.chat_template:
         engine.close()
         raise UserError(f"{paths['chat']} has no chat template; pass --raw to send the prompts as plain text")
     opts = BatchOptions(settings=settings, raw=args.raw, grid=grid)
     try:
-        summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(len(items) * len(grid)))
+        summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(total), parallel=parallel)
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -83,13 +83,15 @@ class EftEngine:
         n_threads: int | None = None,
         on_progress: Callable[[str, float], None] | None = None,
         rpc: Mapping[str, Sequence[str]] | None = None,
+        n_seq: int = 1,
     ) -> EftEngine:
         """Load every role's model, one context per distinct (file, prompt kind, RPC servers).
 
         Fine-tuned models see their chat template and the others plain/templated text, so a
         file in both kinds of role needs two contexts (the weights are memory-mapped, so
         shared in RAM); the same file in two roles of one kind is loaded once. ``rpc``:
-        role -> llama.cpp RPC servers that hold its layers.
+        role -> llama.cpp RPC servers that hold its layers. ``n_seq`` > 1: every context
+        holds that many sequences of ``n_ctx`` each (``scheduler.Scheduler``).
         """
         check_roles(paths)
         rpc = rpc or {}
@@ -104,7 +106,7 @@ class EftEngine:
                 if key not in loaded:
                     cb = (lambda f, r=role: on_progress(r, f)) if on_progress else None
                     loaded[key] = LlamaModel(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                                             progress=cb, rpc_servers=servers)
+                                             progress=cb, rpc_servers=servers, n_seq=n_seq)
                 roles[role] = loaded[key]
             return cls(roles)
         except BaseException:
@@ -185,15 +187,43 @@ class EftEngine:
             self._running.release()
 
 
+@dataclass(frozen=True)
+class Eval:
+    """One evaluation a generation needs next: append ``tokens`` to model ``name``'s cache
+    (this generation's sequence) and hand back the logits of the last ``n_logits`` positions.
+
+    ``light`` marks a drafter step of one token: a scheduler runs those for every sequence
+    before the heavy batches (verification, prompt chunks), so that each model verifies
+    every sequence's block in one decode.
+    """
+
+    name: str
+    tokens: list[int]
+    n_logits: int = 1
+    light: bool = False
+    solo: bool = False  # a prompt chunk evaluated in a decode of its own (as a lone run does: same rounding)
+
+
+Steps = Generator[list[Eval], list[np.ndarray], None]
+
+
 class _Run:
     """State of one generation (kept off EftEngine so the engine stays reusable).
 
     Only the models that matter run: those with a nonzero weight for this generation's
     settings, the drafter, and the base when its nucleus restricts sampling (DExperts).
+
+    The generation is written as a coroutine (``steps``) that yields the evaluations it needs
+    and receives their logit rows, and pushes its events onto ``out``: ``events`` drives it
+    one evaluation at a time on sequence 0 (the plain path), ``scheduler.Scheduler`` drives
+    many at once, batching every sequence's requests per model. ``models`` maps each model
+    name to what holds this generation's cache (``n_past``, ``n_ctx``, ``rollback``): the
+    engine's models themselves, or one sequence of them.
     """
 
-    def __init__(self, engine: EftEngine, prompt, config: GenerationConfig, rng, cancel) -> None:
+    def __init__(self, engine: EftEngine, prompt, config: GenerationConfig, rng, cancel, models: Mapping | None = None) -> None:
         self.e = engine
+        self.models = engine.models if models is None else models
         self.cfg = config
         self.params = config.sampling
         self.draft_params = replace(config.sampling, top_p_mode="eft")
@@ -204,6 +234,8 @@ class _Run:
         self.stats = GenStats()
         self.stream = TextStream(config.stop)
         self.token_ids: list[int] = []
+        self.out: list[Event] = []
+        self.k_source: Callable[[], int] | None = None  # adaptive block length from outside (a scheduler's round)
         self.t0 = time.perf_counter()
         self._last_stats = self.t0
         self.n = engine.vocab.n
@@ -229,35 +261,70 @@ class _Run:
         size = lambda names: sum(e.models[n].size_bytes for n in names)  # noqa: E731
         self.controller = DraftController(draft_cost=size([self.drafter]), verify_cost=size(self.verifiers), k_max=MAX_DRAFT)
 
-    # -- driver ---------------------------------------------------------------------------
+    # -- drivers ----------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
+        """Run on the models themselves (sequence 0), one evaluation after another."""
+        gen = self.steps()
+        resume: Callable[[], list[Eval]] = lambda: next(gen)  # noqa: E731
+        while True:
+            try:
+                reqs = resume()
+            except StopIteration:
+                break
+            yield from self.drain()
+            try:
+                rows = [self.models[r.name].eval(r.tokens, r.n_logits) for r in reqs]
+            except (UserError, Cancelled) as exc:
+                resume = lambda exc=exc: gen.throw(exc)  # noqa: E731
+            else:
+                resume = lambda rows=rows: gen.send(rows)  # noqa: E731
+        yield from self.drain()
+
+    def drain(self) -> list[Event]:
+        out, self.out = self.out, []
+        return out
+
+    def steps(self, prefill_chunk: int | None = None, solo: bool = False) -> Steps:
+        """The whole generation as a coroutine; ends after pushing one FinishedEvent.
+
+        ``prefill_chunk``: None evaluates the prompt directly on the models (reusing what
+        their caches hold); a number yields it in chunks of that many tokens per model,
+        ``solo`` ones if asked.
+        """
         reason, error = "length", None
         try:
             self._plan()
             self._check_prompt()
-            self._prefill()
+            if prefill_chunk is None:
+                self._prefill()
+            else:
+                yield from self._prefill_steps(prefill_chunk, solo)
             self.stats.prompt_seconds = time.perf_counter() - self.t0
             reason = yield from self._loop()
         except Cancelled:
             reason = "cancelled"
         except UserError as e:
             reason, error = "error", str(e)
+        self.finish(reason, error)
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        """Push the held-back text and the FinishedEvent."""
         tail = self.stream.flush()
         if tail:
-            yield TokenEvent(-1, tail)
+            self.out.append(TokenEvent(-1, tail))
         self.stats.seconds = time.perf_counter() - self.t0
-        yield FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error)
+        self.out.append(FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error))
 
     def _check_prompt(self) -> None:
         for name, toks in self.prompt.items():
-            model = self.e.models[name]
+            model = self.models[name]
             if not toks:
                 raise UserError("empty prompt: nothing to generate from")
             if len(toks) >= model.n_ctx:
                 raise UserError(
                     f"prompt is {len(toks)} tokens for {name} but n_ctx is {model.n_ctx}; raise --n-ctx or shorten the prompt"
                 )
-            bad = [t for t in toks if not 0 <= t < model.n_vocab]
+            bad = [t for t in toks if not 0 <= t < self.e.models[name].n_vocab]
             if bad:
                 raise UserError(f"prompt token id {bad[0]} is outside {name}'s vocabulary")
 
@@ -266,20 +333,26 @@ class _Run:
         self.pending: dict[str, list[int]] = {}
         self.held: dict[str, np.ndarray] = {}
         for name in self.active:
-            self.held[name] = self.e.models[name].prefill(self.prompt[name], self.cancel).copy()
+            self.held[name] = self.models[name].prefill(self.prompt[name], self.cancel).copy()
             self.pending[name] = []
 
-    def _rows(self, name: str, drafts: list[int]) -> list[np.ndarray]:
-        """Logit rows for positions 1..len(drafts)+1 of this round (views where possible)."""
-        model, pending = self.e.models[name], self.pending[name]
-        if pending:
-            return list(model.eval(pending + drafts, len(drafts) + 1))
-        rows = [self.held.pop(name)]
-        if drafts:
-            rows += list(model.eval(drafts, len(drafts)))
-        return rows
+    def _prefill_steps(self, chunk: int, solo: bool) -> Steps:
+        """The prompt from an empty cache in chunks (one request per model and chunk)."""
+        self.pending = {name: [] for name in self.active}
+        self.held = {}
+        for name in self.active:
+            self.models[name].rollback(0)
+        longest = max(len(t) for t in self.prompt.values())
+        for start in range(0, longest, chunk):
+            if self.cancel():
+                raise Cancelled
+            reqs = [Eval(n, self.prompt[n][start : start + chunk], 1, solo=solo) for n in self.active if start < len(self.prompt[n])]
+            got = yield reqs
+            for r, rows in zip(reqs, got):
+                if start + chunk >= len(self.prompt[r.name]):
+                    self.held[r.name] = rows[0].copy()
 
-    def _loop(self) -> Iterator[Event]:
+    def _loop(self) -> Generator[list[Eval], list[np.ndarray], str]:
         fixed = self.cfg.draft_tokens
         can_rollback = self.e.can_rollback
         if fixed and not can_rollback:
@@ -289,27 +362,39 @@ class _Run:
             if self.cancel():
                 return "cancelled"
             left = self.cfg.max_tokens - self.stats.n_tokens
-            room = min(self.e.models[n].n_ctx - self.e.models[n].n_past - len(self.pending[n]) for n in self.active)
+            room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.active)
             if left <= 0 or room < 0:
                 return "length"
-            k = (fixed if fixed is not None else self.controller.next_k()) if speculative else 0
+            k = (fixed if fixed is not None else self._adaptive_k()) if speculative else 0
             k = max(0, min(k, left - 1, room))
-            finished = yield from self._round(k)
-            if finished:
+            accepted, deltas = yield from self._round(k)
+            if self._emit(accepted, deltas):
                 return "stop"
             now = time.perf_counter()
             if now - self._last_stats >= self.cfg.stats_interval:
                 self._last_stats = now
                 self.stats.seconds = now - self.t0
-                yield StatsEvent(self.stats.snapshot())
+                self.out.append(StatsEvent(self.stats.snapshot()))
+
+    def _adaptive_k(self) -> int:
+        return self.k_source() if self.k_source is not None else self.controller.next_k()
 
     # -- one round --------------------------------------------------------------------------
-    def _round(self, k: int) -> Iterator[Event]:
+    def _round(self, k: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[int], list[float | None]]]:
         drafter = self.e.models[self.drafter]
-        n0 = {name: self.e.models[name].n_past for name in self.active}
+        n0 = {name: self.models[name].n_past for name in self.active}
         pos = len(self.token_ids)  # index into the per-position uniforms
-        chat_rows, drafts, qs = self._draft(drafter, k, pos)
-        rows = {name: self._rows(name, drafts) for name in self.verifiers}
+        extra: list[Eval] = []
+        if k == 0 and self.pending[self.drafter]:  # naive round: the drafter's row joins the verify batch
+            chat_rows, drafts, qs = [], [], []
+            extra = [Eval(self.drafter, self.pending[self.drafter], 1)]
+        else:
+            chat_rows, drafts, qs = yield from self._draft(drafter, k, pos)
+        reqs = extra + [r for r in (self._verify_eval(name, drafts) for name in self.verifiers) if r is not None]
+        got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
+        if extra:
+            chat_rows = [got.pop(self.drafter)[0].copy()]
+        rows = {name: self._rows(name, drafts, got.get(name)) for name in self.verifiers}
         rows[self.drafter] = chat_rows
         accepted: list[int] = []
         deltas: list[float | None] = []
@@ -322,7 +407,9 @@ class _Run:
         else:  # every draft passed: one more token from the chat row after the last draft
             i = len(drafts)
             if drafts:
-                chat_rows.append(drafter.eval([drafts[-1]], 1)[0].copy())
+                for name in self.verifiers:  # another sequence's step may reuse these views' buffer
+                    rows[name][i] = rows[name][i].copy()
+                chat_rows.append((yield [Eval(self.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
             q = self._filtered(chat_rows[i], self.draft_params)
             tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
             accepted.append(tok)
@@ -330,9 +417,22 @@ class _Run:
         if k:
             self._account(k, len(drafts), sum(a == d for a, d in zip(accepted, drafts)))
         for name in self.active:
-            self.e.models[name].rollback(n0[name] + len(self.pending[name]) + len(accepted) - 1)
+            self.models[name].rollback(n0[name] + len(self.pending[name]) + len(accepted) - 1)
             self.pending[name] = [accepted[-1]]
-        return (yield from self._emit(accepted, deltas))
+        return accepted, deltas
+
+    def _verify_eval(self, name: str, drafts: list[int]) -> Eval | None:
+        """What a verifier evaluates this round: pending + drafts (None: its held row is all)."""
+        pending = self.pending[name]
+        if pending:
+            return Eval(name, pending + drafts, len(drafts) + 1)
+        return Eval(name, list(drafts), len(drafts)) if drafts else None
+
+    def _rows(self, name: str, drafts: list[int], got: np.ndarray | None) -> list[np.ndarray]:
+        """Logit rows for positions 1..len(drafts)+1 of this round (views where possible)."""
+        if self.pending[name]:
+            return list(got)
+        return [self.held.pop(name)] + (list(got) if drafts else [])
 
     def _verify(self, rows: dict[str, list[np.ndarray]], i: int, q: Dist, x: int, pos: int) -> int:
         """Keep x (drawn from q) with prob min(1, p/q), else resample from norm(max(0, p − q)).
@@ -347,10 +447,13 @@ class _Run:
             return x
         return sample(residual(p, q), self.u[pos, 2])
 
-    def _draft(self, chat: LlamaModel, k: int, pos: int) -> tuple[list[np.ndarray], list[int], list[Dist]]:
+    def _draft(self, chat: LlamaModel, k: int, pos: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[np.ndarray], list[int], list[Dist]]]:
         """The drafter drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
         pending = self.pending[self.drafter]
-        rows = [chat.eval(pending, 1)[0].copy() if pending else self.held.pop(self.drafter)]
+        if pending:
+            rows = [(yield [Eval(self.drafter, pending, 1, light=True)])[0][0].copy()]
+        else:
+            rows = [self.held.pop(self.drafter)]
         drafts: list[int] = []
         qs: list[Dist] = []
         for i in range(k):
@@ -360,7 +463,7 @@ class _Run:
             qs.append(q)
             if i == k - 1 or chat.is_eog(x):
                 break
-            rows.append(chat.eval([x], 1)[0].copy())
+            rows.append((yield [Eval(self.drafter, [x], 1, light=True)])[0][0].copy())
         return rows, drafts, qs
 
     def _filtered(self, row: np.ndarray, params: SamplingParams) -> Dist:
@@ -391,14 +494,15 @@ class _Run:
         self.stats.draft_tokens = k
         self.controller.update(drafted, n_acc)
 
-    def _emit(self, tokens: list[int], deltas: list[float | None]) -> Iterator[Event]:
+    def _emit(self, tokens: list[int], deltas: list[float | None]) -> bool:
+        """Push the round's tokens as events; True when generation stops here."""
         chat = self.e.chat
         for tok, delta in zip(tokens, deltas):
             if chat.is_eog(tok):
                 return True
             self.token_ids.append(tok)
             self.stats.n_tokens += 1
-            yield TokenEvent(tok, self.stream.feed(chat.piece(tok)), delta)
+            self.out.append(TokenEvent(tok, self.stream.feed(chat.piece(tok)), delta))
             if self.stream.stopped:
                 return True
         return False

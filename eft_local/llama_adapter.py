@@ -59,6 +59,11 @@ def check_gguf(path: Path) -> None:
 
 
 ProgressFn = Callable[[float], None]
+# One KV stream per sequence (llama.cpp's kv_unified off): a sequence attends over its own
+# cells only, so its logits match a lone run bit for bit (measured: unified streams round
+# differently). Cost: llama.cpp then splits a batch into equal-length parts per sequence,
+# which is why the scheduler gives every sequence of a round the same block length.
+KV_UNIFIED = False
 
 
 def default_threads() -> int:
@@ -83,6 +88,7 @@ class LlamaModel:
         n_batch: int = 512,
         progress: ProgressFn | None = None,
         rpc_servers: Sequence[str] = (),
+        n_seq: int = 1,
     ) -> None:
         init_backend()
         self.path = Path(path)
@@ -95,15 +101,17 @@ class LlamaModel:
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self._model)
-        self._ctx = self._new_context(n_ctx, n_threads, n_batch)
+        self.n_seq = max(1, int(n_seq))
+        self._ctx = self._new_context(n_ctx * self.n_seq, n_threads, n_batch)
         # llama.cpp rounds n_ctx and clamps n_batch/n_ubatch to it (and may pad them): use
         # what the context really has, so no batch we send can reach its GGML_ASSERTs.
-        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
-        self.n_batch = max(1, min(n_batch, int(ll.llama_n_batch(self._ctx)), self.n_ctx))
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx)) // self.n_seq  # per sequence (each has its own KV stream)
+        self.n_batch = max(1, min(n_batch, int(ll.llama_n_batch(self._ctx)), self.n_ctx * self.n_seq))
         self.n_ubatch = int(ll.llama_n_ubatch(self._ctx))
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.tokens: list[int] = []
+        self.seq_tokens: list[list[int]] = [self.tokens] + [[] for _ in range(self.n_seq - 1)]
         self._piece_buf = ctypes.create_string_buffer(256)
 
     # -- loading ---------------------------------------------------------------------------
@@ -129,7 +137,8 @@ class LlamaModel:
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = 1
+        params.n_seq_max = self.n_seq
+        params.kv_unified = KV_UNIFIED
         threads = n_threads or default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads
@@ -290,7 +299,7 @@ class LlamaModel:
         """Keep only the first ``n`` cached tokens."""
         if n >= self.n_past:
             return
-        if n == 0:
+        if n == 0 and self.n_seq == 1:
             ll.llama_memory_clear(self._mem, True)
         elif not ll.llama_memory_seq_rm(self._mem, 0, n, -1):
             raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
@@ -315,3 +324,82 @@ class LlamaModel:
                 raise Cancelled
             row = self.eval(rest[i : i + self.n_batch], 1)[0]
         return row
+
+    # -- many sequences (``n_seq`` > 1): batched evaluation, per-sequence rollback ------------------
+    def eval_many(self, items: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
+        """Append tokens to several sequences in one ``llama_decode``; each item is
+        (seq_id, tokens, n_logits) and gets the logits of its last ``n_logits`` positions.
+
+        Rows are views into llama.cpp's buffer (the next eval on this model overwrites them).
+        A batch over ``n_batch`` tokens is cut between items (rows of earlier parts copied);
+        one item must fit in ``n_batch``.
+        """
+        cap = min(self.n_batch, int(ll.llama_n_batch(self._ctx)))
+        parts: list[list[int]] = [[]]
+        size = 0
+        for j, (seq, toks, _) in enumerate(items):
+            n = len(toks)
+            if not 0 < n <= cap:
+                raise ValueError(f"eval_many item of {n} tokens (n_batch {cap})")
+            if len(self.seq_tokens[seq]) + n > self.n_ctx:
+                raise UserError(f"context full: {len(self.seq_tokens[seq]) + n} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)")
+            if size + n > cap:
+                parts.append([])
+                size = 0
+            parts[-1].append(j)
+            size += n
+        out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+        before = {seq: len(self.seq_tokens[seq]) for seq, _, _ in items}
+        try:
+            for k, part in enumerate(parts):
+                rows = self._decode_many([items[j] for j in part])
+                last = k == len(parts) - 1
+                for j, r in zip(part, rows):
+                    out[j] = r if last else r.copy()
+        except BaseException:  # all or nothing: undo the parts that went in
+            for seq, n in before.items():
+                self.rollback_seq(seq, n)
+            raise
+        return out
+
+    def _decode_many(self, items: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
+        b = self._batch
+        i = n_out = 0
+        for seq, toks, n_logits in items:
+            pos0 = len(self.seq_tokens[seq])
+            first_out = len(toks) - max(1, min(n_logits, len(toks)))
+            for t, tok in enumerate(toks):
+                b.token[i] = tok
+                b.pos[i] = pos0 + t
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = t >= first_out
+                n_out += t >= first_out
+                i += 1
+        b.n_tokens = i
+        rc = ll.llama_decode(self._ctx, b)
+        if rc != 0:
+            for seq, _, _ in items:  # drop whatever part of the batch did get cached
+                ll.llama_memory_seq_rm(self._mem, seq, len(self.seq_tokens[seq]), -1)
+            raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")
+        logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
+        rows, r = [], 0
+        for seq, toks, n_logits in items:
+            self.seq_tokens[seq].extend(toks)
+            n = max(1, min(n_logits, len(toks)))
+            rows.append(logits[r : r + n])
+            r += n
+        return rows
+
+    def rollback_seq(self, seq: int, n: int) -> None:
+        """Keep only the first ``n`` tokens of sequence ``seq`` (others untouched)."""
+        toks = self.seq_tokens[seq]
+        if n >= len(toks):
+            return
+        if not ll.llama_memory_seq_rm(self._mem, seq, n, -1):
+            raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
+        del toks[n:]
+
+    def seq_pos_max(self, seq: int) -> int:
+        """llama.cpp's own view: the largest position cached for ``seq`` (-1 when empty)."""
+        return int(ll.llama_memory_seq_pos_max(self._mem, seq))

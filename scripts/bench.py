@@ -376,6 +376,95 @@ def eval_costs(model: LlamaModel, batches=(1, 3, 5, 9, 17), reps=7) -> dict[int,
 # ----------------------------------------------------------------------------------------
 
 
+
+
+# ----------------------------------------------------------------------------------------
+# --parallel: aggregate throughput of many prompts at once (scheduler.Scheduler)
+# ----------------------------------------------------------------------------------------
+
+PARALLEL_WORDS = "the answer to the question is hello world once upon a time you and I were there".split()
+
+
+def parallel_prompts(n: int, seed: int) -> list[str]:
+    """n prompts of very different lengths (1 to 16 words: ~5 to ~75 tokens)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(PARALLEL_WORDS, size=int(rng.integers(1, 17)))) for _ in range(n)]
+
+
+def parallel_run(engine: EftEngine, prompts: list[dict], n_tokens: int, params: SamplingParams, n_seq: int,
+                 seed: int, cost: tuple[float, float] | None = None) -> tuple[float, int, float | None, list[tuple[int, ...]]]:
+    """All prompts through a scheduler of n_seq sequences (0: the plain one-by-one path).
+    Returns (aggregate tok/s, tokens, acceptance, token ids per prompt)."""
+    from eft_local.batch import rng_for
+    from eft_local.scheduler import Scheduler
+
+    cfg = GenerationConfig(sampling=params, max_tokens=n_tokens, stats_interval=1e9)
+    fins: dict[int, FinishedEvent] = {}
+    t0 = time.perf_counter()
+    if n_seq == 0:
+        for i, p in enumerate(prompts):
+            for ev in engine.generate(p, cfg, rng_for(seed, i)):
+                if isinstance(ev, FinishedEvent):
+                    fins[i] = ev
+    else:
+        sched = Scheduler(engine, n_seq, cost=cost)
+        jobs = ((i, (lambda i=i: (prompts[i], cfg, rng_for(seed, i)))) for i in range(len(prompts)))
+        fins = dict(sched.run_all(jobs))
+        assert sched.kv_used() == 0
+    dt = time.perf_counter() - t0
+    bad = [f.error for f in fins.values() if f.reason == "error"]
+    if bad:
+        raise SystemExit(f"generation failed: {bad[0]}")
+    tokens = sum(f.stats.n_tokens for f in fins.values())
+    drafted = sum(f.stats.drafted for f in fins.values())
+    acc = sum(f.stats.accepted for f in fins.values()) / drafted if drafted else None
+    return tokens / dt, tokens, acc, [tuple(fins[i].token_ids) for i in range(len(prompts))]
+
+
+def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: int, echo) -> None:
+    """Aggregate tok/s for each N (and the plain path), per agreement level and temperature;
+    every N runs in the same process back to back, so the ratios are comparable."""
+    ns = sorted({int(x) for x in args.parallel.split(",") if x.strip()})
+    temps = [float(t) for t in args.temperature.split(",") if t.strip()]
+    levels = [lv for lv in shape.agreement if lv[0] in args.parallel_levels.split(",")]
+    n_ctx = (64 + 80 + args.tokens + MAX_DRAFT + 32 + 255) // 256 * 256
+    echo(f"parallel benchmark: {args.prompts} prompts x {args.tokens} tokens, N = {', '.join(map(str, ns))} "
+         f"(plain = one after another, today's path), threads {threads}, best of {args.repeat}")
+    shared: dict = {}
+    summary = []
+    for level, base_shift in levels:
+        paths = write_models(shape, out_dir / level, base_shift, args.seed, shared)
+        single = EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads)
+        multi = EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads, n_seq=max(ns))
+        try:
+            prompts = [single.prompt(raw=t) for t in parallel_prompts(args.prompts, args.seed)]
+            parallel_run(single, prompts[:2], 8, SamplingParams(), 0, args.seed)  # warm-up
+            for t in temps:
+                params = SamplingParams(temperature=t, top_p=args.top_p if t > 0 else 1.0)
+                label = "greedy" if t == 0 else f"T={t:g} top-p {params.top_p:g}"
+                echo(f"\n-- agreement {level} (base_shift {base_shift:g}), {label}")
+                echo(f"{'N':>6} {'tok/s':>8} {'x plain':>8} {'x N=1':>7} {'accept':>7} {'tokens':>7} {'rows = plain':>13}")
+                rows: dict[int, tuple] = {}
+                for _ in range(args.repeat):  # interleaved, best of: other load on the machine only slows a run down
+                    for n in [0, *ns]:
+                        r = parallel_run(single if n == 0 else multi, prompts, args.tokens, params, n, args.seed, args.cost)
+                        if n not in rows or r[0] > rows[n][0]:
+                            rows[n] = r
+                plain_ids = rows[0][3]
+                ref1 = rows[ns[0]][0]
+                for n, (tps, tok, acc, ids) in rows.items():
+                    same = sum(a == b for a, b in zip(ids, plain_ids))
+                    echo(f"{'plain' if n == 0 else n:>6} {tps:>8.1f} {tps / rows[0][0]:>7.2f}x {tps / ref1:>6.2f}x "
+                         f"{'' if acc is None else f'{acc:.1%}':>7} {tok:>7} {same:>9}/{len(ids)}")
+                summary.append((level, label, {n: r[0] / rows[0][0] for n, r in rows.items() if n}))
+        finally:
+            single.close()
+            multi.close()
+    echo("\n== summary: aggregate tok/s vs plain (target >= 1.5x at N = 4)")
+    for level, label, ratios in summary:
+        echo(f"  {level:<8} {label:<22} " + "  ".join(f"N={n}: {r:.2f}x" for n, r in ratios.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agreement", choices=("high", "medium", "low", "all"), default="all")
@@ -396,6 +485,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print a per-phase time breakdown (greedy)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy microbenchmark")
     ap.add_argument("--numpy-iters", type=int, default=200)
+    ap.add_argument("--parallel", metavar="N1,N2,...",
+                    help="instead: aggregate tok/s with N sequences at once (scheduler), e.g. 1,2,4,8")
+    ap.add_argument("--prompts", type=int, default=32, help="--parallel: prompts per run (default 32)")
+    ap.add_argument("--cost", type=lambda t: tuple(float(x) for x in t.split(",")), default=None, metavar="GROWTH,JUMP",
+                    help="--parallel: the scheduler's decode cost model (default: its CPU/GPU guess)")
+    ap.add_argument("--parallel-levels", default="high,medium", help="--parallel: agreement levels (default high,medium)")
     args = ap.parse_args()
 
     echo = lambda s="": print(s, flush=True)  # noqa: E731
@@ -423,6 +518,14 @@ def main() -> None:
          f"base: {b.n_embd} wide, {b.n_layer} layers, ff {b.n_ff}; vocab {shape.n_vocab}"
          + (f" (base padded to {shape.base_pad_to})" if shape.base_pad_to else "")
          + f"; {np.dtype(shape.dtype).name}")
+    if args.parallel:
+        try:
+            bench_parallel(args, shape, out_dir, gpu_layers, threads, echo)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        echo(f"\ntotal time {time.perf_counter() - t_start:.0f}s")
+        return
     summary = []
     try:
         shared: dict = {}

@@ -206,7 +206,8 @@ def test_llama_failure_on_one_prompt_is_an_error_row(tmp_path, models, monkeypat
     pf = tmp_path / "p.txt"
     pf.write_text("hello\nyes\n")
     out = tmp_path / "o.jsonl"
-    assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--temperature", "0", "--max-tokens", "6"]) == 0
+    assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--temperature", "0", "--max-tokens", "6",
+                 "--parallel", "1"]) == 0
     got = rows(out)
     assert got[0]["finish_reason"] == "error" and "llama_decode" in got[0]["error"]
     assert got[1]["finish_reason"] == "length" and got[1]["n_tokens"] == 6
