@@ -115,9 +115,9 @@ class EftEngine:
             raise
 
     def reset(self) -> None:
-        """Empty every KV cache (after a failed decode left one in an unknown state)."""
+        """Empty every KV cache, every sequence (after a failed decode left one in an unknown state)."""
         for m in self.models.values():
-            m.rollback(0)
+            m.clear()
 
     def close(self) -> None:
         for m in self.models.values():

@@ -391,6 +391,12 @@ class LlamaModel:
             r += n
         return rows
 
+    def clear(self) -> None:
+        """Empty the cache of every sequence (after a failed decode left it unknown)."""
+        ll.llama_memory_clear(self._mem, True)
+        for toks in self.seq_tokens:
+            toks.clear()
+
     def rollback_seq(self, seq: int, n: int) -> None:
         """Keep only the first ``n`` tokens of sequence ``seq`` (others untouched)."""
         toks = self.seq_tokens[seq]

@@ -66,7 +66,7 @@ class SeqView:
         self.model.rollback_seq(self.seq, n)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a ticket is one submitted generation
 class Ticket:
     """A submitted generation: its events arrive on ``events`` (thread-safe), the last one a
     FinishedEvent (also kept as ``finished``). ``cancel()`` ends it at its next round."""

@@ -410,3 +410,59 @@ def test_serve_command_ready_line_warning_and_ctrl_c(family, tmp_path):
         proc.kill()
     busy = run_cli("serve", "--base", str(p["base"]), "--chat", str(p["chat"]), "--reference", str(p["reference"]), "--port", "99999")
     assert busy.returncode == 2 and busy.stderr.count("\n") == 1 and "--port" in busy.stderr
+
+
+# -- batched: concurrent requests share speculative rounds (scheduler.Scheduler) -----------------
+@pytest.fixture(scope="module")
+def served_parallel(family):
+    engine = EftEngine.load(family.paths(), n_ctx=N_CTX, n_threads=1, n_seq=4)
+    session = Session(engine)
+    srv = ServerThread(create_app(session, ServerOptions(model_name=MODEL, settings=server_settings(), parallel=4)))
+    yield srv
+    srv.stop()
+    session.close()
+
+
+def test_parallel_server_shares_rounds_and_keeps_each_answer(served, served_parallel):
+    solo_client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    par_client = openai.OpenAI(base_url=served_parallel.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def ask(cl, i: int, stream: bool) -> str:
+        kw = {"model": MODEL, "messages": hello(f"question number {i}"), "max_tokens": 24 + 3 * i,
+              "temperature": 0.8 if i % 2 else 0.0, "seed": 100 + i}
+        if not stream:
+            return cl.chat.completions.create(**kw).choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in cl.chat.completions.create(**kw, stream=True) if c.choices)
+
+    solo = [ask(solo_client, i, False) for i in range(8)]
+    worker = served_parallel.worker
+    most = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], len(worker._live))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda i: ask(par_client, i, i % 3 != 0), range(8)))
+    stop.set()
+    watcher.join()
+    assert together == solo
+    assert most[0] >= 2  # requests really were generating together
+    wait_idle(worker)
+    assert worker.scheduler.kv_used() == 0
+
+
+def test_parallel_server_disconnect_frees_the_sequence(served_parallel):
+    body = {"prompt": "a long story", "max_tokens": 900, "temperature": 0.0, "stream": True, "draft_tokens": 4}
+    with httpx.Client(timeout=30) as http, http.stream("POST", served_parallel.url + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        assert any(next(lines).startswith("data: {") for _ in range(6))
+        closed = time.perf_counter()
+    while served_parallel.worker.running is not None:
+        assert time.perf_counter() - closed < 2.0, "generation kept running after the client left"
+        time.sleep(0.001)
+    assert served_parallel.worker.scheduler.kv_used() == 0

@@ -35,6 +35,7 @@ class ServerOptions:
     settings: dict[str, Any]  # the server's defaults: cli.resolve_settings (flags > profile > built-in)
     api_key: str | None = None
     max_queue: int = 16
+    parallel: int = 1  # requests sharing each speculative round (the engine holds as many sequences)
     retry_after: int = 5  # seconds, for 503 answers
 
 
@@ -44,7 +45,7 @@ def error_response(e: ApiError) -> JSONResponse:
 
 def create_app(session: Session, options: ServerOptions) -> FastAPI:
     """An ASGI app serving ``session``'s engine. The engine thread starts/stops with the app."""
-    worker = EngineWorker(session, max_queue=options.max_queue)
+    worker = EngineWorker(session, max_queue=options.max_queue, parallel=options.parallel)
     n_ctx = min(m.n_ctx for m in session.engine.models.values())
     created = int(time.time())
 

@@ -26,6 +26,8 @@ def register(sub) -> None:
                    help="how text inside messages and prompts is tokenized: 'special' parses control-token text like "
                         "<|im_start|> (what llama.cpp's server does), 'plain' keeps it text so a client can't forge a "
                         "turn (default: special on loopback, plain on any other address)")
+    g.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="requests generated at once, sharing each speculative round (default 1 on a CPU, 8 on a GPU)")
     g.add_argument("--max-queue", type=int, default=16, metavar="N", help="requests that may wait while one generates (default 16; more get 503)")
     _model_args(p)
     _sampling_args(p)
@@ -67,7 +69,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..cli import load_engine, prepare
+    from ..cli import default_parallel, load_engine, prepare
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
@@ -82,12 +84,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"eft-local serve needs fastapi and uvicorn ({e}); reinstall eft-local") from None
 
     paths, settings, profile = prepare(args)
+    if args.parallel is not None and not 1 <= args.parallel <= 256:
+        raise UserError(f"--parallel must be between 1 and 256, got {args.parallel}")
+    parallel = args.parallel or default_parallel(settings)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host) and not args.api_key:
         print(f"eft-local: warning: listening on {args.host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr, flush=True)
     try:
-        engine = load_engine(paths, settings)
+        engine = load_engine(paths, settings, n_seq=parallel)
     except BaseException:
         sock.close()
         raise
@@ -97,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"eft-local: warning: {paths['chat']} has no chat template: only /v1/completions (raw prompts) will work",
               file=sys.stderr, flush=True)
     name = args.model_name or model_name(profile, paths)
-    options = ServerOptions(model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue)
+    options = ServerOptions(model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue,
+                            parallel=parallel)
     app = create_app(session, options)
 
     host, port = sock.getsockname()[:2]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..events import FinishedEvent, TokenEvent
+from ..scheduler import Scheduler, Ticket
 from ..session import PromptTooLong, Session, rng_for
 from .request import ApiError, GenRequest
 
@@ -117,15 +118,21 @@ class Job:
 
 
 class EngineWorker:
-    def __init__(self, session: Session, max_queue: int = 16) -> None:
+    """``parallel`` > 1: requests share speculative rounds through ``scheduler.Scheduler``
+    (continuous batching; the engine must hold that many sequences per context)."""
+
+    def __init__(self, session: Session, max_queue: int = 16, parallel: int = 1) -> None:
         self.session = session
         self.max_queue = max_queue
+        self.scheduler = Scheduler(session.engine, parallel) if parallel > 1 else None
+        self._live: dict[Ticket, Job] = {}
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self.running: Job | None = None
         self.completed = 0
-        self._thread = threading.Thread(target=self._main, name="eft-engine", daemon=True)
+        main = self._main if self.scheduler is None else self._main_batched
+        self._thread = threading.Thread(target=main, name="eft-engine", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -150,8 +157,9 @@ class EngineWorker:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self._jobs) + (self.running is not None) > self.max_queue:
-                raise QueueFull(f"one request is generating and {len(self._jobs)} are waiting")
+            generating = len(self._live) or (self.running is not None)
+            if len(self._jobs) + generating > self.max_queue + (self.scheduler.n_seq - 1 if self.scheduler else 0):
+                raise QueueFull(f"{generating} request(s) generating and {len(self._jobs)} waiting")
             self._jobs.append(job)
             self._cond.notify()
 
@@ -171,22 +179,96 @@ class EngineWorker:
                     self.running = None
                     self.completed += 1
 
+    def _prompt(self, job: Job) -> dict[str, list[int]] | None:
+        """The request's prompt (and a Started item), or None after reporting why not."""
+        req = job.request
+        put_last = lambda item: job.channel.put(item, last=True)  # noqa: E731
+        try:
+            prompt = self.session.prompt(messages=req.messages, raw=req.raw)
+        except PromptTooLong as e:
+            put_last(Failed(ApiError(413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded")))
+            return None
+        except UserError as e:
+            put_last(Failed(ApiError(400, str(e), code="invalid_prompt")))
+            return None
+        except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
+            put_last(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
+            return None
+        job.channel.put(Started(len(prompt[self.session.engine.chat_name])))
+        return prompt
+
+    # -- batched: many requests share each round --------------------------------------------------
+    def _main_batched(self) -> None:
+        assert self.scheduler is not None
+        while True:
+            with self._cond:
+                while not self._jobs and not self._live and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                new = list(self._jobs)
+                self._jobs.clear()
+            with self.session.lock:
+                for job in new:
+                    try:
+                        self._admit(job)
+                    except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                        job.channel.put(Failed(ApiError(500, f"could not start: {type(e).__name__}: {e}", type="server_error")), last=True)
+                try:
+                    self.scheduler.step()
+                except Exception as e:  # noqa: BLE001 - the scheduler failed as a whole: end what runs, go on
+                    self._fail_live(e)
+                self._forward()
+        for ticket, job in list(self._live.items()):  # shutting down: every open request ends now
+            ticket.cancel()
+            job.channel.put(Failed(ApiError(503, "the server is shutting down", type="server_error")), last=True)
+            self._retire(ticket)
+
+    def _admit(self, job: Job) -> None:
+        prompt = None if job.cancelled.is_set() else self._prompt(job)
+        if prompt is None:
+            with self._cond:
+                self.completed += 1
+            return
+        req = job.request
+        ticket = self.scheduler.submit(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set)
+        with self._cond:
+            self._live[ticket] = job
+            self.running = job
+
+    def _forward(self) -> None:
+        """Hand every live request the events its generation produced in this tick."""
+        for ticket, job in list(self._live.items()):
+            while not ticket.events.empty():
+                ev = ticket.events.get_nowait()
+                if isinstance(ev, FinishedEvent):
+                    job.channel.put(ev, last=True)
+                    self._retire(ticket)
+                elif job.tokens and isinstance(ev, TokenEvent):
+                    job.channel.put(ev)
+
+    def _fail_live(self, e: Exception) -> None:
+        self.session.engine.reset()  # every sequence of every context
+        for ticket, job in list(self._live.items()):
+            job.channel.put(Failed(ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")), last=True)
+            ticket.cancel()
+            self._retire(ticket)
+        self.scheduler = Scheduler(self.session.engine, self.scheduler.n_seq)  # fresh slots over empty caches
+
+    def _retire(self, ticket: Ticket) -> None:
+        with self._cond:
+            self._live.pop(ticket, None)
+            self.completed += 1
+            self.running = next(iter(self._live.values()), None)
+
+    # -- one at a time -------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
         req, put = job.request, job.channel.put
-        put_last = lambda item: put(item, last=True)
+        put_last = lambda item: put(item, last=True)  # noqa: E731
         with self.session.lock:
-            try:
-                prompt = self.session.prompt(messages=req.messages, raw=req.raw)
-            except PromptTooLong as e:
-                put_last(Failed(ApiError(413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded")))
+            prompt = self._prompt(job)
+            if prompt is None:
                 return
-            except UserError as e:
-                put_last(Failed(ApiError(400, str(e), code="invalid_prompt")))
-                return
-            except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
-                put_last(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
-                return
-            put(Started(len(prompt[self.session.engine.chat_name])))
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
                     if isinstance(ev, FinishedEvent):
