@@ -52,8 +52,13 @@ def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[st
 def generation_config(settings: dict[str, Any]) -> GenerationConfig:
     names = [f.name for f in fields(SamplingParams) if f.name in SETTINGS]
     sampling = SamplingParams(**{k: settings[k] for k in names}, weights=dict(settings["weights"]))
-    return GenerationConfig(sampling=sampling, max_tokens=settings["max_tokens"], draft_tokens=settings["draft_tokens"],
-                            stop=tuple(settings["stop"]), draft_with=settings.get("draft_with"))
+    return GenerationConfig(
+        sampling=sampling,
+        max_tokens=settings["max_tokens"],
+        draft_tokens=settings["draft_tokens"],
+        stop=tuple(settings["stop"]),
+        draft_with=settings.get("draft_with"),
+    )
 
 
 @dataclass
@@ -88,7 +93,7 @@ class Summary:
 def role_prompt(engine: EftEngine, item: PromptItem, raw: bool, settings: dict[str, Any]) -> dict[str, list[int]]:
     if raw:
         if item.text is None:
-            raise UserError("--raw needs text prompts, not \"messages\"")
+            raise UserError('--raw needs text prompts, not "messages"')
         return engine.prompt(raw=item.text)
     messages = with_system(item.messages or [{"role": "user", "content": item.text or ""}], settings.get("system_prompt"))
     return engine.prompt(messages=messages, style=settings["prompt_style"])
@@ -127,8 +132,13 @@ def run_one(
 
 
 def make_row(
-    engine: EftEngine, item: PromptItem, opts: BatchOptions, settings: dict[str, Any],
-    prompt_ids: list[int], fin: FinishedEvent, seconds: float,
+    engine: EftEngine,
+    item: PromptItem,
+    opts: BatchOptions,
+    settings: dict[str, Any],
+    prompt_ids: list[int],
+    fin: FinishedEvent,
+    seconds: float,
 ) -> dict[str, Any]:
     row = _row(item, prompt_ids, fin, seconds)
     row["alpha"], row["beta"] = settings["alpha"], settings["beta"]
@@ -173,6 +183,7 @@ def run_batch(
     summary = Summary()
     total = len(items) * len(opts.grid)
     with open_output(out) as f:
+
         def write(row: dict[str, Any], fin: FinishedEvent) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
@@ -190,7 +201,10 @@ def run_batch(
 
 
 def _run_parallel(
-    engine: EftEngine, items: list[PromptItem], opts: BatchOptions, parallel: int,
+    engine: EftEngine,
+    items: list[PromptItem],
+    opts: BatchOptions,
+    parallel: int,
     write: Callable[[dict[str, Any], FinishedEvent], None],
 ) -> None:
     """The rows of ``run_batch`` from a scheduler: submitted in order, written in order."""

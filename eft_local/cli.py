@@ -14,8 +14,23 @@ from .errors import UserError
 from .settings import GRID_KEYS, SETTINGS, check_delta_name, check_weight
 
 LOAD_SETTINGS = ("n_ctx", "gpu_layers", "threads")
-GENERATION_SETTINGS = ("alpha", "beta", "temperature", "top_p", "top_k", "min_p", "typical_p", "top_p_mode", "seed", "max_tokens",
-                       "draft_tokens", "stop", "prompt_style", "system_prompt")
+GENERATION_SETTINGS = (
+    "alpha",
+    "beta",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "top_p_mode",
+    "seed",
+    "max_tokens",
+    "draft_tokens",
+    "stop",
+    "prompt_style",
+    "system_prompt",
+)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line naming the fix."""
@@ -38,16 +53,31 @@ def _add_setting(g, name: str, **extra) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--profile", help="named model set from models.toml (see `eft-local models`)")
-    for role, what in (("base", "large pre-trained model"), ("chat", "small fine-tuned model"), ("reference", "small base the chat model was tuned from")):
+    for role, what in (
+        ("base", "large pre-trained model"),
+        ("chat", "small fine-tuned model"),
+        ("reference", "small base the chat model was tuned from"),
+    ):
         g.add_argument(f"--{role}", metavar="GGUF", help=f"{what} (overrides the profile)")
-    g.add_argument("--delta", action="append", default=[], metavar="NAME=CHAT.gguf",
-                   help="another fine-tuned model: a behaviour delta named NAME (repeatable)")
-    g.add_argument("--delta-reference", action="append", default=[], metavar="NAME=REF.gguf",
-                   help="the pre-trained model delta NAME was tuned from (default: --reference)")
+    g.add_argument(
+        "--delta",
+        action="append",
+        default=[],
+        metavar="NAME=CHAT.gguf",
+        help="another fine-tuned model: a behaviour delta named NAME (repeatable)",
+    )
+    g.add_argument(
+        "--delta-reference",
+        action="append",
+        default=[],
+        metavar="NAME=REF.gguf",
+        help="the pre-trained model delta NAME was tuned from (default: --reference)",
+    )
     for name in LOAD_SETTINGS:
         _add_setting(g, name)
     g.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     from .cli_rpc import add_rpc_args
+
     add_rpc_args(g)
     try:
         from .cli_models import add_profile_args
@@ -60,8 +90,13 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("EFT and sampling")
     for name in GENERATION_SETTINGS:
         _add_setting(g, name)
-    g.add_argument("--weight", action="append", default=[], metavar="NAME=W",
-                   help="weight α_NAME of delta NAME (repeatable; default 1, or the profile's)")
+    g.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="weight α_NAME of delta NAME (repeatable; default 1, or the profile's)",
+    )
     g.add_argument("--draft-with", metavar="NAME", help="which delta's chat model drafts (default: largest |weight|)")
 
 
@@ -85,16 +120,32 @@ def default_parallel(settings: dict[str, Any]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="eft-local", description="Emulated fine-tuning on llama.cpp: a large base model steered by a small chat model.")
+    parser = Parser(
+        prog="eft-local", description="Emulated fine-tuning on llama.cpp: a large base model steered by a small chat model."
+    )
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     run = sub.add_parser("run", help="batch mode: prompts from a file, JSONL out")
-    run.add_argument("--prompt-file", required=True, metavar="FILE", help=".txt (one prompt per line) or .jsonl ({id?, prompt} or {id?, messages})")
+    run.add_argument(
+        "--prompt-file",
+        required=True,
+        metavar="FILE",
+        help=".txt (one prompt per line) or .jsonl ({id?, prompt} or {id?, messages})",
+    )
     run.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
     run.add_argument("--raw", action="store_true", help="no chat template: prompt text as-is, BOS per model")
-    run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                     help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)")
-    run.add_argument("--parallel", type=_positive_int, metavar="N",
-                     help="generate for N prompts at once, batched (1 = one after another; default 1 on a CPU, 8 on a GPU)")
+    run.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)",
+    )
+    run.add_argument(
+        "--parallel",
+        type=_positive_int,
+        metavar="N",
+        help="generate for N prompts at once, batched (1 = one after another; default 1 on a CPU, 8 on a GPU)",
+    )
     _model_args(run)
     _sampling_args(run)
     run.set_defaults(func=cmd_run)
@@ -109,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         register(sub)
     from .cli_rpc import register as register_rpc
+
     register_rpc(sub)
     from .server.cli import register as register_serve
 
@@ -218,7 +270,9 @@ def check_known_weights(settings: dict[str, Any], paths: dict[str, Path]) -> Non
     names = [d.name for d in deltas_of(paths) if d.name != "chat"]
     for name in settings["weights"]:
         if name not in names:
-            raise UserError(f"--weight {name}=…: there is no delta named {name} (deltas besides chat: {', '.join(names) or 'none'})")
+            raise UserError(
+                f"--weight {name}=…: there is no delta named {name} (deltas besides chat: {', '.join(names) or 'none'})"
+            )
     known = [d.name for d in deltas_of(paths)]
     if settings["draft_with"] is not None and settings["draft_with"] not in known:
         raise UserError(f"--draft-with {settings['draft_with']}: there is no delta named so (deltas: {', '.join(known)})")
@@ -258,8 +312,15 @@ def load_engine(paths: dict[str, Path], settings: dict[str, Any], n_seq: int = 1
             print(f"  {role} ready in {time.perf_counter() - started.pop(role):.1f} s", file=sys.stderr, flush=True)
             started[role] = float("inf")
 
-    return EftEngine.load(paths, n_ctx=settings["n_ctx"], n_gpu_layers=gpu, n_threads=settings["threads"], on_progress=progress,
-                          rpc=settings["rpc"], n_seq=n_seq)
+    return EftEngine.load(
+        paths,
+        n_ctx=settings["n_ctx"],
+        n_gpu_layers=gpu,
+        n_threads=settings["threads"],
+        on_progress=progress,
+        rpc=settings["rpc"],
+        n_seq=n_seq,
+    )
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:

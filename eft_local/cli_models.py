@@ -7,18 +7,22 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .profiles import (Profile, default_models_dir, default_profile_name,
-                       download_command, get_profile, load_profiles)
+from .profiles import Profile, default_models_dir, default_profile_name, download_command, get_profile, load_profiles
 
-MODELS_DIR_HELP = ("where GGUF files live, as <DIR>/<repo_id>/<filename> "
-                   "(default: $EFT_LOCAL_MODELS_DIR, else $XDG_DATA_HOME/eft-local/models)")
+MODELS_DIR_HELP = (
+    "where GGUF files live, as <DIR>/<repo_id>/<filename> (default: $EFT_LOCAL_MODELS_DIR, else $XDG_DATA_HOME/eft-local/models)"
+)
 
 
 def add_profile_args(parser: argparse.ArgumentParser) -> None:
     """The options every profile-aware subcommand shares."""
-    parser.add_argument("--models-file", metavar="PATH", default=None,
-                        help="read profiles from this TOML file only (default: the built-in "
-                             "models.toml plus $XDG_CONFIG_HOME/eft-local/models.toml)")
+    parser.add_argument(
+        "--models-file",
+        metavar="PATH",
+        default=None,
+        help="read profiles from this TOML file only (default: the built-in "
+        "models.toml plus $XDG_CONFIG_HOME/eft-local/models.toml)",
+    )
     parser.add_argument("--models-dir", metavar="DIR", default=None, help=MODELS_DIR_HELP)
 
 
@@ -28,8 +32,9 @@ def models_dir_of(args: argparse.Namespace) -> Path:
 
 
 def add_download_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("profile", nargs="?", default=None,
-                        help="profile to download (default: the default profile; see `eft-local models`)")
+    parser.add_argument(
+        "profile", nargs="?", default=None, help="profile to download (default: the default profile; see `eft-local models`)"
+    )
     parser.add_argument("--all", action="store_true", help="download every profile")
     add_profile_args(parser)
 
@@ -37,16 +42,20 @@ def add_download_args(parser: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     """Add ``download`` and ``models`` to an argparse subparsers object."""
     dl = subparsers.add_parser(
-        "download", help="download a profile's three GGUF files from the Hugging Face hub",
+        "download",
+        help="download a profile's three GGUF files from the Hugging Face hub",
         description="Download (and sha256-verify) the base/chat/reference files of a profile. "
-                    "Interrupted downloads resume; verified files are skipped. Uses HF_TOKEN or "
-                    "`hf auth login` for gated repos and HF_ENDPOINT for mirrors.")
+        "Interrupted downloads resume; verified files are skipped. Uses HF_TOKEN or "
+        "`hf auth login` for gated repos and HF_ENDPOINT for mirrors.",
+    )
     add_download_args(dl)
     dl.set_defaults(func=cmd_download)
     ls = subparsers.add_parser(
-        "models", help="list profiles and which of their files are present",
+        "models",
+        help="list profiles and which of their files are present",
         description="List model profiles, the files each needs, their sizes and whether they "
-                    "are present (verified), unverified, or missing.")
+        "are present (verified), unverified, or missing.",
+    )
     ls.add_argument("profile", nargs="?", default=None, help="show only this profile")
     add_profile_args(ls)
     ls.set_defaults(func=cmd_models)

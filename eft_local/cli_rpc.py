@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import UserError
-
 from .mixture import REF_SUFFIX
 from .settings import DELTA_NAME
 
@@ -52,9 +51,14 @@ class _RpcAction(argparse.Action):
 
 
 def add_rpc_args(group) -> None:
-    group.add_argument("--rpc", action=_RpcAction, default={}, metavar=SYNTAX,
-                       help="put ROLE's layers on llama.cpp RPC servers (`eft-local rpc-server` on those machines); "
-                            "repeatable, e.g. --rpc base=10.0.0.5:50052")
+    group.add_argument(
+        "--rpc",
+        action=_RpcAction,
+        default={},
+        metavar=SYNTAX,
+        help="put ROLE's layers on llama.cpp RPC servers (`eft-local rpc-server` on those machines); "
+        "repeatable, e.g. --rpc base=10.0.0.5:50052",
+    )
 
 
 def rpc_endpoints(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
@@ -72,11 +76,19 @@ def rpc_endpoints(args: argparse.Namespace, defaults: Mapping[str, Any] | None =
 
 # -- eft-local rpc-server ----------------------------------------------------------------------------
 def register(subparsers) -> None:
-    p = subparsers.add_parser("rpc-server", help="serve this machine's CPU/GPU to other eft-local or llama.cpp clients (llama.cpp RPC)")
-    p.add_argument("--host", default="127.0.0.1", help="IPv4 address (or host name) to listen on; default 127.0.0.1. RPC has no authentication")
+    p = subparsers.add_parser(
+        "rpc-server", help="serve this machine's CPU/GPU to other eft-local or llama.cpp clients (llama.cpp RPC)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="IPv4 address (or host name) to listen on; default 127.0.0.1. RPC has no authentication",
+    )
     p.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
     p.add_argument("--threads", type=int, help="CPU threads for computing (default: half the logical CPUs)")
-    p.add_argument("--cache", metavar="DIR", help="cache received tensors in DIR, so a reload of the same model skips the transfer")
+    p.add_argument(
+        "--cache", metavar="DIR", help="cache received tensors in DIR, so a reload of the same model skips the transfer"
+    )
     p.set_defaults(func=cmd_rpc_server)
 
 
@@ -96,11 +108,18 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
     init_backend()
     devices = rpc.server_devices()
     if not host.startswith("127."):
-        print(f"eft-local: warning: listening on {host}:{args.port}; llama.cpp RPC has no authentication or "
-              "encryption: anyone who can reach this port can use this machine. Use it on a trusted network only.",
-              file=sys.stderr, flush=True)
-    print(f"eft-local rpc-server on {host}:{args.port}, {threads} thread(s), devices: {', '.join(rpc.device_names(devices))}"
-          f"{', cache ' + cache if cache else ''}; Ctrl+C stops it", file=sys.stderr, flush=True)
+        print(
+            f"eft-local: warning: listening on {host}:{args.port}; llama.cpp RPC has no authentication or "
+            "encryption: anyone who can reach this port can use this machine. Use it on a trusted network only.",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"eft-local rpc-server on {host}:{args.port}, {threads} thread(s), devices: {', '.join(rpc.device_names(devices))}"
+        f"{', cache ' + cache if cache else ''}; Ctrl+C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
     return _serve(lambda: rpc.start_server(host, args.port, threads=threads, cache_dir=cache, devices=devices))
 
 
@@ -137,4 +156,3 @@ def _exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-

@@ -105,8 +105,15 @@ class EftEngine:
                 key = (path.resolve(), role in chats, servers)
                 if key not in loaded:
                     cb = (lambda f, r=role: on_progress(r, f)) if on_progress else None
-                    loaded[key] = LlamaModel(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                                             progress=cb, rpc_servers=servers, n_seq=n_seq)
+                    loaded[key] = LlamaModel(
+                        path,
+                        n_ctx=n_ctx,
+                        n_gpu_layers=n_gpu_layers,
+                        n_threads=n_threads,
+                        progress=cb,
+                        rpc_servers=servers,
+                        n_seq=n_seq,
+                    )
                 roles[role] = loaded[key]
             return cls(roles)
         except BaseException:
@@ -163,7 +170,9 @@ class EftEngine:
             prompt = self.prompt(messages=system + rest[dropped:], style=style)
             if all(len(prompt[r]) + reserve <= m.n_ctx for r, m in self.models.items()):
                 return prompt, dropped
-        raise UserError(f"the last message alone does not fit in n_ctx {self.chat.n_ctx} with {reserve} tokens to answer; raise --n-ctx")
+        raise UserError(
+            f"the last message alone does not fit in n_ctx {self.chat.n_ctx} with {reserve} tokens to answer; raise --n-ctx"
+        )
 
     def context_used(self) -> dict[str, tuple[int, int]]:
         return {r: (m.n_past, m.n_ctx) for r, m in self.models.items()}
@@ -346,7 +355,9 @@ class _Run:
         for start in range(0, longest, chunk):
             if self.cancel():
                 raise Cancelled
-            reqs = [Eval(n, self.prompt[n][start : start + chunk], 1, solo=solo) for n in self.active if start < len(self.prompt[n])]
+            reqs = [
+                Eval(n, self.prompt[n][start : start + chunk], 1, solo=solo) for n in self.active if start < len(self.prompt[n])
+            ]
             got = yield reqs
             for r, rows in zip(reqs, got):
                 if start + chunk >= len(self.prompt[r.name]):
@@ -356,7 +367,9 @@ class _Run:
         fixed = self.cfg.draft_tokens
         can_rollback = self.e.can_rollback
         if fixed and not can_rollback:
-            raise UserError("speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid); use --draft-tokens 0")
+            raise UserError(
+                "speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid); use --draft-tokens 0"
+            )
         speculative = can_rollback and fixed != 0
         while True:
             if self.cancel():
@@ -447,7 +460,9 @@ class _Run:
             return x
         return sample(residual(p, q), self.u[pos, 2])
 
-    def _draft(self, chat: LlamaModel, k: int, pos: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[np.ndarray], list[int], list[Dist]]]:
+    def _draft(
+        self, chat: LlamaModel, k: int, pos: int
+    ) -> Generator[list[Eval], list[np.ndarray], tuple[list[np.ndarray], list[int], list[Dist]]]:
         """The drafter drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
         pending = self.pending[self.drafter]
         if pending:

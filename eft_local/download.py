@@ -20,15 +20,21 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 from urllib.parse import urlsplit
 
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                    OfflineModeIsEnabled, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
@@ -46,8 +52,11 @@ _CHUNK = 8 * 1024 * 1024
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for mod, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
-                       ("requests", ("ConnectionError", "Timeout"))):
+    for mod, names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
         try:
             module = __import__(mod)
             errors += [getattr(module, n) for n in names if hasattr(module, n)]
@@ -107,6 +116,7 @@ def _one_line(text: object, limit: int = 240) -> str:
 
 # ---------------------------------------------------------------- verified records
 
+
 def _records_path(models_dir: Path) -> Path:
     return models_dir / RECORD_FILE
 
@@ -135,9 +145,13 @@ def is_verified(models_dir: Path, mf: ModelFile, records: dict | None = None) ->
         st = mf.local_path(models_dir).stat()
     except OSError:
         return False
-    return bool(rec) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns \
-        and (mf.sha256 is None or rec.get("sha256") == mf.sha256) \
+    return (
+        bool(rec)
+        and rec.get("size") == st.st_size
+        and rec.get("mtime_ns") == st.st_mtime_ns
+        and (mf.sha256 is None or rec.get("sha256") == mf.sha256)
         and (mf.size is None or mf.size == st.st_size)
+    )
 
 
 def file_status(models_dir: Path, mf: ModelFile, records: dict | None = None) -> tuple[str, int | None]:
@@ -151,11 +165,14 @@ def file_status(models_dir: Path, mf: ModelFile, records: dict | None = None) ->
 
 # ---------------------------------------------------------------- hashing
 
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     total = path.stat().st_size
-    with open(path, "rb") as f, hf_tqdm(total=total, unit="B", unit_scale=True,
-                                        desc=f"sha256 {path.name[-30:]}", disable=None) as bar:
+    with (
+        open(path, "rb") as f,
+        hf_tqdm(total=total, unit="B", unit_scale=True, desc=f"sha256 {path.name[-30:]}", disable=None) as bar,
+    ):
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -164,11 +181,11 @@ def sha256_file(path: Path) -> str:
 
 # ---------------------------------------------------------------- talking to the hub
 
+
 def _lfs_sha256(mf: ModelFile, endpoint: str) -> str | None:
     """sha256 from the hub's LFS metadata; None if the hub does not say."""
     try:
-        infos = HfApi(endpoint=endpoint).get_paths_info(mf.repo_id, [mf.filename],
-                                                         revision=mf.revision)
+        infos = HfApi(endpoint=endpoint).get_paths_info(mf.repo_id, [mf.filename], revision=mf.revision)
     except Exception:  # metadata is optional: fall back to the etag
         return None
     for info in infos:
@@ -194,8 +211,7 @@ def fetch_remote(mf: ModelFile, endpoint: str) -> Remote:
     etag = (meta.etag or "").lower() or None
     size = meta.size if meta.size is not None else mf.size
     if mf.size is not None and meta.size is not None and mf.size != meta.size:
-        raise DownloadError(f"{mf.key}: the hub has {meta.size} bytes but models.toml says "
-                            f"size = {mf.size}; fix models.toml")
+        raise DownloadError(f"{mf.key}: the hub has {meta.size} bytes but models.toml says size = {mf.size}; fix models.toml")
     sha = mf.sha256 or _lfs_sha256(mf, endpoint)
     if sha is None and etag and _SHA_RE.match(etag):
         sha = etag  # an LFS file's etag is its sha256
@@ -204,6 +220,7 @@ def fetch_remote(mf: ModelFile, endpoint: str) -> Remote:
 
 
 # ---------------------------------------------------------------- one file
+
 
 def partial_path(models_dir: Path, mf: ModelFile, etag: str | None) -> Path:
     """Staging file, keyed by etag so a changed upstream file never resumes old bytes."""
@@ -244,23 +261,31 @@ def _fetch(mf: ModelFile, remote: Remote, models_dir: Path, out: IO[str] | None)
         _say(f"  resuming at {human_size(have)} of {human_size(remote.size)}", out)
     try:
         with open(part, "ab") as f:
-            http_get(remote.url, f, resume_size=have, headers=dict(remote.headers),
-                     expected_size=remote.size, displayed_filename=Path(mf.filename).name)
+            http_get(
+                remote.url,
+                f,
+                resume_size=have,
+                headers=dict(remote.headers),
+                expected_size=remote.size,
+                displayed_filename=Path(mf.filename).name,
+            )
     except NETWORK_ERRORS as exc:
-        raise DownloadError(f"{mf.key}: the connection to the hub kept dropping "
-                            f"({_one_line(exc, 80)}); run the same command again to resume") from None
+        raise DownloadError(
+            f"{mf.key}: the connection to the hub kept dropping ({_one_line(exc, 80)}); run the same command again to resume"
+        ) from None
     except OSError as exc:
         if "Consistency check failed" not in str(exc):
             raise
         if remote.size is not None and part.stat().st_size > remote.size:
             part.unlink()
-        raise DownloadError(f"{mf.key}: download incomplete ({part.stat().st_size if part.exists() else 0}"
-                            f" of {remote.size} bytes); run the same command again to resume") from None
+        raise DownloadError(
+            f"{mf.key}: download incomplete ({part.stat().st_size if part.exists() else 0}"
+            f" of {remote.size} bytes); run the same command again to resume"
+        ) from None
     return part
 
 
-def _check_sha(mf: ModelFile, staged: Path, expected: str | None, final: Path,
-               out: IO[str] | None) -> str | None:
+def _check_sha(mf: ModelFile, staged: Path, expected: str | None, final: Path, out: IO[str] | None) -> str | None:
     if expected is None:
         _say(f"  warning: no sha256 known for {mf.key}; checked its size only", out)
         return None
@@ -268,8 +293,7 @@ def _check_sha(mf: ModelFile, staged: Path, expected: str | None, final: Path,
     if got != expected:
         staged.unlink(missing_ok=True)
         kept = "your existing file was left as it was" if final.exists() else "nothing was installed"
-        raise DownloadError(f"{mf.key}: sha256 mismatch (expected {expected}, got {got}); "
-                            f"the download was discarded and {kept}")
+        raise DownloadError(f"{mf.key}: sha256 mismatch (expected {expected}, got {got}); the download was discarded and {kept}")
     return got
 
 
@@ -282,13 +306,14 @@ def _existing_ok(mf: ModelFile, final: Path, remote: Remote, out: IO[str] | None
     else:
         ok = sha256_file(final) == remote.sha256
     if not ok:
-        _say(f"  {final} does not match the hub; fetching a fresh copy "
-             "(the old file is replaced only once the new one verifies)", out)
+        _say(
+            f"  {final} does not match the hub; fetching a fresh copy (the old file is replaced only once the new one verifies)",
+            out,
+        )
     return ok
 
 
-def download_file(mf: ModelFile, models_dir: Path, endpoint: str | None = None,
-                  out: IO[str] | None = None) -> Outcome:
+def download_file(mf: ModelFile, models_dir: Path, endpoint: str | None = None, out: IO[str] | None = None) -> Outcome:
     """Make ``models_dir/repo_id/filename`` present and verified; never raises for hub trouble."""
     endpoint = endpoint or hub_endpoint()
     final = mf.local_path(models_dir)
@@ -324,8 +349,7 @@ def explain(exc: BaseException, mf: ModelFile, endpoint: str, final: Path) -> st
     login = "log in with `hf auth login` (or set HF_TOKEN)"
     rev = mf.revision or "main"
     if isinstance(exc, GatedRepoError):
-        return (f"{mf.key}: {mf.repo_id} is a gated repo; accept its licence at "
-                f"{endpoint}/{mf.repo_id} and {login}")
+        return f"{mf.key}: {mf.repo_id} is a gated repo; accept its licence at {endpoint}/{mf.repo_id} and {login}"
     if isinstance(exc, RevisionNotFoundError):
         return f"{mf.key}: revision '{rev}' does not exist in {mf.repo_id}; fix models.toml"
     if isinstance(exc, EntryNotFoundError):
@@ -337,8 +361,7 @@ def explain(exc: BaseException, mf: ModelFile, endpoint: str, final: Path) -> st
     if isinstance(exc, HfHubHTTPError):
         return _explain_http(exc, mf, endpoint, final, login)
     if isinstance(exc, NETWORK_ERRORS):
-        return (f"{mf.key}: cannot reach the hub at {endpoint} ({_one_line(exc, 80)}); "
-                f"place the file by hand at {final}")
+        return f"{mf.key}: cannot reach the hub at {endpoint} ({_one_line(exc, 80)}); place the file by hand at {final}"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"{mf.key}: not enough disk space under {final.parent}"
     if isinstance(exc, OSError) and exc.strerror:
@@ -351,15 +374,16 @@ def _explain_http(exc: HfHubHTTPError, mf: ModelFile, endpoint: str, final: Path
     if status == 401:
         return f"{mf.key}: the hub refused access (401): {mf.repo_id} is gated or private; {login}"
     if status == 403:
-        return (f"{mf.key}: access denied (403); accept the licence at {endpoint}/{mf.repo_id} "
-                "with the account your token belongs to")
+        return (
+            f"{mf.key}: access denied (403); accept the licence at {endpoint}/{mf.repo_id} with the account your token belongs to"
+        )
     if status == 404:
         return f"{mf.key}: not found on the hub (404); fix models.toml"
-    return (f"{mf.key}: the hub at {endpoint} answered HTTP {status}; try again later "
-            f"or place the file by hand at {final}")
+    return f"{mf.key}: the hub at {endpoint} answered HTTP {status}; try again later or place the file by hand at {final}"
 
 
 # ---------------------------------------------------------------- several profiles
+
 
 def plan(profiles: Iterable[Profile]) -> list[tuple[ModelFile, list[str]]]:
     """Unique files to fetch, each with the "profile:role" labels that need it."""
@@ -382,13 +406,15 @@ def run_download(profiles: list[Profile], models_dir: Path, out: IO[str] | None 
     for i, (mf, labels) in enumerate(files, 1):
         _say(f"[{i}/{len(files)}] {', '.join(labels)}: {mf.key}", out)
         outcome = download_file(mf, models_dir, endpoint, out)
-        _say(f"  {outcome.status}: {outcome.detail}" if outcome.status != "failed"
-             else "  failed", out)
+        _say(f"  {outcome.status}: {outcome.detail}" if outcome.status != "failed" else "  failed", out)
         outcomes.append(outcome)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         _say(f"error: {o.detail}", out)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("downloaded", "present", "failed")}
-    _say(f"{len(outcomes)} file(s) in {models_dir}: {counts['downloaded']} downloaded, "
-         f"{counts['present']} already present, {counts['failed']} failed", out)
+    _say(
+        f"{len(outcomes)} file(s) in {models_dir}: {counts['downloaded']} downloaded, "
+        f"{counts['present']} already present, {counts['failed']} failed",
+        out,
+    )
     return 1 if failed else 0

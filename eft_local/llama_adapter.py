@@ -122,14 +122,18 @@ class LlamaModel:
         if self._devices is not None:
             params.devices = ctypes.addressof(self._devices)
         if progress is not None:
+
             def _cb(fraction: float, _user) -> bool:
                 progress(float(fraction))
                 return True
+
             self._progress_cb = ll.llama_progress_callback(_cb)  # keep a reference
             params.progress_callback = self._progress_cb
         model = ll.llama_model_load_from_file(os.fsencode(self.path), params)
         if not model:
-            raise UserError(f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file; run with --verbose for details)")
+            raise UserError(
+                f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file; run with --verbose for details)"
+            )
         return model
 
     def _new_context(self, n_ctx: int, n_threads: int | None, n_batch: int):
@@ -145,7 +149,9 @@ class LlamaModel:
         params.no_perf = True
         ctx = ll.llama_init_from_model(self._model, params)
         if not ctx:
-            raise UserError(f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory? try a smaller --n-ctx or fewer --gpu-layers)")
+            raise UserError(
+                f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory? try a smaller --n-ctx or fewer --gpu-layers)"
+            )
         return ctx
 
     def close(self) -> None:
@@ -253,7 +259,9 @@ class LlamaModel:
         if not tokens:
             raise ValueError("eval needs at least one token")
         if self.n_past + len(tokens) > self.n_ctx:
-            raise UserError(f"context full: {self.n_past + len(tokens)} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)")
+            raise UserError(
+                f"context full: {self.n_past + len(tokens)} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)"
+            )
         n_logits = max(1, min(n_logits, len(tokens)))
         parts: list[np.ndarray] = []  # copies of earlier chunks' rows when n_logits > n_batch
         start = 0
@@ -273,7 +281,9 @@ class LlamaModel:
 
     def _decode(self, chunk: list[int], first_out: int) -> int:
         """Decode one chunk; positions at index >= first_out get logits. Returns #rows."""
-        if not 0 < len(chunk) <= self.n_batch:  # the batch buffer holds n_batch; never reach llama.cpp's GGML_ASSERT(n_tokens <= n_batch)
+        if (
+            not 0 < len(chunk) <= self.n_batch
+        ):  # the batch buffer holds n_batch; never reach llama.cpp's GGML_ASSERT(n_tokens <= n_batch)
             raise RuntimeError(f"batch of {len(chunk)} tokens for n_batch {self.n_batch}")
         b = self._batch
         pos0 = self.n_past
@@ -342,7 +352,9 @@ class LlamaModel:
             if not 0 < n <= cap:
                 raise ValueError(f"eval_many item of {n} tokens (n_batch {cap})")
             if len(self.seq_tokens[seq]) + n > self.n_ctx:
-                raise UserError(f"context full: {len(self.seq_tokens[seq]) + n} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)")
+                raise UserError(
+                    f"context full: {len(self.seq_tokens[seq]) + n} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)"
+                )
             if size + n > cap:
                 parts.append([])
                 size = 0

@@ -47,8 +47,8 @@ def _fd_alias(out: str) -> int | None:
     if out in _FD_ALIASES:
         return _FD_ALIASES[out]
     for prefix in ("/dev/fd/", "/proc/self/fd/"):
-        if out.startswith(prefix) and out[len(prefix):].isdigit():
-            return int(out[len(prefix):])
+        if out.startswith(prefix) and out[len(prefix) :].isdigit():
+            return int(out[len(prefix) :])
     return None
 
 

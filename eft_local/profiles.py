@@ -80,6 +80,7 @@ class ProfileSet(dict):
 
 # ---------------------------------------------------------------- locations
 
+
 def default_models_dir() -> Path:
     """``$EFT_LOCAL_MODELS_DIR``, else ``$XDG_DATA_HOME/eft-local/models``."""
     explicit = os.environ.get("EFT_LOCAL_MODELS_DIR")
@@ -105,6 +106,7 @@ def builtin_models_file() -> Path:
 
 # ---------------------------------------------------------------- parsing
 
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -120,12 +122,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _parse_file(where: str, role: str, raw: object) -> ModelFile:
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: '{role}' must be a table like "
-                        f"{{ repo_id = \"owner/name\", filename = \"model.gguf\" }}")
+        raise UserError(f'{where}: \'{role}\' must be a table like {{ repo_id = "owner/name", filename = "model.gguf" }}')
     unknown = set(raw) - _FILE_KEYS
     if unknown:
-        raise UserError(f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} "
-                        f"(allowed: {', '.join(sorted(_FILE_KEYS))})")
+        raise UserError(
+            f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FILE_KEYS))})"
+        )
     repo, fname = raw.get("repo_id"), raw.get("filename")
     if not isinstance(repo, str) or not _REPO_RE.match(repo):
         raise UserError(f"{where}: '{role}.repo_id' must look like \"owner/name\", got {repo!r}")
@@ -162,8 +164,10 @@ def _parse_deltas(where: str, raw: object) -> tuple[dict[str, ModelFile], dict[s
         at = f"{where}: delta '{name}'"
         check_delta_name(name, at)
         if name in ROLES or not isinstance(table, dict) or "chat" not in table:
-            raise UserError(f"{at} must be a table with a 'chat' file (and optional 'reference', 'weight'), "
-                            "and not be named base/chat/reference")
+            raise UserError(
+                f"{at} must be a table with a 'chat' file (and optional 'reference', 'weight'), "
+                "and not be named base/chat/reference"
+            )
         unknown = set(table) - _DELTA_KEYS
         if unknown:
             raise UserError(f"{at} has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_DELTA_KEYS))})")
@@ -183,12 +187,10 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
         hint = ""
         if any(isinstance(v, dict) and any(r in v for r in ROLES) for v in raw.values()):
             hint = " (a name containing '.' must be quoted: [profiles.\"name.with.dots\"])"
-        raise UserError(f"{where} is missing role(s) {', '.join(missing)}; "
-                        f"every profile needs {', '.join(ROLES)}{hint}")
+        raise UserError(f"{where} is missing role(s) {', '.join(missing)}; every profile needs {', '.join(ROLES)}{hint}")
     unknown = set(raw) - _PROFILE_KEYS
     if unknown:
-        raise UserError(f"{where} has unknown key(s) {', '.join(sorted(unknown))} "
-                        f"(allowed: {', '.join(sorted(_PROFILE_KEYS))})")
+        raise UserError(f"{where} has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_PROFILE_KEYS))})")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{where}: 'description' must be a string")
@@ -213,7 +215,7 @@ def _parse_rpc(where: str, raw: object) -> dict[str, list[str]]:
         if isinstance(servers, str):
             servers = [servers]
         if not isinstance(servers, list) or not all(isinstance(e, str) for e in servers):
-            raise UserError(f"{where}: rpc.{role} must be \"HOST:PORT\" or a list of them")
+            raise UserError(f'{where}: rpc.{role} must be "HOST:PORT" or a list of them')
         try:
             result[role] = parse_rpc_spec(f"{role}={','.join(servers)}")[1]
         except UserError as e:
@@ -227,8 +229,9 @@ def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]
     data = _read_toml(path)
     unknown = set(data) - {"default", "profiles"}
     if unknown:
-        raise UserError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-                        "(expected 'default' and [profiles.NAME] tables)")
+        raise UserError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} (expected 'default' and [profiles.NAME] tables)"
+        )
     raw_profiles = data.get("profiles", {})
     if not isinstance(raw_profiles, dict):
         raise UserError(f"{path}: 'profiles' must be a table of [profiles.NAME] sections")
@@ -239,6 +242,7 @@ def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]
 
 
 # ---------------------------------------------------------------- public API
+
 
 def load_profiles(models_file: str | Path | None = None) -> ProfileSet:
     """Load profiles; ``models_file`` given means only that file is read."""
@@ -252,15 +256,13 @@ def load_profiles(models_file: str | Path | None = None) -> ProfileSet:
         result.default = default or result.default
     result.sources = tuple(sources)
     if result.default is not None and result.default not in result:
-        raise UserError(f"default profile '{result.default}' is not defined "
-                        f"(known: {', '.join(result) or 'none'})")
+        raise UserError(f"default profile '{result.default}' is not defined (known: {', '.join(result) or 'none'})")
     return result
 
 
 def default_profile_name(profiles: dict[str, Profile]) -> str:
     if not profiles:
-        raise UserError("no model profiles are defined; add one to "
-                        f"{user_models_file()} or pass --models-file")
+        raise UserError(f"no model profiles are defined; add one to {user_models_file()} or pass --models-file")
     default = getattr(profiles, "default", None)
     if default in profiles:
         return default
@@ -274,8 +276,7 @@ def get_profile(profiles: dict[str, Profile], name: str | None) -> Profile:
     return profiles[name]
 
 
-def download_command(name: str, models_file: str | Path | None = None,
-                     models_dir: str | Path | None = None) -> str:
+def download_command(name: str, models_file: str | Path | None = None, models_dir: str | Path | None = None) -> str:
     """The exact command that fetches a profile's files with the same options."""
     cmd = f"eft-local download {name}"
     if models_file:
@@ -288,14 +289,23 @@ def download_command(name: str, models_file: str | Path | None = None,
 def _check_override(role: str, raw: str | Path) -> Path:
     path = Path(raw).expanduser()
     if not path.is_file():
-        flag = f"--{role}" if role in ROLES else f"--delta-reference {role.removesuffix(REF_SUFFIX)}" if role.endswith(REF_SUFFIX) else f"--delta {role}"
+        flag = (
+            f"--{role}"
+            if role in ROLES
+            else f"--delta-reference {role.removesuffix(REF_SUFFIX)}"
+            if role.endswith(REF_SUFFIX)
+            else f"--delta {role}"
+        )
         raise UserError(f"{flag} {raw}: no such file")
     return path
 
 
-def resolve_profile(name: str | None, models_file: str | Path | None = None,
-                    models_dir: str | Path | None = None,
-                    overrides: dict[str, str] | None = None) -> ResolvedProfile:
+def resolve_profile(
+    name: str | None,
+    models_file: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    overrides: dict[str, str] | None = None,
+) -> ResolvedProfile:
     """Local paths for a profile; ``overrides`` (role -> path) win over the profile and may
     add deltas (roles ``NAME`` / ``NAME.reference``)."""
     profile = get_profile(load_profiles(models_file), name)
@@ -308,7 +318,9 @@ def resolve_profile(name: str | None, models_file: str | Path | None = None,
             if not paths[role].is_file():
                 missing.append(f"{role} ({mf.key})")
     if missing:
-        raise UserError(f"profile '{profile.name}': missing {', '.join(missing)} in {root}; "
-                        f"download with `{download_command(profile.name, models_file, models_dir)}`"
-                        " or pass --base/--chat/--reference")
+        raise UserError(
+            f"profile '{profile.name}': missing {', '.join(missing)} in {root}; "
+            f"download with `{download_command(profile.name, models_file, models_dir)}`"
+            " or pass --base/--chat/--reference"
+        )
     return ResolvedProfile(profile.name, paths, dict(profile.defaults), dict(profile.weights))

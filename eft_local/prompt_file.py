@@ -94,7 +94,7 @@ def _read_jsonl(name: str, content: str) -> list[PromptItem]:
         except json.JSONDecodeError as e:
             raise UserError(f"{name} line {lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{name} line {lineno}: expected a JSON object like {{\"prompt\": \"...\"}}")
+            raise UserError(f'{name} line {lineno}: expected a JSON object like {{"prompt": "..."}}')
         items.append(_item(obj, len(items), lineno))
     return items
 
@@ -126,15 +126,15 @@ def _prompt(obj: dict, pid: Any, lineno: int) -> PromptItem:
         return PromptItem(pid, obj["messages"], messages=obj["messages"])
     if "prompt" in obj:
         if not isinstance(obj["prompt"], str) or not obj["prompt"]:
-            return PromptItem(pid, obj["prompt"], error=f"line {lineno}: \"prompt\" must be a non-empty string")
+            return PromptItem(pid, obj["prompt"], error=f'line {lineno}: "prompt" must be a non-empty string')
         return PromptItem(pid, obj["prompt"], text=obj["prompt"])
-    return PromptItem(pid, None, error=f"line {lineno}: needs a \"prompt\" string or a \"messages\" list")
+    return PromptItem(pid, None, error=f'line {lineno}: needs a "prompt" string or a "messages" list')
 
 
 def _messages_error(messages: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
-        return "\"messages\" must be a non-empty list of {\"role\", \"content\"} objects"
+        return '"messages" must be a non-empty list of {"role", "content"} objects'
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in VALID_ROLES:
-            return f"each message needs \"role\" ({'/'.join(VALID_ROLES)}) and a \"content\" string"
+            return f'each message needs "role" ({"/".join(VALID_ROLES)}) and a "content" string'
     return None

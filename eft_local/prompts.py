@@ -16,7 +16,6 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import UserError
-
 from .settings import PROMPT_STYLES
 
 __all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript"]
@@ -168,8 +167,10 @@ def _tokenize_with_contents(model: PromptModel, text: str, messages: Sequence[Me
     """Templated text with stand-ins: the template's parts as control tokens, the contents as text."""
     pieces = _SENTINEL.split(text)  # template, index, template, index, ..., template
     if sorted(int(i) for i in pieces[1::2]) != list(range(len(messages))):
-        raise UserError(f"the chat template of {model.path} rewrites message contents, so they can't be kept as "
-                        "plain text; serve without plain-text content")
+        raise UserError(
+            f"the chat template of {model.path} rewrites message contents, so they can't be kept as "
+            "plain text; serve without plain-text content"
+        )
     ids = tokenize_templated(model, pieces[0]) if pieces[0] else ([model.bos] if model.add_bos else [])
     for i in range(1, len(pieces), 2):
         ids += model.tokenize(messages[int(pieces[i])]["content"], add_bos=False, special=False)

@@ -50,8 +50,10 @@ from .errors import UserError
 DEFAULT_PORT = 50052
 PROBE_TIMEOUT = 3.0
 EXIT_RPC_LOST = 69  # EX_UNAVAILABLE
-BUILD_HINT = ('this llama-cpp-python was built without RPC; reinstall it with -DGGML_RPC=ON, e.g. '
-              'CMAKE_ARGS="-DGGML_RPC=ON" pip install --no-cache-dir --force-reinstall llama-cpp-python')
+BUILD_HINT = (
+    "this llama-cpp-python was built without RPC; reinstall it with -DGGML_RPC=ON, e.g. "
+    'CMAKE_ARGS="-DGGML_RPC=ON" pip install --no-cache-dir --force-reinstall llama-cpp-python'
+)
 
 _RPC_CMD_HELLO = 14
 _CONN_CAPS_SIZE = 24
@@ -173,16 +175,24 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
             s.sendall(bytes([_RPC_CMD_HELLO]) + struct.pack("<Q", _CONN_CAPS_SIZE) + bytes(_CONN_CAPS_SIZE))
             size = struct.unpack("<Q", _recv_exact(s, 8))[0]
             if size != _HELLO_RSP_SIZE:
-                raise UserError(f"RPC server {endpoint} speaks another protocol version (hello of {size} bytes); "
-                                "run an rpc-server from the same llama.cpp as this eft-local")
+                raise UserError(
+                    f"RPC server {endpoint} speaks another protocol version (hello of {size} bytes); "
+                    "run an rpc-server from the same llama.cpp as this eft-local"
+                )
             rsp = _recv_exact(s, size)
     except ConnectionRefusedError:
-        raise UserError(f"RPC server {endpoint}: connection refused (is `eft-local rpc-server --port {port}` running there?)") from None
+        raise UserError(
+            f"RPC server {endpoint}: connection refused (is `eft-local rpc-server --port {port}` running there?)"
+        ) from None
     except TimeoutError:
-        raise UserError(f"RPC server {endpoint}: no answer within {timeout:g} s (host down, firewalled, "
-                        "or the server is busy with another client: an rpc-server serves one client at a time)") from None
+        raise UserError(
+            f"RPC server {endpoint}: no answer within {timeout:g} s (host down, firewalled, "
+            "or the server is busy with another client: an rpc-server serves one client at a time)"
+        ) from None
     except (ConnectionError, EOFError):
-        raise UserError(f"RPC server {endpoint}: closed the connection during the handshake (not an RPC server, or another version)") from None
+        raise UserError(
+            f"RPC server {endpoint}: closed the connection during the handshake (not an RPC server, or another version)"
+        ) from None
     except OSError as e:
         raise UserError(f"RPC server {endpoint}: {e.strerror or e}") from None
     return rsp[0], rsp[1], rsp[2]
@@ -375,16 +385,21 @@ def check_alive(endpoints: Sequence[str], what: str = "") -> None:
     dead = lost(endpoints)
     if dead:
         for_what = f" (layers of {what})" if what else ""
-        raise RpcServerLost(f"RPC server {', '.join(dead)}{for_what} closed the connection; "
-                            "restart it, then eft-local (this process can't use that server again)")
+        raise RpcServerLost(
+            f"RPC server {', '.join(dead)}{for_what} closed the connection; "
+            "restart it, then eft-local (this process can't use that server again)"
+        )
 
 
 def report_lost() -> bool:
     """After a batch run: print one line and return True if a server was lost along the way."""
     dead = lost(_registered)
     if dead:
-        print(f"eft-local: error: RPC server {', '.join(dead)} was lost during the run; the prompt in flight and "
-              f"all later ones are error rows (exit status {EXIT_RPC_LOST})", file=sys.stderr)
+        print(
+            f"eft-local: error: RPC server {', '.join(dead)} was lost during the run; the prompt in flight and "
+            f"all later ones are error rows (exit status {EXIT_RPC_LOST})",
+            file=sys.stderr,
+        )
     return bool(dead)
 
 
@@ -404,13 +419,21 @@ def _on_abort(message: bytes | None) -> None:
     _restore_terminal()
     if "handshake" in why or "connect" in why:  # a (re)connection inside ggml failed
         versions = "; ".join(f"{ep} speaks RPC v{'.'.join(map(str, v))}" for ep, v in _versions.items())
-        hint = "run an rpc-server from the same llama.cpp version as this eft-local" if "handshake" in why else "is the server still running?"
-        sys.stderr.write(f"eft-local: error: cannot use RPC server: {why}{f' ({versions})' if versions else ''}; "
-                         f"{hint} (exit status {EXIT_RPC_LOST})\n")
+        hint = (
+            "run an rpc-server from the same llama.cpp version as this eft-local"
+            if "handshake" in why
+            else "is the server still running?"
+        )
+        sys.stderr.write(
+            f"eft-local: error: cannot use RPC server: {why}{f' ({versions})' if versions else ''}; "
+            f"{hint} (exit status {EXIT_RPC_LOST})\n"
+        )
     else:
-        sys.stderr.write(f"eft-local: error: lost RPC server {', '.join(dead)} during a decode ({why}); "
-                         "llama.cpp's RPC client cannot recover from this, so eft-local stops here"
-                         f" (exit status {EXIT_RPC_LOST}; finished batch rows are in OUT.partial)\n")
+        sys.stderr.write(
+            f"eft-local: error: lost RPC server {', '.join(dead)} during a decode ({why}); "
+            "llama.cpp's RPC client cannot recover from this, so eft-local stops here"
+            f" (exit status {EXIT_RPC_LOST}; finished batch rows are in OUT.partial)\n"
+        )
     sys.stderr.flush()
     os._exit(EXIT_RPC_LOST)
 
@@ -481,4 +504,6 @@ def start_server(host: str, port: int, *, threads: int, cache_dir: str | None, d
     libs = require_rpc()
     arr = (ctypes.c_void_p * len(devices))(*devices)
     cache = cache_dir.encode() if cache_dir else None
-    libs.rpc.ggml_backend_rpc_start_server(f"{host}:{port}".encode(), cache, threads, len(devices), ctypes.cast(arr, ctypes.c_void_p))
+    libs.rpc.ggml_backend_rpc_start_server(
+        f"{host}:{port}".encode(), cache, threads, len(devices), ctypes.cast(arr, ctypes.c_void_p)
+    )

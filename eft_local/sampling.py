@@ -121,7 +121,9 @@ def combine(rows: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarra
     return out
 
 
-def three_roles(base: np.ndarray, chat: np.ndarray, reference: np.ndarray, alpha: float, beta: float) -> tuple[list[np.ndarray], list[float]]:
+def three_roles(
+    base: np.ndarray, chat: np.ndarray, reference: np.ndarray, alpha: float, beta: float
+) -> tuple[list[np.ndarray], list[float]]:
     """Rows and weights of the one-delta formula ``ref + α(chat − ref) + β(base − ref)``."""
     return [chat, base, reference], [alpha, beta, 1.0 - alpha - beta]
 

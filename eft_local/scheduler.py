@@ -188,7 +188,9 @@ class Scheduler:
         self._admit(done)
         return done
 
-    def run_all(self, jobs: Iterable[tuple[Any, Callable[[], tuple[Mapping[str, list[int]], GenerationConfig, np.random.Generator]]]]) -> Iterator[tuple[Any, FinishedEvent]]:
+    def run_all(
+        self, jobs: Iterable[tuple[Any, Callable[[], tuple[Mapping[str, list[int]], GenerationConfig, np.random.Generator]]]]
+    ) -> Iterator[tuple[Any, FinishedEvent]]:
         """Batch mode: ``jobs`` yields (tag, make) pairs, pulled only when a sequence is free;
         ``make()`` returns (prompt, config, rng) or raises UserError (then that job finishes
         as an error at once). Yields (tag, FinishedEvent) in completion order."""

@@ -71,8 +71,11 @@ class Session:
         if raw is not None:
             prompt = self.engine.prompt(raw=raw, plain_content=self.plain_content)
         else:
-            prompt = self.engine.prompt(messages=with_system(messages or [], self.system_prompt), style=self.prompt_style,
-                                        plain_content=self.plain_content)
+            prompt = self.engine.prompt(
+                messages=with_system(messages or [], self.system_prompt),
+                style=self.prompt_style,
+                plain_content=self.plain_content,
+            )
         for role, model in self.engine.models.items():
             if not prompt[role]:
                 raise UserError("the prompt is empty: nothing to generate from")

@@ -219,12 +219,17 @@ def write_family(
     shape = shape or ModelSpec()
     ref = ModelSpec(**{**shape.__dict__, "name": "reference"})
     chat = ModelSpec(
-        **{**shape.__dict__, "name": "chat", "output_shift": chat_shift, "shift_seed": seed + 11,
-           "chat_template": chat_template, "eos_id": IM_END if chat_template else EOS}
+        **{
+            **shape.__dict__,
+            "name": "chat",
+            "output_shift": chat_shift,
+            "shift_seed": seed + 11,
+            "chat_template": chat_template,
+            "eos_id": IM_END if chat_template else EOS,
+        }
     )
     base = ModelSpec(
-        **{**shape.__dict__, "name": "base", "output_shift": base_shift, "shift_seed": seed + 22,
-           "extra_layers": extra_layers}
+        **{**shape.__dict__, "name": "base", "output_shift": base_shift, "shift_seed": seed + 22, "extra_layers": extra_layers}
     )
     return Family(
         base=write_model(directory / "base.gguf", base, seed),

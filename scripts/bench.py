@@ -47,7 +47,14 @@ from eft_local.events import FinishedEvent
 from eft_local.llama_adapter import LlamaModel
 from eft_local.sampling import SamplingParams, distribution, sample
 from eft_local.synthetic import (
-    BOS, CHATML_TEMPLATE, EOS, IM_END, UNK, ModelSpec, build_vocab, write_family,
+    BOS,
+    CHATML_TEMPLATE,
+    EOS,
+    IM_END,
+    UNK,
+    ModelSpec,
+    build_vocab,
+    write_family,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,14 +92,16 @@ class Shape:
 
 SHAPES = {
     "small": Shape(
-        "family", 4096,
+        "family",
+        4096,
         small=Dims(512, 2, 8, 8, 2048),
         base=Dims(512, 32, 8, 8, 2048),
         # greedy acceptance measured here: 0.01 -> ~95%, 0.05 -> ~72%, 0.2 -> ~44%
         agreement=(("high", 0.01), ("medium", 0.05), ("low", 0.2)),
     ),
     "7b-0.5b": Shape(
-        "pair", 151_936,
+        "pair",
+        151_936,
         small=Dims(896, 24, 14, 2, 4864),  # Qwen2.5-0.5B
         base=Dims(3584, 28, 28, 4, 18944),  # Qwen2.5-7B
         base_pad_to=152_064,
@@ -101,7 +110,8 @@ SHAPES = {
         agreement=(("high", 0.02), ("medium", 0.1), ("low", 0.3)),
     ),
     "pair-mini": Shape(
-        "pair", 4096,
+        "pair",
+        4096,
         small=Dims(256, 2, 4, 2, 512),
         base=Dims(512, 16, 8, 4, 1024),
         base_pad_to=4096 + 128,
@@ -117,8 +127,19 @@ CHAT_SHIFT = 0.5  # chat differs from reference (EFT's fine-tuning delta is not 
 # ----------------------------------------------------------------------------------------
 
 
-def write_pair_model(path: Path, dims: Dims, n_vocab: int, *, pad_to: int | None, out_scale: float,
-                     dtype, seed: int, name: str, chat_template: str | None = None, eos_id: int = EOS) -> Path:
+def write_pair_model(
+    path: Path,
+    dims: Dims,
+    n_vocab: int,
+    *,
+    pad_to: int | None,
+    out_scale: float,
+    dtype,
+    seed: int,
+    name: str,
+    chat_template: str | None = None,
+    eos_id: int = EOS,
+) -> Path:
     """A random llama GGUF of any width sharing ``build_vocab(n_vocab)`` texts.
 
     Speed-only: one random matrix per tensor shape is reused by every layer (identical
@@ -144,10 +165,15 @@ def write_pair_model(path: Path, dims: Dims, n_vocab: int, *, pad_to: int | None
     out[n_vocab:] = 0
     ones = np.ones(d, np.float32)
     layer = {
-        "attn_norm.weight": ones, "ffn_norm.weight": ones,
-        "attn_q.weight": mat(d, d), "attn_k.weight": mat(d_kv, d), "attn_v.weight": mat(d_kv, d),
+        "attn_norm.weight": ones,
+        "ffn_norm.weight": ones,
+        "attn_q.weight": mat(d, d),
+        "attn_k.weight": mat(d_kv, d),
+        "attn_v.weight": mat(d_kv, d),
         "attn_output.weight": mat(d, d),
-        "ffn_gate.weight": mat(ff, d), "ffn_up.weight": mat(ff, d), "ffn_down.weight": mat(d, ff),
+        "ffn_gate.weight": mat(ff, d),
+        "ffn_up.weight": mat(ff, d),
+        "ffn_down.weight": mat(d, ff),
     }
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(name)
@@ -188,21 +214,58 @@ def write_models(shape: Shape, directory: Path, base_shift: float, seed: int, sh
     """base/chat/reference paths for one agreement level (chat/reference written once)."""
     directory.mkdir(parents=True, exist_ok=True)
     if shape.kind == "family":
-        spec = ModelSpec(n_vocab=shape.n_vocab, n_embd=shape.small.n_embd, n_layer=shape.small.n_layer,
-                         n_head=shape.small.n_head, n_head_kv=shape.small.n_head_kv, n_ff=shape.small.n_ff,
-                         n_ctx_train=4096)
-        fam = write_family(directory, shape=spec, extra_layers=shape.base.n_layer - shape.small.n_layer,
-                           chat_shift=CHAT_SHIFT, base_shift=base_shift, seed=seed)
+        spec = ModelSpec(
+            n_vocab=shape.n_vocab,
+            n_embd=shape.small.n_embd,
+            n_layer=shape.small.n_layer,
+            n_head=shape.small.n_head,
+            n_head_kv=shape.small.n_head_kv,
+            n_ff=shape.small.n_ff,
+            n_ctx_train=4096,
+        )
+        fam = write_family(
+            directory,
+            shape=spec,
+            extra_layers=shape.base.n_layer - shape.small.n_layer,
+            chat_shift=CHAT_SHIFT,
+            base_shift=base_shift,
+            seed=seed,
+        )
         return {k: Path(v) for k, v in fam.paths().items()}
     if "chat" not in shared:
         root = directory.parent
-        shared["chat"] = write_pair_model(root / "chat.gguf", shape.small, shape.n_vocab, pad_to=None, out_scale=1.0,
-                                          dtype=shape.dtype, seed=seed, name="chat", chat_template=CHATML_TEMPLATE,
-                                          eos_id=IM_END)
-        shared["reference"] = write_pair_model(root / "reference.gguf", shape.small, shape.n_vocab, pad_to=None,
-                                               out_scale=0.0, dtype=shape.dtype, seed=seed, name="reference")
-    base = write_pair_model(directory / "base.gguf", shape.base, shape.n_vocab, pad_to=shape.base_pad_to,
-                            out_scale=base_shift, dtype=shape.dtype, seed=seed + 22, name="base")
+        shared["chat"] = write_pair_model(
+            root / "chat.gguf",
+            shape.small,
+            shape.n_vocab,
+            pad_to=None,
+            out_scale=1.0,
+            dtype=shape.dtype,
+            seed=seed,
+            name="chat",
+            chat_template=CHATML_TEMPLATE,
+            eos_id=IM_END,
+        )
+        shared["reference"] = write_pair_model(
+            root / "reference.gguf",
+            shape.small,
+            shape.n_vocab,
+            pad_to=None,
+            out_scale=0.0,
+            dtype=shape.dtype,
+            seed=seed,
+            name="reference",
+        )
+    base = write_pair_model(
+        directory / "base.gguf",
+        shape.base,
+        shape.n_vocab,
+        pad_to=shape.base_pad_to,
+        out_scale=base_shift,
+        dtype=shape.dtype,
+        seed=seed + 22,
+        name="base",
+    )
     return {"base": base, "chat": shared["chat"], "reference": shared["reference"]}
 
 
@@ -222,8 +285,9 @@ class Result:
     total_ms_per_token: float = 0.0  # prompt (re)evaluation included
 
 
-def plain_run(model: LlamaModel, prompt: list[int], n: int, params: SamplingParams, n_vocab: int,
-              rng: np.random.Generator) -> Result:
+def plain_run(
+    model: LlamaModel, prompt: list[int], n: int, params: SamplingParams, n_vocab: int, rng: np.random.Generator
+) -> Result:
     """One model alone, no EFT machinery: eval one token, pick the next, repeat."""
     model.rollback(0)
     row = model.eval(prompt, 1)[0]
@@ -250,15 +314,30 @@ def eft_run(engine: EftEngine, prompt: dict, n: int, params: SamplingParams, k: 
         raise SystemExit(f"generation failed: {fin.error if fin else 'no FinishedEvent'}")
     s = fin.stats
     mean_k = s.drafted / s.rounds if s.rounds else None
-    return Result(s.tokens_per_second, s.n_tokens, s.acceptance, s.decode_seconds / max(s.n_tokens, 1) * 1e3,
-                  tuple(fin.token_ids), mean_k, s.seconds / max(s.n_tokens, 1) * 1e3)
+    return Result(
+        s.tokens_per_second,
+        s.n_tokens,
+        s.acceptance,
+        s.decode_seconds / max(s.n_tokens, 1) * 1e3,
+        tuple(fin.token_ids),
+        mean_k,
+        s.seconds / max(s.n_tokens, 1) * 1e3,
+    )
 
 
 MODES = [("naive EFT", 0), ("spec k=2", 2), ("spec k=4", 4), ("spec k=8", 8), ("spec k=16", 16), ("spec adaptive", None)]
 
 
-def bench_level(engine: EftEngine, plain: dict[str, LlamaModel], n_vocab: int, n_tokens: int,
-                params: SamplingParams, repeat: int, seed: int, echo) -> dict[str, list[Result]]:
+def bench_level(
+    engine: EftEngine,
+    plain: dict[str, LlamaModel],
+    n_vocab: int,
+    n_tokens: int,
+    params: SamplingParams,
+    repeat: int,
+    seed: int,
+    echo,
+) -> dict[str, list[Result]]:
     prompt = engine.prompt(raw=PROMPT)
     plain_prompt = {r: prompt[r] for r in ("base", "chat")}
     results: dict[str, list[Result]] = {}
@@ -285,8 +364,9 @@ def print_table(results: dict[str, list[Result]], echo, greedy: bool) -> dict[st
     tps = {m: med([r.tps for r in rs]) for m, rs in results.items()}
     naive, base = tps["naive EFT"], tps["base alone"]
     naive_ids = results["naive EFT"][0].token_ids
-    hdr = (f"{'mode':<14} {'tok/s':>8} {'ms/tok':>7} {'x naive':>8} {'x base':>7} {'accept':>7} {'mean k':>7} {'tokens':>6}"
-           + ("  same as naive" if greedy else ""))
+    hdr = f"{'mode':<14} {'tok/s':>8} {'ms/tok':>7} {'x naive':>8} {'x base':>7} {'accept':>7} {'mean k':>7} {'tokens':>6}" + (
+        "  same as naive" if greedy else ""
+    )
     echo(hdr)
     echo("-" * len(hdr))
     for mode, rs in results.items():
@@ -295,9 +375,11 @@ def print_table(results: dict[str, list[Result]], echo, greedy: bool) -> dict[st
         same = ""
         if greedy and mode not in ("base alone", "chat alone"):
             same = "  " + ("yes" if all(r.token_ids == naive_ids for r in rs) else "NO")
-        echo(f"{mode:<14} {tps[mode]:>8.1f} {med([r.ms_per_token for r in rs]):>7.2f} {tps[mode] / naive:>7.2f}x "
-             f"{tps[mode] / base:>6.2f}x {'' if acc is None else f'{acc:.1%}':>7} {'' if mk is None else f'{mk:.1f}':>7} "
-             f"{med([r.n_tokens for r in rs]):>6.0f}{same}")
+        echo(
+            f"{mode:<14} {tps[mode]:>8.1f} {med([r.ms_per_token for r in rs]):>7.2f} {tps[mode] / naive:>7.2f}x "
+            f"{tps[mode] / base:>6.2f}x {'' if acc is None else f'{acc:.1%}':>7} {'' if mk is None else f'{mk:.1f}':>7} "
+            f"{med([r.n_tokens for r in rs]):>6.0f}{same}"
+        )
     return tps
 
 
@@ -319,6 +401,7 @@ class _Timer:
             finally:
                 self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
                 self.n[key] = self.n.get(key, 0) + 1
+
         return w
 
 
@@ -330,8 +413,11 @@ def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int,
     prompt = engine.prompt(raw=PROMPT)
     names = ("eft_distribution", "distribution", "sample", "accept", "residual")
     saved = {n: getattr(dec, n) for n in names}
-    echo(f"{'mode':<14} {'ms/tok':>7} " + " ".join(f"{c:>9}" for c in
-         ("base eval", "ref eval", "chat eval", "numpy", "py/other")) + "   (ms per generated token)")
+    echo(
+        f"{'mode':<14} {'ms/tok':>7} "
+        + " ".join(f"{c:>9}" for c in ("base eval", "ref eval", "chat eval", "numpy", "py/other"))
+        + "   (ms per generated token)"
+    )
     for label, k in MODES:
         tm = _Timer()
         evals = {r: m.eval for r, m in engine.models.items()}
@@ -342,15 +428,19 @@ def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int,
                 setattr(dec, n, tm.wrap("numpy", saved[n]))
             res = eft_run(engine, prompt, n_tokens, params, k, seed)
         finally:
-            for r, m in engine.models.items():
+            for m in engine.models.values():
                 del m.eval
             for n in names:
                 setattr(dec, n, saved[n])
         nt = max(res.n_tokens, 1)
         wall = res.total_ms_per_token  # the wrappers also see the (cached) prompt's last-token evals
         parts = [tm.t.get(key, 0.0) * 1e3 / nt for key in ("base", "reference", "chat", "numpy")]
-        echo(f"{label:<14} {wall:>7.2f} " + " ".join(f"{p:>9.2f}" for p in parts) + f" {wall - sum(parts):>9.2f}"
-             + f"   base evals/tok {tm.n.get('base', 0) / nt:.2f}")
+        echo(
+            f"{label:<14} {wall:>7.2f} "
+            + " ".join(f"{p:>9.2f}" for p in parts)
+            + f" {wall - sum(parts):>9.2f}"
+            + f"   base evals/tok {tm.n.get('base', 0) / nt:.2f}"
+        )
 
 
 def eval_costs(model: LlamaModel, batches=(1, 3, 5, 9, 17), reps=7) -> dict[int, float]:
@@ -376,8 +466,6 @@ def eval_costs(model: LlamaModel, batches=(1, 3, 5, 9, 17), reps=7) -> dict[int,
 # ----------------------------------------------------------------------------------------
 
 
-
-
 # ----------------------------------------------------------------------------------------
 # --parallel: aggregate throughput of many prompts at once (scheduler.Scheduler)
 # ----------------------------------------------------------------------------------------
@@ -391,8 +479,15 @@ def parallel_prompts(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(PARALLEL_WORDS, size=int(rng.integers(1, 17)))) for _ in range(n)]
 
 
-def parallel_run(engine: EftEngine, prompts: list[dict], n_tokens: int, params: SamplingParams, n_seq: int,
-                 seed: int, cost: tuple[float, float] | None = None) -> tuple[float, int, float | None, list[tuple[int, ...]]]:
+def parallel_run(
+    engine: EftEngine,
+    prompts: list[dict],
+    n_tokens: int,
+    params: SamplingParams,
+    n_seq: int,
+    seed: int,
+    cost: tuple[float, float] | None = None,
+) -> tuple[float, int, float | None, list[tuple[int, ...]]]:
     """All prompts through a scheduler of n_seq sequences (0: the plain one-by-one path).
     Returns (aggregate tok/s, tokens, acceptance, token ids per prompt)."""
     from eft_local.batch import rng_for
@@ -428,8 +523,10 @@ def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: 
     temps = [float(t) for t in args.temperature.split(",") if t.strip()]
     levels = [lv for lv in shape.agreement if lv[0] in args.parallel_levels.split(",")]
     n_ctx = (64 + 80 + args.tokens + MAX_DRAFT + 32 + 255) // 256 * 256
-    echo(f"parallel benchmark: {args.prompts} prompts x {args.tokens} tokens, N = {', '.join(map(str, ns))} "
-         f"(plain = one after another, today's path), threads {threads}, best of {args.repeat}")
+    echo(
+        f"parallel benchmark: {args.prompts} prompts x {args.tokens} tokens, N = {', '.join(map(str, ns))} "
+        f"(plain = one after another, today's path), threads {threads}, best of {args.repeat}"
+    )
     shared: dict = {}
     summary = []
     for level, base_shift in levels:
@@ -454,8 +551,10 @@ def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: 
                 ref1 = rows[ns[0]][0]
                 for n, (tps, tok, acc, ids) in rows.items():
                     same = sum(a == b for a, b in zip(ids, plain_ids))
-                    echo(f"{'plain' if n == 0 else n:>6} {tps:>8.1f} {tps / rows[0][0]:>7.2f}x {tps / ref1:>6.2f}x "
-                         f"{'' if acc is None else f'{acc:.1%}':>7} {tok:>7} {same:>9}/{len(ids)}")
+                    echo(
+                        f"{'plain' if n == 0 else n:>6} {tps:>8.1f} {tps / rows[0][0]:>7.2f}x {tps / ref1:>6.2f}x "
+                        f"{'' if acc is None else f'{acc:.1%}':>7} {tok:>7} {same:>9}/{len(ids)}"
+                    )
                 summary.append((level, label, {n: r[0] / rows[0][0] for n, r in rows.items() if n}))
         finally:
             single.close()
@@ -468,14 +567,22 @@ def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agreement", choices=("high", "medium", "low", "all"), default="all")
-    ap.add_argument("--base-shift", type=float, default=None,
-                    help="override the agreement level with this base_shift (one custom level)")
+    ap.add_argument(
+        "--base-shift", type=float, default=None, help="override the agreement level with this base_shift (one custom level)"
+    )
     ap.add_argument("--tokens", type=int, default=128, help="tokens generated per run (default 128)")
-    ap.add_argument("--temperature", default="0,0.7",
-                    help="comma-separated temperatures; 0 = greedy (default '0,0.7': greedy plus one sampled run)")
+    ap.add_argument(
+        "--temperature",
+        default="0,0.7",
+        help="comma-separated temperatures; 0 = greedy (default '0,0.7': greedy plus one sampled run)",
+    )
     ap.add_argument("--top-p", type=float, default=0.95, help="top-p for sampled runs (default 0.95)")
-    ap.add_argument("--sampled-levels", choices=("high", "all"), default="high",
-                    help="agreement levels that also get the sampled (T>0) runs (default: high only)")
+    ap.add_argument(
+        "--sampled-levels",
+        choices=("high", "all"),
+        default="high",
+        help="agreement levels that also get the sampled (T>0) runs (default: high only)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="repetitions per mode; the table shows medians")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     ap.add_argument("--shape", choices=tuple(SHAPES), default="small")
@@ -485,11 +592,17 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print a per-phase time breakdown (greedy)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy microbenchmark")
     ap.add_argument("--numpy-iters", type=int, default=200)
-    ap.add_argument("--parallel", metavar="N1,N2,...",
-                    help="instead: aggregate tok/s with N sequences at once (scheduler), e.g. 1,2,4,8")
+    ap.add_argument(
+        "--parallel", metavar="N1,N2,...", help="instead: aggregate tok/s with N sequences at once (scheduler), e.g. 1,2,4,8"
+    )
     ap.add_argument("--prompts", type=int, default=32, help="--parallel: prompts per run (default 32)")
-    ap.add_argument("--cost", type=lambda t: tuple(float(x) for x in t.split(",")), default=None, metavar="GROWTH,JUMP",
-                    help="--parallel: the scheduler's decode cost model (default: its CPU/GPU guess)")
+    ap.add_argument(
+        "--cost",
+        type=lambda t: tuple(float(x) for x in t.split(",")),
+        default=None,
+        metavar="GROWTH,JUMP",
+        help="--parallel: the scheduler's decode cost model (default: its CPU/GPU guess)",
+    )
     ap.add_argument("--parallel-levels", default="high,medium", help="--parallel: agreement levels (default high,medium)")
     args = ap.parse_args()
 
@@ -511,13 +624,17 @@ def main() -> None:
     if out_dir is None:
         tmp = tempfile.mkdtemp(prefix="eft-bench-")
         out_dir = Path(tmp)
-    echo(f"EFT speed benchmark: shape {args.shape}, {args.tokens} tokens/run, {args.repeat} repetitions "
-         f"(medians), threads {threads}, gpu layers {gpu_layers}")
+    echo(
+        f"EFT speed benchmark: shape {args.shape}, {args.tokens} tokens/run, {args.repeat} repetitions "
+        f"(medians), threads {threads}, gpu layers {gpu_layers}"
+    )
     s, b = shape.small, shape.base
-    echo(f"  small (chat/reference): {s.n_embd} wide, {s.n_layer} layers, ff {s.n_ff}; "
-         f"base: {b.n_embd} wide, {b.n_layer} layers, ff {b.n_ff}; vocab {shape.n_vocab}"
-         + (f" (base padded to {shape.base_pad_to})" if shape.base_pad_to else "")
-         + f"; {np.dtype(shape.dtype).name}")
+    echo(
+        f"  small (chat/reference): {s.n_embd} wide, {s.n_layer} layers, ff {s.n_ff}; "
+        f"base: {b.n_embd} wide, {b.n_layer} layers, ff {b.n_ff}; vocab {shape.n_vocab}"
+        + (f" (base padded to {shape.base_pad_to})" if shape.base_pad_to else "")
+        + f"; {np.dtype(shape.dtype).name}"
+    )
     if args.parallel:
         try:
             bench_parallel(args, shape, out_dir, gpu_layers, threads, echo)
@@ -533,16 +650,19 @@ def main() -> None:
         for li, (level, base_shift) in enumerate(levels):
             t0 = time.perf_counter()
             paths = write_models(shape, out_dir / level, base_shift, args.seed, shared)
-            echo(f"\n== agreement {level} (base_shift {base_shift:g}, chat_shift {CHAT_SHIFT:g}); "
-                 f"models written in {time.perf_counter() - t0:.1f}s to {out_dir / level}")
+            echo(
+                f"\n== agreement {level} (base_shift {base_shift:g}, chat_shift {CHAT_SHIFT:g}); "
+                f"models written in {time.perf_counter() - t0:.1f}s to {out_dir / level}"
+            )
             engine = EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads)
-            plain = {r: LlamaModel(paths[r], n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads)
-                     for r in ("base", "chat")}
+            plain = {r: LlamaModel(paths[r], n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads) for r in ("base", "chat")}
             try:
                 if not cost_printed:
                     cb, cs = eval_costs(plain["base"]), eval_costs(plain["chat"])
-                    echo(f"per-token cost (one decode, ms): base {cb[1]:.2f}, small {cs[1]:.2f} -> "
-                         f"large/small = {cb[1] / cs[1]:.1f}x (target >= 10x)")
+                    echo(
+                        f"per-token cost (one decode, ms): base {cb[1]:.2f}, small {cs[1]:.2f} -> "
+                        f"large/small = {cb[1] / cs[1]:.1f}x (target >= 10x)"
+                    )
                     echo("  batched decode, ms: " + ", ".join(f"b={k}: base {cb[k]:.1f} / small {cs[k]:.2f}" for k in cb))
                     cost_printed = True
                 for t in temps:
@@ -555,8 +675,9 @@ def main() -> None:
                     tps = print_table(res, echo, greedy=(t == 0))
                     best = max((m for m in tps if m.startswith("spec")), key=tps.get)
                     acc = med([r.acceptance for r in res["spec k=4"]])
-                    summary.append((level, label, acc, tps["spec adaptive"] / tps["naive EFT"],
-                                    best, tps[best] / tps["naive EFT"]))
+                    summary.append(
+                        (level, label, acc, tps["spec adaptive"] / tps["naive EFT"], best, tps[best] / tps["naive EFT"])
+                    )
                 if args.profile:
                     echo(f"\n-- {level}, greedy: time per phase (one run each, with timing wrappers)")
                     profile(engine, args.tokens, SamplingParams(temperature=0.0), args.seed, echo)

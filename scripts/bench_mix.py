@@ -32,8 +32,20 @@ from bench import PROMPT, eft_run, plain_run  # noqa: E402
 def write_mix(directory: Path) -> dict[str, Path]:
     spec = ModelSpec(n_embd=512, n_layer=2, n_head=8, n_head_kv=8, n_ff=1024, n_ctx_train=4096)
     fam = write_family(directory, shape=spec, extra_layers=30, chat_shift=0.5, base_shift=0.01)
-    safe = write_model(directory / "safe.gguf", ModelSpec(**{**spec.__dict__, "name": "safe", "output_shift": 0.05,
-                       "shift_seed": 33, "chat_template": CHATML_TEMPLATE, "eos_id": IM_END}), seed=0)
+    safe = write_model(
+        directory / "safe.gguf",
+        ModelSpec(
+            **{
+                **spec.__dict__,
+                "name": "safe",
+                "output_shift": 0.05,
+                "shift_seed": 33,
+                "chat_template": CHATML_TEMPLATE,
+                "eos_id": IM_END,
+            }
+        ),
+        seed=0,
+    )
     return {**fam.paths(), "safe": safe}
 
 
@@ -52,7 +64,10 @@ def main() -> None:
         modes = {
             "EFT 1 delta (safe=0)": (SamplingParams(temperature=0.0, weights={"safe": 0.0}), None),
             "EFT 2 deltas (safe=0.5)": (SamplingParams(temperature=0.0, weights={"safe": 0.5}), None),
-            "chat alone, all models run (β=1e-30)": (SamplingParams(alpha=1.0, beta=1e-30, temperature=0.0, weights={"safe": 0.0}), 0),
+            "chat alone, all models run (β=1e-30)": (
+                SamplingParams(alpha=1.0, beta=1e-30, temperature=0.0, weights={"safe": 0.0}),
+                0,
+            ),
             "chat alone (compare column)": (SamplingParams(alpha=1.0, beta=0.0, temperature=0.0, weights={"safe": 0.0}), 0),
         }
         tps: dict[str, list[float]] = {m: [] for m in [*modes, "chat model, plain llama.cpp loop"]}
@@ -61,13 +76,20 @@ def main() -> None:
                 engine.reset()
                 tps[name].append(eft_run(engine, prompt, args.tokens, params, k, rep).tps)
             tps["chat model, plain llama.cpp loop"].append(
-                plain_run(plain_chat, prompt["chat"], args.tokens, greedy, engine.vocab.n, np.random.default_rng(0)).tps)
+                plain_run(plain_chat, prompt["chat"], args.tokens, greedy, engine.vocab.n, np.random.default_rng(0)).tps
+            )
         med = {m: statistics.median(v) for m, v in tps.items()}
         for m, v in med.items():
             print(f"{m:<40} {v:8.1f} tok/s")
-        print(f"two deltas / one delta (speculative adaptive): {med['EFT 2 deltas (safe=0.5)'] / med['EFT 1 delta (safe=0)']:.2f}x")
-        print(f"chat alone / plain chat model: {med['chat alone (compare column)'] / med['chat model, plain llama.cpp loop']:.2f}x")
-        print(f"chat alone now / before (every model ran): {med['chat alone (compare column)'] / med['chat alone, all models run (β=1e-30)']:.2f}x")
+        print(
+            f"two deltas / one delta (speculative adaptive): {med['EFT 2 deltas (safe=0.5)'] / med['EFT 1 delta (safe=0)']:.2f}x"
+        )
+        print(
+            f"chat alone / plain chat model: {med['chat alone (compare column)'] / med['chat model, plain llama.cpp loop']:.2f}x"
+        )
+        print(
+            f"chat alone now / before (every model ran): {med['chat alone (compare column)'] / med['chat alone, all models run (β=1e-30)']:.2f}x"
+        )
         engine.close()
         plain_chat.close()
 

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from eft_local.sampling import SamplingParams, eft_distribution, three_roles, sample
+from eft_local.sampling import SamplingParams, eft_distribution, sample, three_roles
 
 N_SMALL = 151_936
 N_BASE_PADDED = 152_064
@@ -78,8 +78,7 @@ CASES = [
 
 
 def run(iters: int = 200, kinds: tuple[str, ...] = ("gauss", "llm"), echo=print) -> list[dict]:
-    echo(f"NumPy per-token cost: eft_distribution + sample, median of {iters} iterations "
-         f"(target <= {TARGET_MS} ms/token)")
+    echo(f"NumPy per-token cost: eft_distribution + sample, median of {iters} iterations (target <= {TARGET_MS} ms/token)")
     hdr = f"{'rows':<6} {'base vocab':>10} {'sampling':<18} {'ms/token':>9} {'p90 ms':>7} {'kept':>7}  target"
     echo(hdr)
     echo("-" * len(hdr))
@@ -89,8 +88,10 @@ def run(iters: int = 200, kinds: tuple[str, ...] = ("gauss", "llm"), echo=print)
             for label, params in CASES:
                 res = bench_case(kind, n_base, params, iters)
                 ok = "ok" if res["ms_median"] <= TARGET_MS else "MISSED"
-                echo(f"{kind:<6} {n_base:>10,} {label:<18} {res['ms_median']:>9.3f} {res['ms_p90']:>7.3f} "
-                     f"{res['support']:>7.0f}  {ok}")
+                echo(
+                    f"{kind:<6} {n_base:>10,} {label:<18} {res['ms_median']:>9.3f} {res['ms_p90']:>7.3f} "
+                    f"{res['support']:>7.0f}  {ok}"
+                )
                 results.append({"rows": kind, "n_base": n_base, "sampling": label, **res})
     echo("kept: support of the sampled distribution (all ids when no filter cuts it: sampled densely).")
     return results

@@ -42,8 +42,12 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "eft_local", "rpc-server", "--port", str(port), "--threads", str(threads)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eft_local", "rpc-server", "--port", str(port), "--threads", str(threads)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -92,8 +96,9 @@ def main() -> None:
                 endpoint = proxies[-1].endpoint
             placements[name] = [endpoint]
         for name, endpoints in placements.items():
-            engines[name] = EftEngine.load(fam.paths(), n_ctx=1024, n_gpu_layers=-1, n_threads=args.threads,
-                                           rpc={"base": endpoints} if endpoints else {})
+            engines[name] = EftEngine.load(
+                fam.paths(), n_ctx=1024, n_gpu_layers=-1, n_threads=args.threads, rpc={"base": endpoints} if endpoints else {}
+            )
         report(engines, args)
     finally:
         for e in engines.values():
@@ -118,13 +123,17 @@ def report(engines: dict[str, EftEngine], args) -> None:
                 if ref.setdefault(mode, ids) != ids:
                     print(f"warning: {name} {mode} tokens differ from local", file=sys.stderr)
     med = {key: statistics.median(v) for key, v in tps.items()}
-    print(f"base: {args.layers} layers x 512 wide f32, {args.tokens} greedy tokens, threads {args.threads}, "
-          f"median of {args.repeat}; acceptance {acc['local'] or 0:.0%}")
+    print(
+        f"base: {args.layers} layers x 512 wide f32, {args.tokens} greedy tokens, threads {args.threads}, "
+        f"median of {args.repeat}; acceptance {acc['local'] or 0:.0%}"
+    )
     print(f"{'placement':<16} {'naive tok/s':>12} {'spec tok/s':>12} {'spec/naive':>11} {'naive kept':>11} {'spec kept':>10}")
     for name in engines:
         n, s = med[(name, "naive")], med[(name, "speculative")]
-        print(f"{name:<16} {n:>12.1f} {s:>12.1f} {s / n:>10.2f}x {n / med[('local', 'naive')]:>10.0%} "
-              f"{s / med[('local', 'speculative')]:>10.0%}")
+        print(
+            f"{name:<16} {n:>12.1f} {s:>12.1f} {s / n:>10.2f}x {n / med[('local', 'naive')]:>10.0%} "
+            f"{s / med[('local', 'speculative')]:>10.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,24 @@ PROMPTS = [
 
 
 def start_server(paths: dict[str, Path], args) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "eft_local", "serve", "--port", "0", "--n-ctx", str(args.n_ctx), "--threads", str(args.threads),
-           "--gpu-layers", str(args.gpu_layers), "--temperature", "0", "--max-queue", "16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eft_local",
+        "serve",
+        "--port",
+        "0",
+        "--n-ctx",
+        str(args.n_ctx),
+        "--threads",
+        str(args.threads),
+        "--gpu-layers",
+        str(args.gpu_layers),
+        "--temperature",
+        "0",
+        "--max-queue",
+        "16",
+    ]
     for role, p in paths.items():
         cmd += [f"--{role}", str(p)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
@@ -89,7 +105,9 @@ def direct(session: Session, prompt: str, max_tokens: int) -> dict[str, float]:
     first = None
     tokens = 0
     # the settings `eft-local run --temperature 0 --max-tokens N` (and the server) use
-    config = generation_config({**setting_defaults(), "temperature": 0.0, "max_tokens": max_tokens, "weights": {}, "draft_with": None})
+    config = generation_config(
+        {**setting_defaults(), "temperature": 0.0, "max_tokens": max_tokens, "weights": {}, "draft_with": None}
+    )
     ids = session.prompt(messages=[{"role": "user", "content": prompt}])
     for ev in session.generate(ids, config, rng_for(None, 0)):
         if isinstance(ev, TokenEvent) and first is None and ev.text:  # as the server: first visible text
@@ -101,8 +119,13 @@ def direct(session: Session, prompt: str, max_tokens: int) -> dict[str, float]:
 
 
 def served(url: str, prompt: str, max_tokens: int, client: httpx.Client) -> dict[str, float]:
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = None
     tokens = 0
@@ -122,8 +145,12 @@ def served(url: str, prompt: str, max_tokens: int, client: httpx.Client) -> dict
 
 def _result(t0: float, first: float | None, end: float, tokens: int) -> dict[str, float]:
     first = first or end
-    return {"ttft": first - t0, "total": end - t0, "tokens": tokens,
-            "tps": (tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0}
+    return {
+        "ttft": first - t0,
+        "total": end - t0,
+        "tokens": tokens,
+        "tps": (tokens - 1) / (end - first) if tokens > 1 and end > first else 0.0,
+    }
 
 
 def med(rows: list[dict[str, float]], key: str) -> float:
@@ -168,25 +195,36 @@ def main() -> None:
                     s_rows.append(served(url, p, args.tokens, client))
                     for tid, t in thread_cpu(proc.pid).items():
                         s_cpu[tid] = s_cpu.get(tid, 0.0) + t - before.get(tid, 0.0)
-            print(f"models: {', '.join(f'{r}={p.name}' for r, p in paths.items())}; {args.threads} thread(s)/model; "
-                  f"{len(prompts)} prompts x {args.repeat}, max {args.tokens} tokens, greedy")
+            print(
+                f"models: {', '.join(f'{r}={p.name}' for r, p in paths.items())}; {args.threads} thread(s)/model; "
+                f"{len(prompts)} prompts x {args.repeat}, max {args.tokens} tokens, greedy"
+            )
             print(f"{'path':<22}{'TTFT ms':>10}{'tok/s':>10}{'total s':>10}{'tokens':>8}")
             for name, rows in (("direct (eft-local run)", d_rows), ("server (streaming)", s_rows)):
-                print(f"{name:<22}{1000 * med(rows, 'ttft'):>10.1f}{med(rows, 'tps'):>10.1f}{med(rows, 'total'):>10.3f}"
-                      f"{sum(r['tokens'] for r in rows) / len(rows):>8.1f}")
+                print(
+                    f"{name:<22}{1000 * med(rows, 'ttft'):>10.1f}{med(rows, 'tps'):>10.1f}{med(rows, 'total'):>10.3f}"
+                    f"{sum(r['tokens'] for r in rows) / len(rows):>8.1f}"
+                )
             total_d, total_s = sum(r["total"] for r in d_rows), sum(r["total"] for r in s_rows)
-            paired = lambda key: statistics.median(s[key] / d[key] for d, s in zip(d_rows, s_rows) if d[key] and s[key])
-            print(f"server/direct (median of per-prompt ratios): TTFT x{paired('ttft'):.3f}, tok/s x{paired('tps'):.3f}, "
-                  f"total x{paired('total'):.3f}; summed time x{total_s / total_d:.3f} (overhead {100 * (total_s / total_d - 1):+.1f}%)")
+
+            def paired(key):
+                return statistics.median(s[key] / d[key] for d, s in zip(d_rows, s_rows) if d[key] and s[key])
+
+            print(
+                f"server/direct (median of per-prompt ratios): TTFT x{paired('ttft'):.3f}, tok/s x{paired('tps'):.3f}, "
+                f"total x{paired('total'):.3f}; summed time x{total_s / total_d:.3f} (overhead {100 * (total_s / total_d - 1):+.1f}%)"
+            )
             if s_cpu:  # CPU time is what the server adds, whatever else runs on the machine
                 engine_cpu = max(s_cpu.values())
                 other = sum(s_cpu.values()) - engine_cpu
-                print(f"CPU seconds: direct {d_cpu:.2f}; server engine thread {engine_cpu:.2f} (x{engine_cpu / d_cpu:.3f}), "
-                      f"server's other threads {other:.2f} (+{100 * other / d_cpu:.1f}% of direct)")
+                print(
+                    f"CPU seconds: direct {d_cpu:.2f}; server engine thread {engine_cpu:.2f} (x{engine_cpu / d_cpu:.3f}), "
+                    f"server's other threads {other:.2f} (+{100 * other / d_cpu:.1f}% of direct)"
+                )
 
             print("\nqueueing (one generation at a time; clients start together):")
             # each client's prompt alone took (median over the repeats above) this long through the server:
-            alone = [statistics.median(r["total"] for r in s_rows[i::len(prompts)]) for i in range(len(prompts))]
+            alone = [statistics.median(r["total"] for r in s_rows[i :: len(prompts)]) for i in range(len(prompts))]
             print(f"{'clients':>8}{'wall s':>10}{'TTFT med ms':>13}{'TTFT max ms':>13}{'agg tok/s':>11}{'wall/sum alone':>16}")
             for n in (int(x) for x in args.clients.split(",")):
                 rows: list[dict[str, float]] = [{}] * n
@@ -211,8 +249,10 @@ def main() -> None:
                     c.close()
                 expected = sum(alone[i % len(prompts)] for i in range(n))  # one at a time, no idle gaps
                 tokens = sum(r["tokens"] for r in rows)
-                print(f"{n:>8}{wall:>10.3f}{1000 * med(rows, 'ttft'):>13.1f}{1000 * max(r['ttft'] for r in rows):>13.1f}"
-                      f"{tokens / wall:>11.1f}{wall / expected:>16.3f}")
+                print(
+                    f"{n:>8}{wall:>10.3f}{1000 * med(rows, 'ttft'):>13.1f}{1000 * max(r['ttft'] for r in rows):>13.1f}"
+                    f"{tokens / wall:>11.1f}{wall / expected:>16.3f}"
+                )
     finally:
         proc.terminate()
         proc.wait(30)

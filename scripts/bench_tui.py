@@ -30,8 +30,7 @@ def batch_tps(paths, args) -> float:
         prompt = engine.prompt(messages=[{"role": "user", "content": PROMPT}])
         config = GenerationConfig(SamplingParams(temperature=args.temperature), args.tokens, args.draft_tokens, trace=True)
         list(engine.generate(prompt, config, np.random.default_rng(0)))  # warm-up, like the app's first turn
-        for ev in engine.generate(prompt, config, np.random.default_rng(0)):
-            pass
+        ev = list(engine.generate(prompt, config, np.random.default_rng(0)))[-1]
         return ev.stats.tokens_per_second
     finally:
         engine.close()
@@ -41,9 +40,16 @@ async def app_tps(paths, args) -> float:
     from eft_local.tui.app import EftChatApp
     from eft_local.tui.widgets.status_bar import StatusBar
 
-    app = EftChatApp(paths=paths, n_ctx=args.n_ctx, n_threads=args.threads, max_tokens=args.tokens, seed=0,
-                     sampling=SamplingParams(temperature=args.temperature), draft_tokens=args.draft_tokens,
-                     history_path=Path(tempfile.mkdtemp()) / "h.sqlite")
+    app = EftChatApp(
+        paths=paths,
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        max_tokens=args.tokens,
+        seed=0,
+        sampling=SamplingParams(temperature=args.temperature),
+        draft_tokens=args.draft_tokens,
+        history_path=Path(tempfile.mkdtemp()) / "h.sqlite",
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         while app.engine is None:
             assert not app.load_error, app.load_error

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Download an eft-local model profile: same as `eft-local download`, for a cloned repo.
 
-    python scripts/download_models.py [PROFILE | --all] [--models-dir DIR] [--models-file PATH]
+python scripts/download_models.py [PROFILE | --all] [--models-dir DIR] [--models-file PATH]
 """
 
 import sys

@@ -34,9 +34,9 @@ def synthetic_gguf(seed: int, size: int = 300_000) -> bytes:
 class StubFile:
     data: bytes
     advertised_sha256: str | None = None  # what the hub claims; default: the real hash
-    serve: bytes | None = None            # what it actually sends; default: data
-    cut_after: int | None = None          # drop the connection after this many bytes...
-    cuts_left: int = 0                    # ...this many times
+    serve: bytes | None = None  # what it actually sends; default: data
+    cut_after: int | None = None  # drop the connection after this many bytes...
+    cuts_left: int = 0  # ...this many times
 
     @property
     def sha256(self) -> str:
@@ -52,7 +52,7 @@ class StubHub:
     files: dict[tuple[str, str], StubFile] = field(default_factory=dict)
     gated: set[str] = field(default_factory=set)
     token: str = "hf_stub_token"
-    redirect: bool = False                # resolve answers 302 to a "CDN" host, like the hub
+    redirect: bool = False  # resolve answers 302 to a "CDN" host, like the hub
     paths_info: bool = True
     log: list[dict] = field(default_factory=list)
 
@@ -60,7 +60,7 @@ class StubHub:
         self.files[(repo, filename)] = f = StubFile(data, **kw)
         return f
 
-    def start(self) -> "StubHub":
+    def start(self) -> StubHub:
         hub = self
 
         class Handler(_Handler):
@@ -135,8 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- hub behaviour
     def _record(self, method: str, path: str) -> None:
-        self.stub.log.append({"method": method, "path": path, "range": self.headers.get("Range"),
-                              "auth": self.headers.get("Authorization")})
+        self.stub.log.append(
+            {"method": method, "path": path, "range": self.headers.get("Range"), "auth": self.headers.get("Authorization")}
+        )
 
     def _denied(self, repo: str) -> bool:
         if repo not in {r for r, _ in self.stub.files} | self.stub.gated:
@@ -205,9 +206,15 @@ class _Handler(BaseHTTPRequestHandler):
         for p in paths:
             f = self.stub.files.get((repo, p))
             if f:
-                out.append({"type": "file", "path": p, "size": len(f.data),
-                            "oid": hashlib.sha1(f.data).hexdigest(),
-                            "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}})
+                out.append(
+                    {
+                        "type": "file",
+                        "path": p,
+                        "size": len(f.data),
+                        "oid": hashlib.sha1(f.data).hexdigest(),
+                        "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134},
+                    }
+                )
         data = json.dumps(out).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

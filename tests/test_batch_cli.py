@@ -10,8 +10,22 @@ from eft_local.cli import main
 
 from .conftest import run_cli
 
-FIELDS = {"id", "prompt", "text", "token_ids", "prompt_token_ids", "finish_reason", "n_tokens", "alpha", "beta", "weights",
-          "seconds", "tokens_per_second", "drafted", "accepted"}
+FIELDS = {
+    "id",
+    "prompt",
+    "text",
+    "token_ids",
+    "prompt_token_ids",
+    "finish_reason",
+    "n_tokens",
+    "alpha",
+    "beta",
+    "weights",
+    "seconds",
+    "tokens_per_second",
+    "drafted",
+    "accepted",
+}
 
 
 @pytest.fixture()
@@ -24,7 +38,7 @@ def rows(path):
 
 
 def one_line_error(capsys_or_stderr: str) -> str:
-    lines = [l for l in capsys_or_stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in capsys_or_stderr.strip().splitlines() if line.strip()]
     assert lines, "expected an error line"
     assert "Traceback" not in capsys_or_stderr
     return lines[-1]
@@ -53,12 +67,15 @@ def test_txt_prompts_to_jsonl(tmp_path, models, capsys):
 def test_jsonl_ids_messages_and_stdout(tmp_path, models, capsys):
     pf = tmp_path / "p.jsonl"
     pf.write_text(
-        json.dumps({"id": "a", "prompt": "hello"}) + "\n"
-        + json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}) + "\n"
-        + json.dumps({"id": 7, "prompt": "yes"}) + "\n"
+        json.dumps({"id": "a", "prompt": "hello"})
+        + "\n"
+        + json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+        + "\n"
+        + json.dumps({"id": 7, "prompt": "yes"})
+        + "\n"
     )
     assert main(["run", "--prompt-file", str(pf), *models, "--temperature", "0", "--max-tokens", "6"]) == 0
-    got = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["id"] for r in got] == ["a", 1, 7]
     assert got[1]["prompt"][1]["content"] == "hi"
     assert all(r["n_tokens"] >= 1 for r in got)
@@ -69,8 +86,25 @@ def test_seed_makes_reruns_identical_and_prompts_independent(tmp_path, models):
         pf = tmp_path / "p.txt"
         pf.write_text("\n".join(lines) + "\n")
         out = tmp_path / "o.jsonl"
-        assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--seed", str(seed),
-                     "--temperature", "1.0", "--max-tokens", "16"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--prompt-file",
+                    str(pf),
+                    "--output",
+                    str(out),
+                    *models,
+                    "--seed",
+                    str(seed),
+                    "--temperature",
+                    "1.0",
+                    "--max-tokens",
+                    "16",
+                ]
+            )
+            == 0
+        )
         return rows(out)
 
     a = run(["hello world", "the answer is"], 5)
@@ -88,8 +122,25 @@ def test_naive_and_speculative_agree_greedy(tmp_path, models):
     outs = []
     for k in ("0", "4"):
         out = tmp_path / f"o{k}.jsonl"
-        assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--temperature", "0",
-                     "--max-tokens", "20", "--draft-tokens", k]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--prompt-file",
+                    str(pf),
+                    "--output",
+                    str(out),
+                    *models,
+                    "--temperature",
+                    "0",
+                    "--max-tokens",
+                    "20",
+                    "--draft-tokens",
+                    k,
+                ]
+            )
+            == 0
+        )
         outs.append(rows(out))
     assert [r["text"] for r in outs[0]] == [r["text"] for r in outs[1]]
     assert all(r["drafted"] == 0 for r in outs[0]) and any(r["drafted"] > 0 for r in outs[1])
@@ -98,10 +149,14 @@ def test_naive_and_speculative_agree_greedy(tmp_path, models):
 def test_bad_prompt_among_good_ones_is_an_error_row(tmp_path, models):
     pf = tmp_path / "p.jsonl"
     pf.write_text(
-        json.dumps({"prompt": "hello"}) + "\n"
-        + json.dumps({"prompt": "hello " * 400}) + "\n"
-        + json.dumps({"nothing": 1}) + "\n"
-        + json.dumps({"prompt": "yes"}) + "\n"
+        json.dumps({"prompt": "hello"})
+        + "\n"
+        + json.dumps({"prompt": "hello " * 400})
+        + "\n"
+        + json.dumps({"nothing": 1})
+        + "\n"
+        + json.dumps({"prompt": "yes"})
+        + "\n"
     )
     out = tmp_path / "o.jsonl"
     assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--n-ctx", "256", "--max-tokens", "5"]) == 0
@@ -161,8 +216,19 @@ def test_subprocess_errors_have_no_traceback(tmp_path, family):
     assert "no-such-profile" in one_line_error(res.stderr)
     res = run_cli("run", "--prompt-file", str(tmp_path / "absent.txt"), "--base", str(family.base))
     assert res.returncode != 0 and "prompt file not found" in one_line_error(res.stderr)
-    res = run_cli("run", "--prompt-file", str(pf), "--temperature", "-1", "--base", str(family.base),
-                  "--chat", str(family.chat), "--reference", str(family.reference))
+    res = run_cli(
+        "run",
+        "--prompt-file",
+        str(pf),
+        "--temperature",
+        "-1",
+        "--base",
+        str(family.base),
+        "--chat",
+        str(family.chat),
+        "--reference",
+        str(family.reference),
+    )
     assert res.returncode != 0 and "temperature" in one_line_error(res.stderr)
 
 
@@ -170,8 +236,23 @@ def test_subprocess_run_end_to_end(tmp_path, family):
     pf = tmp_path / "p.txt"
     pf.write_text("hello world\n")
     out = tmp_path / "o.jsonl"
-    res = run_cli("run", "--prompt-file", str(pf), "--output", str(out), "--base", str(family.base),
-                  "--chat", str(family.chat), "--reference", str(family.reference), "--seed", "1", "--max-tokens", "8")
+    res = run_cli(
+        "run",
+        "--prompt-file",
+        str(pf),
+        "--output",
+        str(out),
+        "--base",
+        str(family.base),
+        "--chat",
+        str(family.chat),
+        "--reference",
+        str(family.reference),
+        "--seed",
+        "1",
+        "--max-tokens",
+        "8",
+    )
     assert res.returncode == 0, res.stderr
     assert rows(out)[0]["n_tokens"] == 8
     assert "1 prompts, 8 tokens" in res.stderr
@@ -180,8 +261,21 @@ def test_subprocess_run_end_to_end(tmp_path, family):
 def test_chat_model_without_template_needs_raw(tmp_path, family, capsys):
     pf = tmp_path / "p.txt"
     pf.write_text("hello\n")
-    args = ["run", "--prompt-file", str(pf), "--base", str(family.base), "--chat", str(family.reference),
-            "--reference", str(family.reference), "--threads", "1", "--max-tokens", "4"]
+    args = [
+        "run",
+        "--prompt-file",
+        str(pf),
+        "--base",
+        str(family.base),
+        "--chat",
+        str(family.reference),
+        "--reference",
+        str(family.reference),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "4",
+    ]
     assert main(args) != 0
     assert "--raw" in one_line_error(capsys.readouterr().err)
     out = tmp_path / "o.jsonl"
@@ -206,8 +300,25 @@ def test_llama_failure_on_one_prompt_is_an_error_row(tmp_path, models, monkeypat
     pf = tmp_path / "p.txt"
     pf.write_text("hello\nyes\n")
     out = tmp_path / "o.jsonl"
-    assert main(["run", "--prompt-file", str(pf), "--output", str(out), *models, "--temperature", "0", "--max-tokens", "6",
-                 "--parallel", "1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--prompt-file",
+                str(pf),
+                "--output",
+                str(out),
+                *models,
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "6",
+                "--parallel",
+                "1",
+            ]
+        )
+        == 0
+    )
     got = rows(out)
     assert got[0]["finish_reason"] == "error" and "llama_decode" in got[0]["error"]
     assert got[1]["finish_reason"] == "length" and got[1]["n_tokens"] == 6

@@ -183,7 +183,9 @@ def test_multi_turn_reuses_kv_prefix(engine):
         assert common >= len(p1[role]) - 1  # the whole first prompt stayed cached
 
 
-@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_p=0.9, alpha=1.5, beta=0.8)])
+@pytest.mark.parametrize(
+    "params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_p=0.9, alpha=1.5, beta=0.8)]
+)
 def test_seeded_sampling_is_identical_for_any_block_length(engine, params):
     """Each position draws from its own uniforms, so naive and speculative emit the same tokens."""
     prompt = engine.prompt(messages=[{"role": "user", "content": "hello world"}])

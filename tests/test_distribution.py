@@ -37,7 +37,9 @@ def exact_dist(models, prompt, prefix, params):
     for role, m in models.items():
         m.rollback(0)
         rows[role] = m.eval(prompt[role] + prefix, 1)[0].copy()
-    d = eft_distribution(*three_roles(rows["base"], rows["chat"], rows["reference"], params.alpha, params.beta), params, 512, base=rows["base"])
+    d = eft_distribution(
+        *three_roles(rows["base"], rows["chat"], rows["reference"], params.alpha, params.beta), params, 512, base=rows["base"]
+    )
     return dict(zip(d.ids.tolist(), d.probs.tolist()))
 
 

@@ -27,7 +27,7 @@ FILES = {  # role -> (repo_id, filename)
 
 
 def write_models(path: Path, extra: dict[str, dict[str, str]] | None = None) -> Path:
-    lines = ['default = "tiny"', '[profiles.tiny]', 'description = "test triple"']
+    lines = ['default = "tiny"', "[profiles.tiny]", 'description = "test triple"']
     for role, (repo, fname) in FILES.items():
         fields = {"repo_id": repo, "filename": fname, **(extra or {}).get(role, {})}
         inner = ", ".join(f'{k} = "{v}"' for k, v in fields.items())
@@ -216,9 +216,11 @@ def test_download_all_fetches_shared_files_once(hub, env, capsys):
     models = write_models(env / "models.toml")
     with models.open("a") as fh:
         repo, fname = FILES["base"]
-        fh.write(f'[profiles.same]\nbase = {{ repo_id = "{repo}", filename = "{fname}" }}\n'
-                 f'chat = {{ repo_id = "{repo}", filename = "{fname}" }}\n'
-                 f'reference = {{ repo_id = "{repo}", filename = "{fname}" }}\n')
+        fh.write(
+            f'[profiles.same]\nbase = {{ repo_id = "{repo}", filename = "{fname}" }}\n'
+            f'chat = {{ repo_id = "{repo}", filename = "{fname}" }}\n'
+            f'reference = {{ repo_id = "{repo}", filename = "{fname}" }}\n'
+        )
     assert run_cli(["download", "--all", "--models-file", str(models)]) == 0
     assert len(hub.requests("GET")) == 3
     assert "tiny:base, same:base, same:chat, same:reference" in capsys.readouterr().err
@@ -232,17 +234,20 @@ def test_models_command_reports_present_missing_unverified(hub, env, capsys):
     capsys.readouterr()
     assert run_cli(["models", "--models-file", str(models)]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")
-            and line.split()[0] in FILES}
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ") and line.split()[0] in FILES}
     assert rows == {"base": "present", "chat": "missing", "reference": "unverified"}
     assert f"run `eft-local download tiny --models-file {models}`" in out
 
 
 def test_script_downloads_like_the_cli(hub, env):
     models = write_models(env / "models.toml")
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "download_models.py"),
-                           "tiny", "--models-file", str(models)],
-                          capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "download_models.py"), "tiny", "--models-file", str(models)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert final(env, "base").read_bytes() == hub.files[FILES["base"]].data
 
@@ -251,9 +256,11 @@ def test_profile_deltas_are_downloaded_like_the_three_roles(hub, env, capsys):
     hub.add("org/Safe-GGUF", "safe.gguf", synthetic_gguf(7))
     hub.add("org/SafeRef-GGUF", "safe-ref.gguf", synthetic_gguf(8))
     models = write_models(env / "models.toml")
-    models.write_text(models.read_text() + "[profiles.tiny.deltas.safe]\n"
-                      'chat = { repo_id = "org/Safe-GGUF", filename = "safe.gguf" }\n'
-                      'reference = { repo_id = "org/SafeRef-GGUF", filename = "safe-ref.gguf" }\nweight = 0.5\n')
+    models.write_text(
+        models.read_text() + "[profiles.tiny.deltas.safe]\n"
+        'chat = { repo_id = "org/Safe-GGUF", filename = "safe.gguf" }\n'
+        'reference = { repo_id = "org/SafeRef-GGUF", filename = "safe-ref.gguf" }\nweight = 0.5\n'
+    )
     assert download(env, models=models) == 0
     assert (env / "models" / "org/Safe-GGUF/safe.gguf").read_bytes() == hub.files[("org/Safe-GGUF", "safe.gguf")].data
     assert (env / "models" / "org/SafeRef-GGUF/safe-ref.gguf").is_file()

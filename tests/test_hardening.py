@@ -207,7 +207,9 @@ def test_cli_output_through_a_symlink_and_to_dev_null(family, tmp_path):
     prompt.write_text("hello\n")
     real = tmp_path / "real.jsonl"
     (tmp_path / "link.jsonl").symlink_to(real)
-    r = run_cli("run", "--prompt-file", str(prompt), "--output", str(tmp_path / "link.jsonl"), *models(family), "--max-tokens", "3")
+    r = run_cli(
+        "run", "--prompt-file", str(prompt), "--output", str(tmp_path / "link.jsonl"), *models(family), "--max-tokens", "3"
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "link.jsonl").is_symlink() and len(rows(real.read_text())) == 1
     r = run_cli("run", "--prompt-file", str(prompt), "--output", "/dev/null", *models(family), "--max-tokens", "3")
@@ -233,11 +235,14 @@ def test_every_row_failed_exits_non_zero_and_says_how_many(family, tmp_path):
 from eft_local.prompt_file import read_prompt_file  # noqa: E402
 
 
-@pytest.mark.parametrize("name,content", [
-    ("p.txt", "\ufeffhello\nworld\n"),
-    ("p.jsonl", '\ufeff{"prompt": "hello"}\n{"prompt": "world"}\n'),
-    ("p.txt", "\ufeffhello\r\nworld\r\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("p.txt", "\ufeffhello\nworld\n"),
+        ("p.jsonl", '\ufeff{"prompt": "hello"}\n{"prompt": "world"}\n'),
+        ("p.txt", "\ufeffhello\r\nworld\r\n"),
+    ],
+)
 def test_utf8_bom_is_dropped(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content.encode("utf-8"))
@@ -265,12 +270,20 @@ def test_prompt_file_dash_reads_stdin(family, tmp_path):
     import sys
 
     for data, want in (('{"id": "a", "prompt": "hello"}\n', ["a"]), ("\ufeffhello\nworld\n", [0, 1])):
-        r = subprocess.run([sys.executable, "-m", "eft_local", "run", "--prompt-file", "-", *models(family), "--max-tokens", "3"],
-                           input=data.encode(), capture_output=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "eft_local", "run", "--prompt-file", "-", *models(family), "--max-tokens", "3"],
+            input=data.encode(),
+            capture_output=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert [row["id"] for row in rows(r.stdout.decode())] == want
-    r = subprocess.run([sys.executable, "-m", "eft_local", "run", "--prompt-file", "-", *models(family)],
-                       input=b"", capture_output=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "eft_local", "run", "--prompt-file", "-", *models(family)],
+        input=b"",
+        capture_output=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and b"no prompts" in r.stderr
 
 
@@ -280,13 +293,16 @@ from types import SimpleNamespace  # noqa: E402
 from eft_local.prompts import render_chat  # noqa: E402
 
 
-@pytest.mark.parametrize("template", [
-    "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
-    "{{ 'x' * 1000000000 }}",
-    "{{ 1000 * ['x'] * 10000000 }}",
-    "{{ 2 ** 100000000 }}",
-    "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+        "{{ 'x' * 1000000000 }}",
+        "{{ 1000 * ['x'] * 10000000 }}",
+        "{{ 2 ** 100000000 }}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    ],
+)
 def test_enormous_template_output_is_refused(template):
     model = SimpleNamespace(path="m.gguf", chat_template=template, bos=-1, eos=-1, add_bos=False, token_text=lambda i: b"")
     with pytest.raises(UserError, match="chat template of m.gguf"):
@@ -294,7 +310,13 @@ def test_enormous_template_output_is_refused(template):
 
 
 def test_normal_template_with_a_long_message_still_renders():
-    model = SimpleNamespace(path="m.gguf", chat_template="{% for m in messages %}[{{ m.content }}]{% endfor %}",
-                            bos=-1, eos=-1, add_bos=False, token_text=lambda i: b"")
+    model = SimpleNamespace(
+        path="m.gguf",
+        chat_template="{% for m in messages %}[{{ m.content }}]{% endfor %}",
+        bos=-1,
+        eos=-1,
+        add_bos=False,
+        token_text=lambda i: b"",
+    )
     text = "y" * 3_000_000
     assert render_chat(model, [{"role": "user", "content": text}]) == f"[{text}]"

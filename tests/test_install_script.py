@@ -32,10 +32,16 @@ def dry_run(tmp_path: Path, flags: str = "avx avx2 fma f16c", gpu: bool = False,
     if shared:
         (wheels / "avx2-rpc").mkdir(parents=True, exist_ok=True)
         (wheels / "avx2-rpc" / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_bytes(b"")
-    full_env = {"PATH": f"{fakebin}:/usr/bin:/bin", "HOME": str(tmp_path), "EFT_CPUINFO": str(cpuinfo),
-                "EFT_SHARED_WHEELS": str(wheels), **env}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--dry-run"], capture_output=True, text=True,
-                       env=full_env, timeout=60)
+    full_env = {
+        "PATH": f"{fakebin}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "EFT_CPUINFO": str(cpuinfo),
+        "EFT_SHARED_WHEELS": str(wheels),
+        **env,
+    }
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install.sh"), "--dry-run"], capture_output=True, text=True, env=full_env, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 

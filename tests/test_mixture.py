@@ -25,10 +25,16 @@ from .test_distribution import chi2_pvalue
 def mix_paths(family, tmp_path_factory):
     """The family plus a second chat model ("safe", own template) and a delta with its own reference."""
     d = tmp_path_factory.mktemp("mix")
-    safe = write_model(d / "safe.gguf", ModelSpec(name="safe", output_shift=0.9, shift_seed=33,
-                                                 chat_template=CHATML_TEMPLATE, eos_id=IM_END), seed=0)
-    terse = write_model(d / "terse.gguf", ModelSpec(name="terse", output_shift=0.7, shift_seed=44,
-                                                   chat_template=CHATML_TEMPLATE, eos_id=IM_END), seed=0)
+    safe = write_model(
+        d / "safe.gguf",
+        ModelSpec(name="safe", output_shift=0.9, shift_seed=33, chat_template=CHATML_TEMPLATE, eos_id=IM_END),
+        seed=0,
+    )
+    terse = write_model(
+        d / "terse.gguf",
+        ModelSpec(name="terse", output_shift=0.7, shift_seed=44, chat_template=CHATML_TEMPLATE, eos_id=IM_END),
+        seed=0,
+    )
     terse_ref = write_model(d / "terse-ref.gguf", ModelSpec(name="terse-ref", output_shift=0.4, shift_seed=55), seed=0)
     return {**family.paths(), "safe": safe, "terse": terse, "terse.reference": terse_ref}
 
@@ -71,8 +77,11 @@ def test_greedy_is_argmax_of_n_delta_formula(mix_engine, solo_models, alpha, bet
     mix_engine.reset()
     params = SamplingParams(alpha=alpha, beta=beta, temperature=0.0, weights=weights)
     prompt = mix_engine.prompt(messages=[{"role": "user", "content": "hello there"}])
-    fin = list(mix_engine.generate(prompt, GenerationConfig(sampling=params, max_tokens=12, draft_tokens=draft),
-                                   np.random.default_rng(0)))[-1]
+    fin = list(
+        mix_engine.generate(
+            prompt, GenerationConfig(sampling=params, max_tokens=12, draft_tokens=draft), np.random.default_rng(0)
+        )
+    )[-1]
     assert fin.reason in ("stop", "length") and fin.token_ids
     role_prompt = {r: prompt[mix_engine.model_of[r]] for r in solo_models}
     n = mix_engine.vocab.n
@@ -129,8 +138,9 @@ def test_shared_reference_is_one_context_decoded_once_per_position(mix_paths, mo
         assert engine.roles["safe2"] is engine.roles["safe"]
         counts = count_decodes(engine, monkeypatch)
         prompt = engine.prompt(raw="hello")
-        cfg = GenerationConfig(sampling=SamplingParams(temperature=0.0, weights={"safe": 0.5, "safe2": 0.5}),
-                               max_tokens=10, draft_tokens=0)
+        cfg = GenerationConfig(
+            sampling=SamplingParams(temperature=0.0, weights={"safe": 0.5, "safe2": 0.5}), max_tokens=10, draft_tokens=0
+        )
         fin = list(engine.generate(prompt, cfg, np.random.default_rng(0)))[-1]
         positions = len(prompt["reference"]) + fin.stats.n_tokens
         assert positions - 1 <= counts["reference"] <= positions  # once per position, not once per delta
@@ -146,14 +156,19 @@ def test_zero_weight_models_are_never_decoded(mix_engine, monkeypatch, draft):
     # chat alone: α=1, β=0, other deltas 0 -> only the chat model runs (it also drafts)
     params = SamplingParams(alpha=1.0, beta=0.0, temperature=0.0, weights={"safe": 0.0, "terse": 0.0})
     prompt = mix_engine.prompt(raw="hello")
-    fin = list(mix_engine.generate(prompt, GenerationConfig(sampling=params, max_tokens=10, draft_tokens=draft),
-                                   np.random.default_rng(0)))[-1]
+    fin = list(
+        mix_engine.generate(
+            prompt, GenerationConfig(sampling=params, max_tokens=10, draft_tokens=draft), np.random.default_rng(0)
+        )
+    )[-1]
     assert fin.token_ids
     assert set(counts) == {"chat"}
     # β = 0 with a delta: the large base never runs
     counts.clear()
     params = SamplingParams(alpha=1.0, beta=0.0, temperature=0.0, weights={"safe": 0.5, "terse": 0.0})
-    list(mix_engine.generate(prompt, GenerationConfig(sampling=params, max_tokens=6, draft_tokens=draft), np.random.default_rng(0)))
+    list(
+        mix_engine.generate(prompt, GenerationConfig(sampling=params, max_tokens=6, draft_tokens=draft), np.random.default_rng(0))
+    )
     assert "base" not in counts and "terse" not in counts and counts["reference"] > 0
 
 
@@ -179,8 +194,14 @@ def test_sampled_first_token_follows_two_delta_mixture(mix_engine, solo_models, 
 def test_draft_with_picks_the_drafter_and_keeps_the_output(mix_engine):
     params = SamplingParams(alpha=1.0, beta=1.0, temperature=0.0, weights={"safe": 0.3, "terse": 0.2})
     prompt = mix_engine.prompt(raw="hello")
-    outs = [list(mix_engine.generate(prompt, GenerationConfig(sampling=params, max_tokens=10, draft_tokens=4, draft_with=who),
-                                     np.random.default_rng(0)))[-1] for who in (None, "safe", "terse")]
+    outs = [
+        list(
+            mix_engine.generate(
+                prompt, GenerationConfig(sampling=params, max_tokens=10, draft_tokens=4, draft_with=who), np.random.default_rng(0)
+            )
+        )[-1]
+        for who in (None, "safe", "terse")
+    ]
     assert outs[0].token_ids == outs[1].token_ids == outs[2].token_ids
     bad = list(mix_engine.generate(prompt, GenerationConfig(sampling=params, draft_with="nope"), np.random.default_rng(0)))[-1]
     assert bad.reason == "error" and "nope" in bad.error
@@ -190,9 +211,24 @@ def test_draft_with_picks_the_drafter_and_keeps_the_output(mix_engine):
 @pytest.fixture()
 def mix_args(mix_paths):
     p = mix_paths
-    return ["--base", str(p["base"]), "--chat", str(p["chat"]), "--reference", str(p["reference"]),
-            "--delta", f"safe={p['safe']}", "--delta", f"terse={p['terse']}",
-            "--delta-reference", f"terse={p['terse.reference']}", "--threads", "1", "--n-ctx", "256"]
+    return [
+        "--base",
+        str(p["base"]),
+        "--chat",
+        str(p["chat"]),
+        "--reference",
+        str(p["reference"]),
+        "--delta",
+        f"safe={p['safe']}",
+        "--delta",
+        f"terse={p['terse']}",
+        "--delta-reference",
+        f"terse={p['terse.reference']}",
+        "--threads",
+        "1",
+        "--n-ctx",
+        "256",
+    ]
 
 
 def rows_of(path):
@@ -218,10 +254,14 @@ def test_grid_rows_are_ordered_and_equal_separate_runs(tmp_path, mix_args):
 
 def test_jsonl_row_overrides(tmp_path, mix_args):
     pf = tmp_path / "p.jsonl"
-    pf.write_text(json.dumps({"prompt": "hello", "alpha": 0.5, "beta": 2, "weights": {"safe": -1}, "max_tokens": 3,
-                              "temperature": 0}) + "\n"
-                  + json.dumps({"prompt": "hello", "temperature": float("nan")}).replace("NaN", "1e999") + "\n"
-                  + json.dumps({"prompt": "hello", "weights": {"nobody": 1}}) + "\n")
+    pf.write_text(
+        json.dumps({"prompt": "hello", "alpha": 0.5, "beta": 2, "weights": {"safe": -1}, "max_tokens": 3, "temperature": 0})
+        + "\n"
+        + json.dumps({"prompt": "hello", "temperature": float("nan")}).replace("NaN", "1e999")
+        + "\n"
+        + json.dumps({"prompt": "hello", "weights": {"nobody": 1}})
+        + "\n"
+    )
     out = tmp_path / "o.jsonl"
     main(["run", "--prompt-file", str(pf), "--output", str(out), *mix_args, "--max-tokens", "5"])
     first, inf_row, unknown = rows_of(out)
@@ -231,16 +271,19 @@ def test_jsonl_row_overrides(tmp_path, mix_args):
     assert unknown["finish_reason"] == "error" and "nobody" in unknown["error"]
 
 
-@pytest.mark.parametrize("extra,expect", [
-    (["--delta", "safe"], "NAME=CHAT.gguf"),
-    (["--weight", "ghost=1"], "ghost"),
-    (["--weight", "safe=nan"], "finite"),
-    (["--grid", "colour=1,2"], "unknown key"),
-    (["--grid", "beta=1,inf"], "finite"),
-    (["--draft-with", "ghost"], "ghost"),
-    (["--delta-reference", "ghost=x.gguf"], "ghost"),
-    (["--delta", "base=x.gguf"], "delta name"),
-])
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["--delta", "safe"], "NAME=CHAT.gguf"),
+        (["--weight", "ghost=1"], "ghost"),
+        (["--weight", "safe=nan"], "finite"),
+        (["--grid", "colour=1,2"], "unknown key"),
+        (["--grid", "beta=1,inf"], "finite"),
+        (["--draft-with", "ghost"], "ghost"),
+        (["--delta-reference", "ghost=x.gguf"], "ghost"),
+        (["--delta", "base=x.gguf"], "delta name"),
+    ],
+)
 def test_bad_mixture_flags_fail_in_one_line_before_loading(tmp_path, mix_args, capsys, extra, expect):
     pf = tmp_path / "p.txt"
     pf.write_text("hello\n")
@@ -249,9 +292,20 @@ def test_bad_mixture_flags_fail_in_one_line_before_loading(tmp_path, mix_args, c
     assert len(err) == 1 and expect in err[0] and "loading" not in err[0]
 
 
-@pytest.mark.parametrize("flag,value", [("--alpha", "nan"), ("--beta", "inf"), ("--temperature", "-inf"),
-                                        ("--seed", "-1"), ("--threads", "0"), ("--threads", "1000"),
-                                        ("--top-p", "0"), ("--n-ctx", "-5"), ("--max-tokens", "1.5")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--alpha", "nan"),
+        ("--beta", "inf"),
+        ("--temperature", "-inf"),
+        ("--seed", "-1"),
+        ("--threads", "0"),
+        ("--threads", "1000"),
+        ("--top-p", "0"),
+        ("--n-ctx", "-5"),
+        ("--max-tokens", "1.5"),
+    ],
+)
 def test_bad_numbers_name_the_flag(tmp_path, mix_args, capsys, flag, value):
     pf = tmp_path / "p.txt"
     pf.write_text("hello\n")
@@ -260,7 +314,9 @@ def test_bad_numbers_name_the_flag(tmp_path, mix_args, capsys, flag, value):
     assert len(err) == 1 and flag in err[0]
 
 
-@pytest.mark.parametrize("extra", [["--alpha=1e30"], ["--beta=-2000"], ["--weight", "safe=1e5"], ["--grid", "weight.safe=0,5000"]])
+@pytest.mark.parametrize(
+    "extra", [["--alpha=1e30"], ["--beta=-2000"], ["--weight", "safe=1e5"], ["--grid", "weight.safe=0,5000"]]
+)
 def test_weights_that_would_overflow_the_logits_are_refused(tmp_path, mix_args, capsys, extra):
     pf = tmp_path / "p.txt"
     pf.write_text("hello\n")

@@ -113,8 +113,9 @@ def cdf_margin(dist, u: float) -> float:
     return float(np.min(np.abs(c - u))) if len(c) > 1 else 1.0
 
 
-def decision_margin(engine: EftEngine, prompt, prefix: list[int], cfg: GenerationConfig, i: int, a: int, b: int,
-                    seed: int = SEED) -> float:
+def decision_margin(
+    engine: EftEngine, prompt, prefix: list[int], cfg: GenerationConfig, i: int, a: int, b: int, seed: int = SEED
+) -> float:
     """How close the decision at this position is to flipping (0 = exact tie)."""
     z, p, q, chat = position_dists(engine, prompt, prefix, cfg)
     if cfg.sampling.temperature == 0:
@@ -150,7 +151,9 @@ def check_rows(alone: EftEngine, prompts, cfgs, ref: list[FinishedEvent], got: d
 def test_every_row_equals_its_lone_run(engines, draft, sampled):
     alone, shared = engines
     prompts = [alone.prompt(messages=[{"role": "user", "content": t}]) for t in TEXTS]
-    cfgs = [GenerationConfig(sampling=sampling(i, sampled), max_tokens=MAX_TOKENS[i], draft_tokens=draft) for i in range(len(TEXTS))]
+    cfgs = [
+        GenerationConfig(sampling=sampling(i, sampled), max_tokens=MAX_TOKENS[i], draft_tokens=draft) for i in range(len(TEXTS))
+    ]
     first = [alone_run(alone, prompts[i], cfgs[i], i) for i in range(len(TEXTS))]
     # stop strings taken from the middle of the lone outputs: every prompt stops at its own point
     for i, fin in enumerate(first):
@@ -185,7 +188,9 @@ def test_prompt_chunks_in_the_round_batch_differ_only_at_near_ties(engines, samp
 def test_fixed_block_and_adaptive_mixed_in_one_batch(engines):
     alone, shared = engines
     prompts = [alone.prompt(raw=t) for t in TEXTS[:6]]
-    cfgs = [GenerationConfig(sampling=sampling(i, True), max_tokens=30, draft_tokens=[None, 3, 0, 16, None, 1][i]) for i in range(6)]
+    cfgs = [
+        GenerationConfig(sampling=sampling(i, True), max_tokens=30, draft_tokens=[None, 3, 0, 16, None, 1][i]) for i in range(6)
+    ]
     ref = [alone_run(alone, prompts[i], cfgs[i], i) for i in range(6)]
     sched = Scheduler(shared, 4)
     got = dict(sched.run_all(jobs(prompts, cfgs)))
@@ -307,8 +312,22 @@ def test_run_parallel_writes_the_same_rows_in_input_order(tmp_path, family):
     lines.insert(3, '{"id": "bad", "prompt": "x", "alpha": "many"}')
     pf.write_text("\n".join(lines) + "\n")
     models = ["--base", str(family.base), "--chat", str(family.chat), "--reference", str(family.reference)]
-    common = ["run", "--prompt-file", str(pf), *models, "--threads", "1", "--n-ctx", "256", "--seed", "3",
-              "--temperature", "0.8", "--grid", "alpha=0.5,1.5"]
+    common = [
+        "run",
+        "--prompt-file",
+        str(pf),
+        *models,
+        "--threads",
+        "1",
+        "--n-ctx",
+        "256",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.8",
+        "--grid",
+        "alpha=0.5,1.5",
+    ]
     outs = {}
     for n in ("1", "3"):
         outs[n] = tmp_path / f"o{n}.jsonl"

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from eft_local.errors import UserError
-from eft_local.profiles import (ROLES, default_models_dir, default_profile_name, load_profiles,
-                                parse_models_file, resolve_profile)
+from eft_local.profiles import ROLES, default_models_dir, default_profile_name, load_profiles, parse_models_file, resolve_profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +51,7 @@ def user_file(tmp_path: Path) -> Path:
 
 # ---------------------------------------------------------------- the shipped models.toml
 
+
 def test_repo_models_toml_has_the_promised_profiles():
     profiles, default = parse_models_file(REPO_ROOT / "models.toml")
     assert default == "qwen2.5-7b"
@@ -73,13 +73,18 @@ def test_builtin_profiles_load_and_default_is_qwen():
 
 # ---------------------------------------------------------------- sources and overrides
 
+
 def test_user_file_overrides_by_name_and_adds_profiles(tmp_path):
-    write(user_file(tmp_path), TINY + """
+    write(
+        user_file(tmp_path),
+        TINY
+        + """
 [profiles."qwen2.5-7b"]
 base = { repo_id = "me/Other-GGUF", filename = "other.gguf" }
 chat = { repo_id = "me/Other-GGUF", filename = "other.gguf" }
 reference = { repo_id = "me/Other-GGUF", filename = "other.gguf" }
-""")
+""",
+    )
     profiles = load_profiles()
     assert "smollm2-1.7b" in profiles and "tiny" in profiles
     assert profiles["qwen2.5-7b"].files["base"].repo_id == "me/Other-GGUF"
@@ -93,6 +98,7 @@ def test_models_file_is_the_only_source(tmp_path):
 
 
 # ---------------------------------------------------------------- user mistakes: one clear line
+
 
 def test_malformed_toml_names_file_and_line(tmp_path):
     bad = write(tmp_path / "bad.toml", '[profiles.tiny]\nbase = { repo_id = "a/b" \n')
@@ -119,14 +125,17 @@ def test_unquoted_dotted_name_gets_a_hint(tmp_path):
         load_profiles(write(tmp_path / "m.toml", text))
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (('"org/Big-GGUF"', '"not a repo"'), "repo_id"),
-    (('filename = "big.gguf"', 'filename = "../../etc/passwd"'), "filename"),
-    (('filename = "big.gguf"', 'filename = "big.gguf", sha256 = "abc"'), "64 hex"),
-    (('prompt_style = "transcript"', 'prompt_style = "chatty"'), "prompt_style"),
-    (("n_ctx = 512", 'n_ctx = "big"'), "n_ctx"),
-    (('default = "tiny"', 'default = "ghost"'), "default profile 'ghost'"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (('"org/Big-GGUF"', '"not a repo"'), "repo_id"),
+        (('filename = "big.gguf"', 'filename = "../../etc/passwd"'), "filename"),
+        (('filename = "big.gguf"', 'filename = "big.gguf", sha256 = "abc"'), "64 hex"),
+        (('prompt_style = "transcript"', 'prompt_style = "chatty"'), "prompt_style"),
+        (("n_ctx = 512", 'n_ctx = "big"'), "n_ctx"),
+        (('default = "tiny"', 'default = "ghost"'), "default profile 'ghost'"),
+    ],
+)
 def test_invalid_fields_are_rejected(tmp_path, edit, expected):
     with pytest.raises(UserError, match=expected):
         load_profiles(write(tmp_path / "m.toml", TINY.replace(*edit)))
@@ -139,10 +148,10 @@ def test_missing_models_file_is_a_user_error(tmp_path):
 
 # ---------------------------------------------------------------- resolving to paths
 
+
 def test_resolve_returns_paths_in_models_dir_layout(tmp_path):
     models = tmp_path / "models"
-    for repo, fname in (("org/Big-GGUF", "big.gguf"), ("org/Chat-GGUF", "chat.gguf"),
-                        ("org/Ref-GGUF", "ref.gguf")):
+    for repo, fname in (("org/Big-GGUF", "big.gguf"), ("org/Chat-GGUF", "chat.gguf"), ("org/Ref-GGUF", "ref.gguf")):
         place(models, repo, fname)
     resolved = resolve_profile(None, models_file=write(tmp_path / "m.toml", TINY))
     assert resolved.name == "tiny"
@@ -158,8 +167,7 @@ def test_missing_local_file_names_the_download_command(tmp_path):
     msg = str(exc.value)
     assert "chat (org/Chat-GGUF/chat.gguf)" in msg and "reference (org/Ref-GGUF/ref.gguf)" in msg
     assert "base (" not in msg
-    assert (f"`eft-local download tiny --models-file {models_file} "
-            f"--models-dir {tmp_path / 'elsewhere'}`") in msg
+    assert (f"`eft-local download tiny --models-file {models_file} --models-dir {tmp_path / 'elsewhere'}`") in msg
 
 
 def test_overrides_take_precedence_and_need_no_profile_file(tmp_path):
@@ -168,15 +176,15 @@ def test_overrides_take_precedence_and_need_no_profile_file(tmp_path):
     place(models, "org/Ref-GGUF", "ref.gguf")
     mine = write(tmp_path / "my-chat.gguf", "GGUF")
     base = write(tmp_path / "my-base.gguf", "GGUF")
-    resolved = resolve_profile("tiny", models_file=write(tmp_path / "m.toml", TINY),
-                               overrides={"chat": str(mine), "base": str(base), "reference": None})
+    resolved = resolve_profile(
+        "tiny", models_file=write(tmp_path / "m.toml", TINY), overrides={"chat": str(mine), "base": str(base), "reference": None}
+    )
     assert resolved.paths == {"base": base, "chat": mine, "reference": models / "org/Ref-GGUF/ref.gguf"}
 
 
 def test_override_to_missing_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"--chat .*no such file"):
-        resolve_profile("tiny", models_file=write(tmp_path / "m.toml", TINY),
-                        overrides={"chat": str(tmp_path / "ghost.gguf")})
+        resolve_profile("tiny", models_file=write(tmp_path / "m.toml", TINY), overrides={"chat": str(tmp_path / "ghost.gguf")})
 
 
 def test_models_dir_defaults_follow_env(tmp_path, monkeypatch):
@@ -187,16 +195,22 @@ def test_models_dir_defaults_follow_env(tmp_path, monkeypatch):
 
 def test_script_reports_bad_toml_in_one_line_without_traceback(tmp_path):
     bad = write(tmp_path / "bad.toml", "default = \n")
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "download_models.py"),
-                           "--models-file", str(bad)],
-                          capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "download_models.py"), "--models-file", str(bad)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("download_models.py: error: ") and "line 1" in lines[0]
 
 
-DELTAS = TINY + """
+DELTAS = (
+    TINY
+    + """
 [profiles.tiny.deltas.safe]
 chat = { repo_id = "org/Safe-GGUF", filename = "safe.gguf" }
 weight = 0.5
@@ -204,6 +218,7 @@ weight = 0.5
 chat = { repo_id = "org/Terse-GGUF", filename = "terse.gguf" }
 reference = { repo_id = "org/TerseRef-GGUF", filename = "terse-ref.gguf" }
 """
+)
 
 
 def test_profile_deltas_resolve_with_default_weights(tmp_path):
@@ -220,22 +235,33 @@ def test_profile_deltas_resolve_with_default_weights(tmp_path):
     assert r.weights == {"safe": 0.5, "terse": 1.0}
 
 
-@pytest.mark.parametrize("bad,expect", [
-    ("[profiles.tiny.deltas.safe]\nweight = 1\n", "'chat' file"),
-    ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\nweight = "big"\n', "weight"),
-    ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\nweight = nan\n', "finite"),
-    ('[profiles.tiny.deltas.base]\nchat = { repo_id = "o/x", filename = "x.gguf" }\n', "delta name"),
-    ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\ncolour = 1\n', "unknown key"),
-])
+@pytest.mark.parametrize(
+    "bad,expect",
+    [
+        ("[profiles.tiny.deltas.safe]\nweight = 1\n", "'chat' file"),
+        ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\nweight = "big"\n', "weight"),
+        ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\nweight = nan\n', "finite"),
+        ('[profiles.tiny.deltas.base]\nchat = { repo_id = "o/x", filename = "x.gguf" }\n', "delta name"),
+        ('[profiles.tiny.deltas.safe]\nchat = { repo_id = "o/x", filename = "x.gguf" }\ncolour = 1\n', "unknown key"),
+    ],
+)
 def test_bad_profile_deltas_fail_in_one_line(tmp_path, bad, expect):
     with pytest.raises(UserError, match=expect):
         parse_models_file(write(tmp_path / "m.toml", TINY + bad))
 
 
-@pytest.mark.parametrize("line,expect", [
-    ("seed = -1", "seed"), ("n_gpu_layers = 1.5", "gpu_layers"), ("beta = nan", "finite"), ("top_p = inf", "finite"),
-    ("threads = 0", "threads"), ("repeat_penalty = 1.1", "unknown setting"), ("temperature = true", "number"),
-])
+@pytest.mark.parametrize(
+    "line,expect",
+    [
+        ("seed = -1", "seed"),
+        ("n_gpu_layers = 1.5", "gpu_layers"),
+        ("beta = nan", "finite"),
+        ("top_p = inf", "finite"),
+        ("threads = 0", "threads"),
+        ("repeat_penalty = 1.1", "unknown setting"),
+        ("temperature = true", "number"),
+    ],
+)
 def test_profile_defaults_checked_by_the_schema(tmp_path, line, expect):
     with pytest.raises(UserError, match=expect):
         parse_models_file(write(tmp_path / "m.toml", TINY + line + "\n"))

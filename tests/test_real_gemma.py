@@ -55,11 +55,34 @@ def test_base_corner_is_plain_llama_greedy(gemma_engine, gemma):
 
 def test_batch_raw_sampled_runs_repeat_and_match_naive(gemma, tmp_path):
     pf = tmp_path / "p.jsonl"
-    pf.write_text(json.dumps({"id": "fr", "prompt": "The capital of France is"}) + "\n"
-                  + json.dumps({"id": "sea", "prompt": "The sea is"}) + "\n")
-    base = ["run", "--prompt-file", str(pf), "--raw", "--base", str(gemma), "--chat", str(gemma),
-            "--reference", str(gemma), "--threads", "1", "--seed", "9", "--temperature", "0.9",
-            "--max-tokens", "16", "--n-ctx", "256"]
+    pf.write_text(
+        json.dumps({"id": "fr", "prompt": "The capital of France is"})
+        + "\n"
+        + json.dumps({"id": "sea", "prompt": "The sea is"})
+        + "\n"
+    )
+    base = [
+        "run",
+        "--prompt-file",
+        str(pf),
+        "--raw",
+        "--base",
+        str(gemma),
+        "--chat",
+        str(gemma),
+        "--reference",
+        str(gemma),
+        "--threads",
+        "1",
+        "--seed",
+        "9",
+        "--temperature",
+        "0.9",
+        "--max-tokens",
+        "16",
+        "--n-ctx",
+        "256",
+    ]
     outs = []
     for extra in ([], [], ["--draft-tokens", "0"]):
         out = tmp_path / f"o{len(outs)}.jsonl"

@@ -38,7 +38,10 @@ def start_server(port: int | None = None, host: str = "127.0.0.1") -> tuple[subp
     port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "eft_local", "rpc-server", "--host", host, "--port", str(port), "--threads", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -47,7 +50,7 @@ def start_server(port: int | None = None, host: str = "127.0.0.1") -> tuple[subp
                 return proc, port
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"rpc-server exited: {proc.stderr.read()}")
+                raise RuntimeError(f"rpc-server exited: {proc.stderr.read()}") from None
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("rpc-server did not start listening")
@@ -77,9 +80,26 @@ def prompts(tmp_path_factory):
 
 
 def model_args(family, prompts, *extra: str) -> list[str]:
-    return ["run", "--prompt-file", str(prompts), "--base", str(family.base), "--chat", str(family.chat),
-            "--reference", str(family.reference), "--temperature", "0", "--max-tokens", "24",
-            "--threads", "1", "--n-ctx", "256", *extra]
+    return [
+        "run",
+        "--prompt-file",
+        str(prompts),
+        "--base",
+        str(family.base),
+        "--chat",
+        str(family.chat),
+        "--reference",
+        str(family.reference),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        "--threads",
+        "1",
+        "--n-ctx",
+        "256",
+        *extra,
+    ]
 
 
 def tokens(result: subprocess.CompletedProcess) -> list[list[int]]:
@@ -89,26 +109,30 @@ def tokens(result: subprocess.CompletedProcess) -> list[list[int]]:
 
 # -- flag syntax ------------------------------------------------------------------------------------
 def test_rpc_flag_parses_roles_and_server_lists():
-    args = build_parser().parse_args(["run", "--prompt-file", "x", "--rpc", "base=10.0.0.5:50052,10.0.0.6:50053",
-                                      "--rpc", "reference=host.lan:1"])
+    args = build_parser().parse_args(
+        ["run", "--prompt-file", "x", "--rpc", "base=10.0.0.5:50052,10.0.0.6:50053", "--rpc", "reference=host.lan:1"]
+    )
     assert args.rpc == {"base": ["10.0.0.5:50052", "10.0.0.6:50053"], "reference": ["host.lan:1"]}
     assert build_parser().parse_args(["run", "--prompt-file", "x"]).rpc == {}
     if rpc.supports_rpc():
         assert rpc_endpoints(args) == {"base": ["10.0.0.5:50052", "10.0.0.6:50053"], "reference": ["host.lan:1"]}
 
 
-@pytest.mark.parametrize("value, message", [
-    ("base", "expected ROLE=HOST:PORT"),
-    ("base=", "expected ROLE=HOST:PORT"),
-    ("=1.2.3.4:5", "expected ROLE=HOST:PORT"),
-    ("1bass=1.2.3.4:5", "unknown role '1bass'"),
-    ("base.x=1.2.3.4:5", "unknown role 'base.x'"),
-    ("base=1.2.3.4", "expected HOST:PORT"),
-    ("base=1.2.3.4:0", "port must be"),
-    ("base=1.2.3.4:70000", "port must be"),
-    ("base=1.2.3.4:http", "port must be"),
-    ("base=1.2.3.4:5,", "empty server"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("base", "expected ROLE=HOST:PORT"),
+        ("base=", "expected ROLE=HOST:PORT"),
+        ("=1.2.3.4:5", "expected ROLE=HOST:PORT"),
+        ("1bass=1.2.3.4:5", "unknown role '1bass'"),
+        ("base.x=1.2.3.4:5", "unknown role 'base.x'"),
+        ("base=1.2.3.4", "expected HOST:PORT"),
+        ("base=1.2.3.4:0", "port must be"),
+        ("base=1.2.3.4:70000", "port must be"),
+        ("base=1.2.3.4:http", "port must be"),
+        ("base=1.2.3.4:5,", "empty server"),
+    ],
+)
 def test_rpc_flag_errors_are_one_line(value, message, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["run", "--prompt-file", "x", "--rpc", value])
@@ -201,7 +225,9 @@ def test_registering_an_endpoint_twice_adds_no_devices(servers):
         b = rpc.attach(["localhost:{port}", "127.0.0.1:{port}"])
         print(n1 - n0, lib.ggml_backend_dev_count() - n1, a == b)
     """
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert out.stdout.split() == ["1", "0", "True"], out.stderr
 
 
@@ -224,7 +250,9 @@ def test_server_lost_between_decodes_is_an_error_not_an_abort(family):
         print("CLOSED")
     """
     try:
-        out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
     finally:
         stop(proc)
     assert out.returncode == 0, out.stderr
@@ -238,10 +266,12 @@ def test_server_killed_mid_run_ends_with_an_error(family, tmp_path):
     prompts = tmp_path / "many.txt"
     prompts.write_text("".join(f"hello world {i}\n" for i in range(200)))
     out = tmp_path / "out.jsonl"
-    args = model_args(family, prompts, "--max-tokens", "200", "--output", str(out),
-                      "--rpc", f"base=127.0.0.1:{port},127.0.0.1:{port2}")
-    client = subprocess.Popen([sys.executable, "-m", "eft_local", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    args = model_args(
+        family, prompts, "--max-tokens", "200", "--output", str(out), "--rpc", f"base=127.0.0.1:{port},127.0.0.1:{port2}"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-m", "eft_local", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
         partial = out.with_name(out.name + ".partial")
         deadline = time.monotonic() + 60
@@ -313,8 +343,9 @@ def test_server_lost_between_decodes_in_a_batch_error_rows_then_exit_69(family, 
         sys.exit(cli.main({argv!r}))
     """
     try:
-        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True,
-                                cwd=ROOT, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
     finally:
         stop(proc)
     assert result.returncode == rpc.EXIT_RPC_LOST, result.stderr

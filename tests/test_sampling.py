@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from eft_local.errors import UserError
 from eft_local.sampling import (
     Dist,
     SamplingParams,
     accept,
     base_nucleus,
     combine,
-    three_roles,
     distribution,
     eft_distribution,
     residual,
     sample,
+    three_roles,
     token_logprob,
 )
-from eft_local.errors import UserError
 
 
 def rows(n=1000, seed=0):

@@ -120,8 +120,11 @@ def test_chat_blocking_and_streaming_equal_batch(client, reference):
     eft = r.model_extra["eft"]
     assert set(eft) == {"drafted", "accepted", "tokens_per_second"} and eft["accepted"] <= eft["drafted"]
 
-    chunks = list(client.chat.completions.create(model=MODEL, messages=hello(), max_tokens=24, temperature=0, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=hello(), max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -133,8 +136,11 @@ def test_completions_raw_equal_batch(client, reference):
     expected = batch_answer(reference, raw="once upon a time", max_tokens=30)
     r = client.completions.create(model=MODEL, prompt="once upon a time", max_tokens=30, temperature=0)
     assert r.choices[0].text == expected and r.object == "text_completion"
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=MODEL, prompt="once upon a time", max_tokens=30, temperature=0, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model=MODEL, prompt="once upon a time", max_tokens=30, temperature=0, stream=True)
+        if c.choices
+    )
     assert streamed == expected
 
 
@@ -143,11 +149,19 @@ def test_seeded_sampling_and_eft_fields_equal_batch(client, reference):
     expected = batch_answer(reference, messages=hello("tell me"), seed=1234, **settings)
     extra = {k: settings[k] for k in ("top_k", "min_p", "alpha", "beta")}
     for draft_tokens in (None, 0, 3):  # exact speculative decoding: the block length changes nothing
-        r = client.chat.completions.create(model=MODEL, messages=hello("tell me"), max_tokens=40, temperature=0.9, top_p=0.9,
-                                           seed=1234, extra_body={**extra, "draft_tokens": draft_tokens})
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=hello("tell me"),
+            max_tokens=40,
+            temperature=0.9,
+            top_p=0.9,
+            seed=1234,
+            extra_body={**extra, "draft_tokens": draft_tokens},
+        )
         assert r.choices[0].message.content == expected, draft_tokens
-    other = client.chat.completions.create(model=MODEL, messages=hello("tell me"), max_tokens=40, temperature=0.9, top_p=0.9,
-                                           seed=99, extra_body=extra)
+    other = client.chat.completions.create(
+        model=MODEL, messages=hello("tell me"), max_tokens=40, temperature=0.9, top_p=0.9, seed=99, extra_body=extra
+    )
     assert other.choices[0].message.content != expected
 
 
@@ -208,7 +222,9 @@ def test_bad_chat_requests(served, body, status, code, param):
 
 
 def test_bad_completion_requests_and_server_still_answers(served, client):
-    post = lambda body, **kw: httpx.post(served.url + "/v1/completions", json=body, timeout=30, **kw)
+    def post(body, **kw):
+        return httpx.post(served.url + "/v1/completions", json=body, timeout=30, **kw)
+
     assert post({"max_tokens": 3}).status_code == 400
     assert post({"prompt": ["a", "b"]}).status_code == 400
     assert post({"prompt": 12}).json()["error"]["param"] == "prompt"
@@ -229,15 +245,23 @@ def test_bad_completion_requests_and_server_still_answers(served, client):
 
 
 def test_hostile_values_are_clamped_not_fatal(served, client):
-    r = client.chat.completions.create(model=MODEL, messages=hello(), max_tokens=1 << 24, temperature=1e-30,
-                                       extra_body={"top_k": 10**9, "alpha": 1000, "beta": -1000})
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=hello(),
+        max_tokens=1 << 24,
+        temperature=1e-30,
+        extra_body={"top_k": 10**9, "alpha": 1000, "beta": -1000},
+    )
     assert r.choices[0].finish_reason in ("stop", "length")
     for field, value in (("alpha", 1e30), ("beta", -1e30), ("weights", {"chat": 1e300})):
         r = httpx.post(served.url + "/v1/chat/completions", json={"messages": hello(), field: value})
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     r = httpx.post(served.url + "/v1/chat/completions", json={"messages": hello(), "weights": {"nope": 1.0}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "weights" and "nope" in r.json()["error"]["message"]
-    r = httpx.post(served.url + "/v1/chat/completions", content=b'{"messages": [{"role": "user", "content": "hi"}], "alpha": ' + b"9" * 400 + b"}")
+    r = httpx.post(
+        served.url + "/v1/chat/completions",
+        content=b'{"messages": [{"role": "user", "content": "hi"}], "alpha": ' + b"9" * 400 + b"}",
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "alpha"
 
 
@@ -265,7 +289,9 @@ def test_engine_failure_mid_stream_is_an_error_event_then_the_server_goes_on(ser
 
 # -- authentication ------------------------------------------------------------------------------------
 def test_api_key(served):
-    app = create_app(served.app.state.worker.session, ServerOptions(model_name=MODEL, settings=server_settings(), api_key="s3cret"))
+    app = create_app(
+        served.app.state.worker.session, ServerOptions(model_name=MODEL, settings=server_settings(), api_key="s3cret")
+    )
     srv = ServerThread(app)
     try:
         body = {"messages": hello(), "max_tokens": 2}
@@ -317,10 +343,14 @@ def test_disconnect_mid_stream_frees_the_engine_within_a_round(served, client):
         time.sleep(0.001)
     freed = time.perf_counter() - closed
     # one round here is one batched verify of <= 5 tokens on tiny models: a few ms
-    full = client.completions.create(model=MODEL, prompt="a long story", max_tokens=900, temperature=0, extra_body={"draft_tokens": 4})
+    full = client.completions.create(
+        model=MODEL, prompt="a long story", max_tokens=900, temperature=0, extra_body={"draft_tokens": 4}
+    )
     eft = full.model_extra["eft"]
     round_s = full.usage.completion_tokens / max(eft["tokens_per_second"], 1) / max(eft["drafted"] / 4, 1)  # k = 4 drafts a round
-    print(f"freed {freed * 1000:.1f} ms after disconnect; one round ≈ {round_s * 1000:.2f} ms; full answer {full.usage.completion_tokens} tokens")
+    print(
+        f"freed {freed * 1000:.1f} ms after disconnect; one round ≈ {round_s * 1000:.2f} ms; full answer {full.usage.completion_tokens} tokens"
+    )
     assert freed < 0.1 + 2 * round_s  # the round in flight, plus the time TCP and the loop take to notice
 
 
@@ -363,7 +393,9 @@ def test_engine_refuses_a_second_generation(reference):
     stats = [e.stats for e in events if isinstance(e, StatsEvent)]
     fin = events[-1]
     assert isinstance(fin, FinishedEvent) and len(stats) > 1
-    assert [s.n_tokens for s in stats] == sorted(s.n_tokens for s in stats) and stats[0].n_tokens < fin.stats.n_tokens  # snapshots
+    assert [s.n_tokens for s in stats] == sorted(s.n_tokens for s in stats) and stats[
+        0
+    ].n_tokens < fin.stats.n_tokens  # snapshots
     assert len({id(s) for s in stats} | {id(fin.stats)}) == len(stats) + 1
 
 
@@ -388,9 +420,33 @@ def test_serve_command_ready_line_warning_and_ctrl_c(family, tmp_path):
 
     p = family.paths()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eft_local", "serve", "--base", str(p["base"]), "--chat", str(p["chat"]), "--reference", str(p["reference"]),
-         "--host", "0.0.0.0", "--port", "0", "--threads", "1", "--n-ctx", "256", "--temperature", "0", "--gpu-layers", "0"],
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "eft_local",
+            "serve",
+            "--base",
+            str(p["base"]),
+            "--chat",
+            str(p["chat"]),
+            "--reference",
+            str(p["reference"]),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--n-ctx",
+            "256",
+            "--temperature",
+            "0",
+            "--gpu-layers",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stderr:
@@ -408,7 +464,9 @@ def test_serve_command_ready_line_warning_and_ctrl_c(family, tmp_path):
         assert proc.wait(20) == 0 and "Traceback" not in rest
     finally:
         proc.kill()
-    busy = run_cli("serve", "--base", str(p["base"]), "--chat", str(p["chat"]), "--reference", str(p["reference"]), "--port", "99999")
+    busy = run_cli(
+        "serve", "--base", str(p["base"]), "--chat", str(p["chat"]), "--reference", str(p["reference"]), "--port", "99999"
+    )
     assert busy.returncode == 2 and busy.stderr.count("\n") == 1 and "--port" in busy.stderr
 
 
@@ -428,8 +486,13 @@ def test_parallel_server_shares_rounds_and_keeps_each_answer(served, served_para
     par_client = openai.OpenAI(base_url=served_parallel.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
     def ask(cl, i: int, stream: bool) -> str:
-        kw = {"model": MODEL, "messages": hello(f"question number {i}"), "max_tokens": 24 + 3 * i,
-              "temperature": 0.8 if i % 2 else 0.0, "seed": 100 + i}
+        kw = {
+            "model": MODEL,
+            "messages": hello(f"question number {i}"),
+            "max_tokens": 24 + 3 * i,
+            "temperature": 0.8 if i % 2 else 0.0,
+            "seed": 100 + i,
+        }
         if not stream:
             return cl.chat.completions.create(**kw).choices[0].message.content
         return "".join(c.choices[0].delta.content or "" for c in cl.chat.completions.create(**kw, stream=True) if c.choices)

@@ -137,7 +137,9 @@ async def test_multi_turn_reuses_kv_prefix(tui_family, spy, monkeypatch):
         evaluated: list[int] = []
         base = app.engine.models["base"]
         real_eval = type(base).eval
-        monkeypatch.setattr(type(base), "eval", lambda m, toks, n: (evaluated.append(len(toks)) if m is base else None) or real_eval(m, toks, n))
+        monkeypatch.setattr(
+            type(base), "eval", lambda m, toks, n: (evaluated.append(len(toks)) if m is base else None) or real_eval(m, toks, n)
+        )
         await send(pilot, "second")
         prompt = spy[-1][0]["base"]
         first_prompt = spy[0][0]["base"]

@@ -106,7 +106,7 @@ async def test_markup_in_history_titles_and_info_opens_on_every_start(tui_family
             titles = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
             assert all(any(t in title for title in titles) for t in MARKUP)
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.conv.turns, what="chat to open")
+            await wait_for(pilot, lambda app=app: app.conv.turns, what="chat to open")
             await pilot.pause(0.1)
             who = app.query(AssistantMessage).last().query_one(".who", Label)
             assert app.conv.turns[-1].info in shown(who)
@@ -224,17 +224,20 @@ async def test_export_falls_back_when_nothing_is_writable(tui_family, tmp_path, 
 
 
 # -- Esc pressed fast after an Alt-combo: no literal "^" in the prompt ---------------------------
-@pytest.mark.parametrize("data,keys", [
-    ("\x1b[\x1b", ["escape", "left_square_bracket"]),  # Alt+[ then Esc
-    ("\x1bO\x1b", ["escape", "O"]),  # Alt+Shift+O then Esc
-    ("\x1b[1;\x1b", ["escape", "left_square_bracket", "1", "semicolon"]),
-    ("\x1b[^\x1b", ["escape", "left_square_bracket", "circumflex_accent"]),  # a real caret inside stays
-    ("\x1b[" + "1" * 40, ["escape", "left_square_bracket"] + ["1"] * 31),  # over-long sequence
-    ("^", ["circumflex_accent"]),
-    ("a^^b", ["a", "circumflex_accent", "circumflex_accent", "b"]),
-    ("\x1b[5^", ["ctrl+pageup"]),
-    ("\x1b[A", ["up"]),
-])
+@pytest.mark.parametrize(
+    "data,keys",
+    [
+        ("\x1b[\x1b", ["escape", "left_square_bracket"]),  # Alt+[ then Esc
+        ("\x1bO\x1b", ["escape", "O"]),  # Alt+Shift+O then Esc
+        ("\x1b[1;\x1b", ["escape", "left_square_bracket", "1", "semicolon"]),
+        ("\x1b[^\x1b", ["escape", "left_square_bracket", "circumflex_accent"]),  # a real caret inside stays
+        ("\x1b[" + "1" * 40, ["escape", "left_square_bracket"] + ["1"] * 31),  # over-long sequence
+        ("^", ["circumflex_accent"]),
+        ("a^^b", ["a", "circumflex_accent", "circumflex_accent", "b"]),
+        ("\x1b[5^", ["ctrl+pageup"]),
+        ("\x1b[A", ["up"]),
+    ],
+)
 def test_fast_escape_combos_never_type_a_caret(data, keys):
     from eft_local.tui.escape_keys import EscapeSafeParser
 

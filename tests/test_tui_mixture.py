@@ -16,8 +16,11 @@ from .test_tui_app import SIZE, loaded, send, spy, wait_for, xdg  # noqa: F401 -
 def mix_paths(tmp_path_factory):
     d = tmp_path_factory.mktemp("tui-mix")
     fam = write_family(d, chat_shift=0.6, base_shift=0.6)
-    safe = write_model(d / "safe.gguf", ModelSpec(name="safe", output_shift=0.9, shift_seed=33,
-                                                 chat_template=CHATML_TEMPLATE, eos_id=IM_END), seed=0)
+    safe = write_model(
+        d / "safe.gguf",
+        ModelSpec(name="safe", output_shift=0.9, shift_seed=33, chat_template=CHATML_TEMPLATE, eos_id=IM_END),
+        seed=0,
+    )
     return {**fam.paths(), "safe": safe}
 
 
@@ -62,8 +65,12 @@ async def test_compare_shows_each_delta_alone(mix_paths, spy):  # noqa: F811
         assert isinstance(app.screen, CompareScreen)
         await wait_for(pilot, lambda: not app.generating, what="compare")
         mixes = [(c.sampling.alpha, c.sampling.beta, dict(c.sampling.weights)) for _, c in spy]
-        assert mixes == [(0.0, 1.0, {"safe": 0.0}), (1.0, 0.0, {"safe": 0.0}), (0.0, 1.0, {"safe": 1.0}),
-                         (1.0, 1.0, {"safe": 1.0})]
+        assert mixes == [
+            (0.0, 1.0, {"safe": 0.0}),
+            (1.0, 0.0, {"safe": 0.0}),
+            (0.0, 1.0, {"safe": 1.0}),
+            (1.0, 1.0, {"safe": 1.0}),
+        ]
         titles = [c.border_title for c in app.screen.columns]
         assert titles[2].startswith("safe alone")
 

@@ -57,10 +57,12 @@ def test_load_error_screen(snap_compare):
 
 def test_delta_view(snap_compare, snap_family):
     spans = [("The", 0.1), (" capital", 2.5), (" of", -0.3), (" France", 0.0), (" is", 1.2), (" Paris", -2.2), (".", 4.5)]
-    conv = Conversation(turns=[
-        Turn("user", "What is the capital of France?"),
-        Turn("assistant", "".join(t for t, _ in spans), spans=spans, stopped=True, info="EFT α=1 β=1 greedy"),
-    ])
+    conv = Conversation(
+        turns=[
+            Turn("user", "What is the capital of France?"),
+            Turn("assistant", "".join(t for t, _ in spans), spans=spans, stopped=True, info="EFT α=1 β=1 greedy"),
+        ]
+    )
 
     async def run_before(pilot):
         await ready(pilot)

@@ -34,8 +34,10 @@ def test_history_round_trip_and_schema_version(tmp_path, monkeypatch):
 def test_conversation_messages_and_export():
     conv = Conversation(system_prompt="be kind", turns=[Turn("user", "q"), Turn("assistant", "a", stopped=True)])
     assert conv.messages(extra_user="next") == [
-        {"role": "system", "content": "be kind"}, {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "a"}, {"role": "user", "content": "next"},
+        {"role": "system", "content": "be kind"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "next"},
     ]
     assert Conversation(turns=[Turn("user", "q")]).messages() == [{"role": "user", "content": "q"}]
     md = conv.to_markdown()
@@ -86,7 +88,9 @@ def test_run_stream_batches_tokens(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr("eft_local.tui.stream.time.perf_counter", lambda: clock[0])
     posted = []
-    result = run_stream(FakeEngine(clock, 20), {}, ChatSettings.create(None, None, 20).config(), 0, lambda: False, posted.append, "me")
+    result = run_stream(
+        FakeEngine(clock, 20), {}, ChatSettings.create(None, None, 20).config(), 0, lambda: False, posted.append, "me"
+    )
     batches = [m for m in posted if isinstance(m, TokensArrived)]
     assert 5 <= len(batches) <= 8  # ~every 30 ms of 200 ms, not one per token
     spans = [s for b in batches for s in b.spans]

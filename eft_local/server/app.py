@@ -124,8 +124,13 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
         try:
             worker.submit(job)
         except QueueFull as e:
-            raise ApiError(503, f"the server is busy ({e}); retry later", type="server_error", code="queue_full",
-                           headers={"Retry-After": str(options.retry_after)}) from None
+            raise ApiError(
+                503,
+                f"the server is busy ({e}); retry later",
+                type="server_error",
+                code="queue_full",
+                headers={"Retry-After": str(options.retry_after)},
+            ) from None
         try:
             started = await _wait_start(job, request)
         except BaseException:
@@ -135,8 +140,12 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
             return Response(status_code=499)
         reply = _Reply(kind, options.model_name, req, started.prompt_tokens)
         if req.stream:
-            return _EventStream(job, _stream(job, reply), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _EventStream(
+                job,
+                _stream(job, reply),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             fin = await _finish(job, request)
         except BaseException:
@@ -153,7 +162,7 @@ def create_app(session: Session, options: ServerOptions) -> FastAPI:
                 if isinstance(item, Failed):
                     raise item.error
                 if isinstance(item, Started):
-                    job.channel.unget(items[i + 1:])
+                    job.channel.unget(items[i + 1 :])
                     return item
             if await request.is_disconnected():
                 job.cancel()
@@ -230,13 +239,20 @@ async def _read_body(request: Request) -> bytes:
 
 
 def _unknown_model(name: str, served: str) -> ApiError:
-    return ApiError(404, f"model {name!r} is not served here; this server has {served!r} (GET /v1/models)",
-                    param="model", code="model_not_found")
+    return ApiError(
+        404,
+        f"model {name!r} is not served here; this server has {served!r} (GET /v1/models)",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _model_card(name: str, created: int, session: Session) -> dict[str, Any]:
     return {
-        "id": name, "object": "model", "created": created, "owned_by": "eft-local",
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "eft-local",
         "eft": {role: m.path.name for role, m in session.engine.roles.items()},
     }
 
@@ -271,7 +287,12 @@ class _Reply:
 
     def full(self, fin: FinishedEvent) -> dict[str, Any]:
         if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": fin.text}, "logprobs": None, "finish_reason": self.reason(fin)}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": fin.text},
+                "logprobs": None,
+                "finish_reason": self.reason(fin),
+            }
             out = self._head("chat.completion")
         else:
             choice = {"index": 0, "text": fin.text, "logprobs": None, "finish_reason": self.reason(fin)}
@@ -279,8 +300,9 @@ class _Reply:
         out.update(choices=[choice], usage=self.usage(fin), eft=self.eft(fin))
         return out
 
-    def chunk(self, *, role: bool = False, text: str = "", finished: FinishedEvent | None = None,
-              usage_of: FinishedEvent | None = None) -> dict[str, Any]:
+    def chunk(
+        self, *, role: bool = False, text: str = "", finished: FinishedEvent | None = None, usage_of: FinishedEvent | None = None
+    ) -> dict[str, Any]:
         chat = self.kind == "chat"
         out = self._head("chat.completion.chunk" if chat else "text_completion")
         if usage_of is not None:

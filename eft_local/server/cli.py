@@ -21,14 +21,31 @@ def register(sub) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 = every interface)")
     g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
     g.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 requests")
-    g.add_argument("--model-name", metavar="NAME", help="model id clients use (default: the profile name, or one made from the files)")
-    g.add_argument("--content-tokens", choices=("special", "plain"), default=None,
-                   help="how text inside messages and prompts is tokenized: 'special' parses control-token text like "
-                        "<|im_start|> (what llama.cpp's server does), 'plain' keeps it text so a client can't forge a "
-                        "turn (default: special on loopback, plain on any other address)")
-    g.add_argument("--parallel", type=int, default=None, metavar="N",
-                   help="requests generated at once, sharing each speculative round (default 1 on a CPU, 8 on a GPU)")
-    g.add_argument("--max-queue", type=int, default=16, metavar="N", help="requests that may wait while one generates (default 16; more get 503)")
+    g.add_argument(
+        "--model-name", metavar="NAME", help="model id clients use (default: the profile name, or one made from the files)"
+    )
+    g.add_argument(
+        "--content-tokens",
+        choices=("special", "plain"),
+        default=None,
+        help="how text inside messages and prompts is tokenized: 'special' parses control-token text like "
+        "<|im_start|> (what llama.cpp's server does), 'plain' keeps it text so a client can't forge a "
+        "turn (default: special on loopback, plain on any other address)",
+    )
+    g.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests generated at once, sharing each speculative round (default 1 on a CPU, 8 on a GPU)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=16,
+        metavar="N",
+        help="requests that may wait while one generates (default 16; more get 503)",
+    )
     _model_args(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_serve)
@@ -89,8 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     parallel = args.parallel or default_parallel(settings)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host) and not args.api_key:
-        print(f"eft-local: warning: listening on {args.host} without --api-key: anyone who can reach this port can use the models",
-              file=sys.stderr, flush=True)
+        print(
+            f"eft-local: warning: listening on {args.host} without --api-key: anyone who can reach this port can use the models",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         engine = load_engine(paths, settings, n_seq=parallel)
     except BaseException:
@@ -99,17 +119,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plain = args.content_tokens == "plain" or (args.content_tokens is None and not is_loopback(args.host))
     session = Session(engine, prompt_style=settings["prompt_style"], system_prompt=settings["system_prompt"], plain_content=plain)
     if not engine.chat.chat_template:
-        print(f"eft-local: warning: {paths['chat']} has no chat template: only /v1/completions (raw prompts) will work",
-              file=sys.stderr, flush=True)
+        print(
+            f"eft-local: warning: {paths['chat']} has no chat template: only /v1/completions (raw prompts) will work",
+            file=sys.stderr,
+            flush=True,
+        )
     name = args.model_name or model_name(profile, paths)
-    options = ServerOptions(model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue,
-                            parallel=parallel)
+    options = ServerOptions(model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue, parallel=parallel)
     app = create_app(session, options)
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    uv_config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=bool(args.verbose),
-                               timeout_graceful_shutdown=3, lifespan="on")
+    uv_config = uvicorn.Config(
+        app,
+        log_level="info" if args.verbose else "warning",
+        access_log=bool(args.verbose),
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+    )
     server = _Server(uv_config, f"eft-local: serving {name} at http://{shown}:{port}/v1 (OpenAI-compatible; Ctrl+C stops)")
     try:
         server.run(sockets=[sock])

@@ -30,8 +30,16 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 class ApiError(Exception):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error", headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
         self.headers = dict(headers or {})
@@ -87,7 +95,9 @@ def _typed(name: str, v: Any) -> None:
     kind = SETTINGS[name].type
     if kind in (int, float):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise bad(name, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {_json_type(v)}", "invalid_type")
+            raise bad(
+                name, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {_json_type(v)}", "invalid_type"
+            )
         if kind is int and isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
             raise bad(name, f"'{name}' must be an integer, got {v!r}", "invalid_type")
     elif kind is str and not isinstance(v, str):
@@ -163,7 +173,7 @@ def _content(where: str, c: Any) -> str:
         parts = []
         for p in c:
             if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
-                raise bad(where, f"'{where}' may only hold text parts ({{\"type\": \"text\", \"text\": ...}})")
+                raise bad(where, f'\'{where}\' may only hold text parts ({{"type": "text", "text": ...}})')
             parts.append(_utf8(where, p["text"]))
         return "".join(parts)
     raise bad(where, f"'{where}' must be a string or a list of text parts", "invalid_type")
@@ -179,8 +189,9 @@ def _prompt(v: Any) -> str:
     return _utf8("prompt", v)
 
 
-def parse(kind: str, body: Mapping[str, Any], settings: Mapping[str, Any], *, n_ctx: int,
-          deltas: Sequence[str] = ()) -> GenRequest:
+def parse(
+    kind: str, body: Mapping[str, Any], settings: Mapping[str, Any], *, n_ctx: int, deltas: Sequence[str] = ()
+) -> GenRequest:
     """``kind`` is "chat" (messages) or "completion" (raw prompt). ``settings`` are the server's
     (``cli.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on top,
     exactly as a JSONL row's overrides do in ``eft-local run`` (``batch.effective_settings``)."""
@@ -231,9 +242,17 @@ def parse(kind: str, body: Mapping[str, Any], settings: Mapping[str, Any], *, n_
         messages, raw = None, _prompt(body["prompt"])
     chars = len(raw) if raw is not None else sum(len(m["content"]) for m in messages)
     if messages is not None and len(messages) > n_ctx:  # every real chat template spends a token or more per message
-        raise ApiError(413, f"{len(messages)} messages can't fit a context of {n_ctx} tokens; send fewer",
-                       param="messages", code="context_length_exceeded")
+        raise ApiError(
+            413,
+            f"{len(messages)} messages can't fit a context of {n_ctx} tokens; send fewer",
+            param="messages",
+            code="context_length_exceeded",
+        )
     if chars > MAX_CHARS_PER_TOKEN * n_ctx:
-        raise ApiError(413, f"the prompt has {chars} characters: far more than the context of {n_ctx} tokens holds; shorten it",
-                       param="prompt" if raw is not None else "messages", code="context_length_exceeded")
+        raise ApiError(
+            413,
+            f"the prompt has {chars} characters: far more than the context of {n_ctx} tokens holds; shorten it",
+            param="prompt" if raw is not None else "messages",
+            code="context_length_exceeded",
+        )
     return GenRequest(messages, raw, config, effective["seed"], stream, include_usage, model)

@@ -186,7 +186,13 @@ class EngineWorker:
         try:
             prompt = self.session.prompt(messages=req.messages, raw=req.raw)
         except PromptTooLong as e:
-            put_last(Failed(ApiError(413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded")))
+            put_last(
+                Failed(
+                    ApiError(
+                        413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded"
+                    )
+                )
+            )
             return None
         except UserError as e:
             put_last(Failed(ApiError(400, str(e), code="invalid_prompt")))
@@ -213,7 +219,9 @@ class EngineWorker:
                     try:
                         self._admit(job)
                     except Exception as e:  # noqa: BLE001 - this request fails, the others go on
-                        job.channel.put(Failed(ApiError(500, f"could not start: {type(e).__name__}: {e}", type="server_error")), last=True)
+                        job.channel.put(
+                            Failed(ApiError(500, f"could not start: {type(e).__name__}: {e}", type="server_error")), last=True
+                        )
                 try:
                     self.scheduler.step()
                 except Exception as e:  # noqa: BLE001 - the scheduler failed as a whole: end what runs, go on

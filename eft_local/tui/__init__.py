@@ -8,10 +8,20 @@ from ..sampling import SamplingParams
 
 
 def run_chat(
-    *, paths: dict[str, Path] | None, load_error: str | None = None, n_ctx: int = 4096, n_gpu_layers: int = 0,
-    n_threads: int | None = None, sampling: SamplingParams | None = None, draft_tokens: int | None = None,
-    max_tokens: int = 512, prompt_style: str = "template", seed: int | None = None,
-    system_prompt: str | None = None, profile_name: str | None = None, stop: tuple[str, ...] = (),
+    *,
+    paths: dict[str, Path] | None,
+    load_error: str | None = None,
+    n_ctx: int = 4096,
+    n_gpu_layers: int = 0,
+    n_threads: int | None = None,
+    sampling: SamplingParams | None = None,
+    draft_tokens: int | None = None,
+    max_tokens: int = 512,
+    prompt_style: str = "template",
+    seed: int | None = None,
+    system_prompt: str | None = None,
+    profile_name: str | None = None,
+    stop: tuple[str, ...] = (),
     rpc: dict[str, list[str]] | None = None,
 ) -> int:
     """Run the app until the user quits; 1 when the models could not be loaded or the app
@@ -21,9 +31,20 @@ def run_chat(
 
     escape_keys.install()
     app = EftChatApp(
-        paths=paths, load_error=load_error, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-        sampling=sampling, draft_tokens=draft_tokens, max_tokens=max_tokens, prompt_style=prompt_style,
-        seed=seed, system_prompt=system_prompt, profile_name=profile_name, stop=stop, rpc=rpc,
+        paths=paths,
+        load_error=load_error,
+        n_ctx=n_ctx,
+        n_gpu_layers=n_gpu_layers,
+        n_threads=n_threads,
+        sampling=sampling,
+        draft_tokens=draft_tokens,
+        max_tokens=max_tokens,
+        prompt_style=prompt_style,
+        seed=seed,
+        system_prompt=system_prompt,
+        profile_name=profile_name,
+        stop=stop,
+        rpc=rpc,
     )
     app.run()
     if app.return_code:  # an unexpected exception ended the app

@@ -16,8 +16,8 @@ from textual.worker import get_current_worker
 
 from ..decoder import EftEngine, GenerationConfig
 from ..errors import UserError
-from ..mixture import deltas_of
 from ..events import FinishedEvent, GenStats
+from ..mixture import deltas_of
 from ..sampling import SamplingParams
 from ..session import Session, rng_for
 from . import delta
@@ -114,11 +114,23 @@ class EftChatApp(App[int]):
     BINDINGS = bindings()
 
     def __init__(
-        self, *, paths: dict[str, Path] | None, load_error: str | None = None, n_ctx: int = 4096,
-        n_gpu_layers: int = 0, n_threads: int | None = None, sampling: SamplingParams | None = None,
-        draft_tokens: int | None = None, max_tokens: int = 512, prompt_style: str = "template",
-        seed: int | None = None, system_prompt: str | None = None, profile_name: str | None = None,
-        history_path: Path | None = None, stop: tuple[str, ...] = (), rpc: dict[str, list[str]] | None = None,
+        self,
+        *,
+        paths: dict[str, Path] | None,
+        load_error: str | None = None,
+        n_ctx: int = 4096,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        sampling: SamplingParams | None = None,
+        draft_tokens: int | None = None,
+        max_tokens: int = 512,
+        prompt_style: str = "template",
+        seed: int | None = None,
+        system_prompt: str | None = None,
+        profile_name: str | None = None,
+        history_path: Path | None = None,
+        stop: tuple[str, ...] = (),
+        rpc: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
@@ -377,8 +389,9 @@ class EftChatApp(App[int]):
         screen = CompareScreen(question, turns, self.delta_view)
         await self.push_screen(screen)
         index = self._index()
-        jobs = [Job(messages, self.settings.config(sampling=sampling), index, w)
-                for (_, sampling), w in zip(variants, screen.answers)]
+        jobs = [
+            Job(messages, self.settings.config(sampling=sampling), index, w) for (_, sampling), w in zip(variants, screen.answers)
+        ]
         self._start(jobs)
 
     def action_settings(self) -> None:
@@ -466,8 +479,11 @@ class EftChatApp(App[int]):
             else:
                 self.notify(f"exported to {path}")
             return
-        self.notify(f"could not export: {problem}; free some space or fix the permissions, or copy the answer with Ctrl+Y",
-                    severity="error", timeout=10)
+        self.notify(
+            f"could not export: {problem}; free some space or fix the permissions, or copy the answer with Ctrl+Y",
+            severity="error",
+            timeout=10,
+        )
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -28,14 +28,27 @@ class ChatSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
-    def create(cls, sampling: SamplingParams | None, draft_tokens: int | None, max_tokens: int,
-               deltas: tuple[str, ...] = (), stop: tuple[str, ...] = ()) -> ChatSettings:
+    def create(
+        cls,
+        sampling: SamplingParams | None,
+        draft_tokens: int | None,
+        max_tokens: int,
+        deltas: tuple[str, ...] = (),
+        stop: tuple[str, ...] = (),
+    ) -> ChatSettings:
         sampling = sampling or SamplingParams()
         sampling = replace(sampling, weights={d: float(sampling.weights.get(d, 1.0)) for d in deltas})
-        settings = cls(sampling=sampling, speculative=draft_tokens != 0, block_size=draft_tokens or None,
-                       max_tokens=max_tokens, deltas=tuple(deltas), stop=tuple(stop))
-        settings.eft_mix = sampling if settings.mode == "eft" else replace(
-            sampling, alpha=1.0, beta=1.0, weights=dict.fromkeys(deltas, 1.0))
+        settings = cls(
+            sampling=sampling,
+            speculative=draft_tokens != 0,
+            block_size=draft_tokens or None,
+            max_tokens=max_tokens,
+            deltas=tuple(deltas),
+            stop=tuple(stop),
+        )
+        settings.eft_mix = (
+            sampling if settings.mode == "eft" else replace(sampling, alpha=1.0, beta=1.0, weights=dict.fromkeys(deltas, 1.0))
+        )
         return settings
 
     def corner(self, alpha: float, beta: float, only: str | None = None) -> SamplingParams:

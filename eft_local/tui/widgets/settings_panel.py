@@ -76,18 +76,31 @@ class SettingsPanel(VerticalScroll):
         def num(key: str) -> float:
             return check(key, self.query_one(f"#{key}", Input).value.strip(), key.replace("_", "-"))
 
-        weights = {name: check_weight(name, self.query_one(f"#weight-{name}", Input).value.strip(), f"weight {name}")
-                   for name in self.settings.deltas}
-        sampling = replace(self.settings.sampling, alpha=num("alpha"), beta=num("beta"),
-                           temperature=num("temperature"), top_p=num("top_p"), weights=weights)
+        weights = {
+            name: check_weight(name, self.query_one(f"#weight-{name}", Input).value.strip(), f"weight {name}")
+            for name in self.settings.deltas
+        }
+        sampling = replace(
+            self.settings.sampling,
+            alpha=num("alpha"),
+            beta=num("beta"),
+            temperature=num("temperature"),
+            top_p=num("top_p"),
+            weights=weights,
+        )
         block = self.query_one("#block", Input).value.strip()
         max_tokens = self.query_one("#max_tokens", Input).value.strip()
         if block and not (block.isdigit() and 1 <= int(block) <= 16):
             raise UserError("block size must be 1..16 or blank (adaptive)")
         if not (max_tokens.isdigit() and int(max_tokens) > 0):
             raise UserError("max tokens must be a positive integer")
-        return replace(self.settings, sampling=sampling, speculative=self.query_one("#speculative", Switch).value,
-                       block_size=int(block) if block else None, max_tokens=int(max_tokens))
+        return replace(
+            self.settings,
+            sampling=sampling,
+            speculative=self.query_one("#speculative", Switch).value,
+            block_size=int(block) if block else None,
+            max_tokens=int(max_tokens),
+        )
 
     def _apply(self) -> None:
         try:

@@ -18,8 +18,14 @@ class StatusBar(Static):
         self.stats: GenStats | None = None
         self.context: dict[str, tuple[int, int]] = {}
 
-    def set(self, *, state: str | None = None, settings: str | None = None, stats: GenStats | None = None,
-            context: dict[str, tuple[int, int]] | None = None) -> None:
+    def set(
+        self,
+        *,
+        state: str | None = None,
+        settings: str | None = None,
+        stats: GenStats | None = None,
+        context: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         if state is not None:
             self.state = state
         if settings is not None:
