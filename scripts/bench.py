@@ -604,7 +604,17 @@ def main() -> None:
         help="--parallel: the scheduler's decode cost model (default: its CPU/GPU guess)",
     )
     ap.add_argument("--parallel-levels", default="high,medium", help="--parallel: agreement levels (default high,medium)")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--mix", action="store_true", help="behaviour mixing rows instead: two deltas vs one, chat alone (bench_mix.py)"
+    )
+    args, rest = ap.parse_known_args()
+    if args.mix:
+        import bench_mix
+
+        sys.argv = [sys.argv[0], *rest]
+        return bench_mix.main()
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     echo = lambda s="": print(s, flush=True)  # noqa: E731
     shape = SHAPES[args.shape]
