@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..sampling import SamplingParams
+from typing import Any
 
 
-def run_chat(
-    *,
-    paths: dict[str, Path] | None,
-    load_error: str | None = None,
-    n_ctx: int = 4096,
-    n_gpu_layers: int = 0,
-    n_threads: int | None = None,
-    sampling: SamplingParams | None = None,
-    draft_tokens: int | None = None,
-    max_tokens: int = 512,
-    prompt_style: str = "template",
-    seed: int | None = None,
-    system_prompt: str | None = None,
-    profile_name: str | None = None,
-    stop: tuple[str, ...] = (),
-    rpc: dict[str, list[str]] | None = None,
-) -> int:
+def run_chat(**options: Any) -> int:
     """Run the app until the user quits; 1 when the models could not be loaded or the app
-    crashed (Textual has then restored the terminal and printed the error), else 0."""
+    crashed (Textual has then restored the terminal and printed the error), else 0.
+
+    ``options`` are ``EftChatApp``'s keyword arguments (paths, load_error, n_ctx, sampling, …).
+    """
     from . import escape_keys
     from .app import EftChatApp
 
     escape_keys.install()
-    app = EftChatApp(
-        paths=paths,
-        load_error=load_error,
-        n_ctx=n_ctx,
-        n_gpu_layers=n_gpu_layers,
-        n_threads=n_threads,
-        sampling=sampling,
-        draft_tokens=draft_tokens,
-        max_tokens=max_tokens,
-        prompt_style=prompt_style,
-        seed=seed,
-        system_prompt=system_prompt,
-        profile_name=profile_name,
-        stop=stop,
-        rpc=rpc,
-    )
+    app = EftChatApp(**options)
     app.run()
     if app.return_code:  # an unexpected exception ended the app
         return app.return_code
