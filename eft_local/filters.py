@@ -1,13 +1,13 @@
 """Sampling filters as small functions over a candidate set.
 
 ``candidates`` turns a logit row into the ids still in the running and their tempered
-weights ``exp((z − max) / T)`` (the top token weighs 1). It cuts in *logit* space first:
-a token more than ``T·(ln V + 20)`` below the maximum weighs under ``e^-20 / V``, so all of
-them together weigh less than float32 can represent next to 1 — dropping them is exact to
-float precision, and on a real model's row it leaves a few hundred candidates to
-exponentiate instead of 152k. Each filter then takes and returns a ``Candidates``; a
-filter that is off returns its input. Adding one (typical-p is the example) is one
-function and one line in ``FILTERS``.
+weights ``exp((z − max) / T)`` (the top token weighs 1). With min-p or top-k it cuts in
+*logit* space before exponentiating — to their upper set, and never keeping a token more
+than ``T·(ln V + 20)`` below the top (it weighs under ``e^-20 / V``: all of them together
+weigh less than float32 can represent next to 1) — so on a real model's row only a few
+hundred candidates are exponentiated instead of 152k. Each filter then takes and returns
+a ``Candidates``; a filter that is off returns its input. Adding one (typical-p is the
+example) is one function and one line in ``FILTERS``.
 """
 
 from __future__ import annotations
@@ -59,17 +59,23 @@ Filter = Callable[[Candidates, "SamplingParams"], Candidates]
 def candidates(z: np.ndarray, temperature: float, params: SamplingParams | None = None) -> Candidates:
     """Tempered weights of the ids that can matter, cut in logit space before exponentiating.
 
-    Always dropped: ids more than ``T·(ln V + 20)`` below the top logit (below float
-    precision). With ``params``, min-p and top-k also cut here first — both keep an upper
-    set of the logits — with a small margin, so the weight-space filters below stay the
-    authority on the boundary and only a short list is exponentiated.
+    With min-p or top-k, only their upper set of the logits is exponentiated (with a small
+    margin, so the weight-space filters below stay the authority on the boundary), never
+    ids more than ``T·(ln V + 20)`` below the top (below float precision). Without them the
+    whole row is exponentiated: top-p needs the exact total mass, and on real models' rows
+    most ids lie within the precision cut anyway (56–99.9% of SmolLM2's at T = 0.7–1), so a
+    cut would cost a pass and save little.
     """
     top = np.float32(z.max())
-    floor = float(top) - temperature * (math.log(len(z)) + TAIL)
-    if params is not None and params.min_p > 0:
-        floor = max(floor, float(top) + temperature * (math.log(params.min_p) - 1e-3))
-    keep = _upper_set(z, float(top), floor, temperature, params.top_k if params is not None else 0)
     scale = np.float32(1.0 / temperature)
+    k = params.top_k if params is not None else 0
+    min_p_value = params.min_p if params is not None else 0.0
+    keep = None
+    if (k and k < len(z)) or min_p_value > 0:
+        floor = float(top) - temperature * (math.log(len(z)) + TAIL)
+        if min_p_value > 0:
+            floor = max(floor, float(top) + temperature * (math.log(min_p_value) - 1e-3))
+        keep = _upper_set(z, float(top), floor, temperature, k)
     if keep is None:
         e = z - top
         e *= scale
