@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -264,18 +264,26 @@ def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict
     return out
 
 
-def check_known_weights(settings: dict[str, Any], paths: dict[str, Path]) -> None:
+def check_mix(settings: dict[str, Any], paths: dict[str, Path]) -> None:
+    """``--weight`` names and ``--draft-with`` must name deltas of the loaded model set."""
     from .mixture import deltas_of
 
-    names = [d.name for d in deltas_of(paths) if d.name != "chat"]
-    for name in settings["weights"]:
-        if name not in names:
-            raise UserError(
-                f"--weight {name}=…: there is no delta named {name} (deltas besides chat: {', '.join(names) or 'none'})"
-            )
+    check_delta_names(settings["weights"], paths, "--weight {}=…")
     known = [d.name for d in deltas_of(paths)]
     if settings["draft_with"] is not None and settings["draft_with"] not in known:
         raise UserError(f"--draft-with {settings['draft_with']}: there is no delta named so (deltas: {', '.join(known)})")
+
+
+def check_delta_names(names: Iterable[str], paths: dict[str, Path], flag: str) -> None:
+    """Every name is a delta besides chat; ``flag`` (a format for the name) says where it came from."""
+    from .mixture import deltas_of
+
+    known = [d.name for d in deltas_of(paths) if d.name != "chat"]
+    for name in names:
+        if name not in known:
+            raise UserError(
+                f"{flag.format(name)}: there is no delta named {name} (deltas besides chat: {', '.join(known) or 'none'})"
+            )
 
 
 def gpu_layers(settings: dict[str, Any]) -> int:
@@ -286,12 +294,6 @@ def gpu_layers(settings: dict[str, Any]) -> int:
 
         value = -1 if settings.get("rpc") or has_local_gpu() else 0
     return int(value)
-
-
-def sampling_params(settings: dict[str, Any]):
-    from .batch import generation_config
-
-    return generation_config({**settings, "weights": settings.get("weights", {})}).sampling
 
 
 def load_engine(paths: dict[str, Path], settings: dict[str, Any], n_seq: int = 1):
@@ -327,7 +329,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], 
     """Models and checked settings of a command, before anything loads."""
     paths, defaults, profile = resolve_models(args)
     settings = resolve_settings(args, defaults)
-    check_known_weights(settings, paths)
+    check_mix(settings, paths)
     settings["rpc"] = rpc_placement(args, defaults, paths)
     return paths, settings, profile
 
@@ -354,7 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
     paths, settings, _ = prepare(args)
     grid = parse_grid(args.grid, settings)
-    check_known_weights({**settings, "weights": dict.fromkeys(grid_deltas(grid), 1.0)}, paths)
+    check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
     total = len(items) * len(grid)
     parallel = min(args.parallel or default_parallel(settings), max(total, 1))
     engine = load_engine(paths, settings, n_seq=parallel)
@@ -390,6 +392,7 @@ def _progress_printer(total: int):
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .batch import generation_config
     from .tui import run_chat
 
     load_error = None
@@ -403,7 +406,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings = resolve_settings(args, defaults)
     settings["rpc"] = {}
     if paths is not None:
-        check_known_weights(settings, paths)
+        check_mix(settings, paths)
         settings["rpc"] = rpc_placement(args, defaults, paths)
     return run_chat(
         paths=paths,
@@ -411,7 +414,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         n_ctx=settings["n_ctx"],
         n_gpu_layers=gpu_layers(settings),
         n_threads=settings["threads"],
-        sampling=sampling_params(settings),
+        sampling=generation_config(settings).sampling,
         draft_tokens=settings["draft_tokens"],
         max_tokens=settings["max_tokens"],
         prompt_style=settings["prompt_style"],

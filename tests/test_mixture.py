@@ -276,6 +276,7 @@ def test_jsonl_row_overrides(tmp_path, mix_args):
     [
         (["--delta", "safe"], "NAME=CHAT.gguf"),
         (["--weight", "ghost=1"], "ghost"),
+        (["--grid", "weight.ghost=0,1"], "--grid weight.ghost"),
         (["--weight", "safe=nan"], "finite"),
         (["--grid", "colour=1,2"], "unknown key"),
         (["--grid", "beta=1,inf"], "finite"),
