@@ -1,3 +1,3 @@
-from .cli import main
+from eft_local.cli import main
 
 raise SystemExit(main())

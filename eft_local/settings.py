@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from eft_local.errors import UserError
 
 TOP_P_MODES = ("eft", "base")
 PROMPT_STYLES = ("template", "transcript")
@@ -23,8 +22,6 @@ MAX_SEED = 2**63 - 1
 # Any real weight is meaningful (negative steers away), but past this the weighted logits
 # overflow float32 (inf − inf = nan): refused like a non-finite number.
 MAX_WEIGHT = 1000.0
-DELTA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-RESERVED_NAMES = ("base", "reference")
 
 
 @dataclass(frozen=True)
@@ -225,8 +222,23 @@ SETTINGS: dict[str, Setting] = {
             nullable=True,
             scope="load",
         ),
+        # -- per command
+        Setting(
+            "parallel",
+            int,
+            None,
+            "sequences generated at once, sharing each speculative round: prompts (run) or requests (serve) "
+            "(default 1 on a CPU, 8 on a GPU)",
+            lo=1,
+            hi=256,
+            nullable=True,
+            scope="run",
+            metavar="N",
+        ),
     )
 }
+GENERATION_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.scope == "generation")
+LOAD_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.scope == "load")
 # Keys a profile's [defaults] table may set (every one takes effect), plus old spellings.
 PROFILE_KEYS = tuple(SETTINGS)
 PROFILE_ALIASES = {"n_gpu_layers": "gpu_layers"}
@@ -247,26 +259,12 @@ def check_weight(name: str, value: Any, where: str) -> float:
     return w
 
 
-def check_delta_name(name: str, where: str) -> str:
-    if not DELTA_NAME.match(name) or name in RESERVED_NAMES or name.endswith(".reference"):
-        raise UserError(
-            f"{where}: delta name {name!r} must start with a letter and use letters, digits, - or _ "
-            f"(at most 32), and not be {' or '.join(RESERVED_NAMES)}"
-        )
-    return name
-
-
-def check_weights(raw: Any, where: str, known: Iterable[str] | None = None) -> dict[str, float]:
-    """An object NAME → weight (JSONL ``weights``, HTTP ``weights``, profile defaults)."""
+def check_weights(raw: Any, where: str) -> dict[str, float]:
+    """An object NAME → weight (JSONL ``weights``, HTTP ``weights``, profile defaults); which
+    names exist is the mixture's to say (``mixture.check_known_deltas``)."""
     if not isinstance(raw, Mapping):
         raise UserError(f"{where} must be an object mapping delta names to numbers, got {raw!r}")
-    known = None if known is None else list(known)
-    out = {}
-    for name, value in raw.items():
-        if known is not None and name not in known:
-            raise UserError(f"{where}: unknown delta {name!r} (deltas: {', '.join(known) or 'none'})")
-        out[str(name)] = check_weight(name, value, f"{where}.{name}")
-    return out
+    return {str(name): check_weight(name, value, f"{where}.{name}") for name, value in raw.items()}
 
 
 def check_mapping(raw: Mapping[str, Any], keys: Iterable[str], where: str, fmt: Callable[[str], str] = str) -> dict[str, Any]:

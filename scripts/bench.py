@@ -10,7 +10,7 @@ Also prints the measured per-token cost of the large model vs the small ones and
 per-token NumPy cost (combine + sample) at a 152k vocabulary.
 
 Shapes:
-- ``small`` (CPU default): ``eft_local.synthetic.write_family`` — reference/chat are a
+- ``small`` (CPU default): ``eft_local.llama.synthetic.write_family`` — reference/chat are a
   512-wide 2-layer f32 llama, base is the same network + 30 inert layers (zeroed
   attn_output/ffn_down: identical logits, ~25x the compute). ``base_shift`` perturbs the
   base output projection and so controls how often EFT agrees with chat.
@@ -41,26 +41,16 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from eft_local.decoder import MAX_DRAFT, EftEngine, GenerationConfig
-from eft_local.draft_control import DraftController
-from eft_local.events import FinishedEvent
-from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams, distribution, sample
-from eft_local.synthetic import (
-    BOS,
-    CHATML_TEMPLATE,
-    EOS,
-    IM_END,
-    UNK,
-    ModelSpec,
-    build_vocab,
-    write_family,
-)
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import MAX_DRAFT, EftEngine
+from eft_local.engine.events import FinishedEvent
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.synthetic import BOS, CHATML_TEMPLATE, EOS, IM_END, UNK, ModelSpec, build_vocab, write_family
+from eft_local.mix.params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_numpy  # noqa: E402
-
-PROMPT = "hello world the answer to the question is"
+from bench_runs import PROMPT, Result, eft_run, plain_run  # noqa: E402
 
 # ----------------------------------------------------------------------------------------
 # Shapes and agreement levels
@@ -274,57 +264,6 @@ def write_models(shape: Shape, directory: Path, base_shift: float, seed: int, sh
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    tps: float
-    n_tokens: int
-    acceptance: float | None = None
-    ms_per_token: float = 0.0
-    token_ids: tuple[int, ...] = ()
-    mean_k: float | None = None
-    total_ms_per_token: float = 0.0  # prompt (re)evaluation included
-
-
-def plain_run(
-    model: LlamaModel, prompt: list[int], n: int, params: SamplingParams, n_vocab: int, rng: np.random.Generator
-) -> Result:
-    """One model alone, no EFT machinery: eval one token, pick the next, repeat."""
-    model.rollback(0)
-    row = model.eval(prompt, 1)[0]
-    ids = []
-    t0 = time.perf_counter()
-    for _ in range(n):
-        z = row[:n_vocab]
-        tok = int(np.argmax(z)) if params.temperature == 0 else sample(distribution(z, params), rng.random())
-        ids.append(tok)
-        row = model.eval([tok], 1)[0]
-    dt = time.perf_counter() - t0
-    return Result(n / dt, n, ms_per_token=dt / n * 1e3, token_ids=tuple(ids))
-
-
-def eft_run(engine: EftEngine, prompt: dict, n: int, params: SamplingParams, k: int | None, seed: int) -> Result:
-    if k is None and hasattr(engine, "controller"):  # older engines kept one controller per engine
-        engine.controller = DraftController(k_max=MAX_DRAFT)
-    cfg = GenerationConfig(sampling=params, max_tokens=n, draft_tokens=k, stats_interval=1e9)
-    fin = None
-    for ev in engine.generate(prompt, cfg, np.random.default_rng(seed)):
-        if isinstance(ev, FinishedEvent):
-            fin = ev
-    if fin is None or fin.reason == "error":
-        raise SystemExit(f"generation failed: {fin.error if fin else 'no FinishedEvent'}")
-    s = fin.stats
-    mean_k = s.drafted / s.rounds if s.rounds else None
-    return Result(
-        s.tokens_per_second,
-        s.n_tokens,
-        s.acceptance,
-        s.decode_seconds / max(s.n_tokens, 1) * 1e3,
-        tuple(fin.token_ids),
-        mean_k,
-        s.seconds / max(s.n_tokens, 1) * 1e3,
-    )
-
-
 MODES = [("naive EFT", 0), ("spec k=2", 2), ("spec k=4", 4), ("spec k=8", 8), ("spec k=16", 16), ("spec adaptive", None)]
 
 
@@ -408,7 +347,7 @@ class _Timer:
 def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int, echo) -> None:
     """Time each phase of the decoder by wrapping model evals and the NumPy steps (run-time
     patching only; nothing in eft_local is changed). 'python/other' = wall − the rest."""
-    import eft_local.decoder as dec
+    import eft_local.engine.decoder as dec
 
     prompt = engine.prompt(raw=PROMPT)
     names = ("eft_distribution", "distribution", "sample", "accept", "residual")
@@ -490,8 +429,8 @@ def parallel_run(
 ) -> tuple[float, int, float | None, list[tuple[int, ...]]]:
     """All prompts through a scheduler of n_seq sequences (0: the plain one-by-one path).
     Returns (aggregate tok/s, tokens, acceptance, token ids per prompt)."""
-    from eft_local.batch import rng_for
-    from eft_local.scheduler import Scheduler
+    from eft_local.batch.run import rng_for
+    from eft_local.engine.scheduler import Scheduler
 
     cfg = GenerationConfig(sampling=params, max_tokens=n_tokens, stats_interval=1e9)
     fins: dict[int, FinishedEvent] = {}

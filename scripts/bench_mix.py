@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from eft_local.decoder import EftEngine
-from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams
-from eft_local.synthetic import CHATML_TEMPLATE, IM_END, ModelSpec, write_family, write_model
+from eft_local.engine.decoder import EftEngine
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.synthetic import CHATML_TEMPLATE, IM_END, ModelSpec, write_family, write_model
+from eft_local.mix.params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PROMPT, eft_run, plain_run  # noqa: E402
+from bench_runs import PROMPT, eft_run, plain_run  # noqa: E402
 
 
 def write_mix(directory: Path) -> dict[str, Path]:

@@ -6,7 +6,7 @@ Times ``eft_distribution`` + ``sample`` on float32 logit rows of 151,936 entries
 compares the median to the 0.5 ms/token target.
 
 Two kinds of rows, because the cost of the sampled path depends on how many tokens lie
-within ``T·(ln V + 20)`` of the top logit (``eft_local.sampling`` prunes the rest exactly):
+within ``T·(ln V + 20)`` of the top logit (``eft_local.mix.sampling`` prunes the rest exactly):
 
 - ``gauss``: i.i.d. N(0, 1) logits per model — what "random logits" usually means; every
   token survives the pruning, so this is the worst case for the sampled path;
@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from eft_local.sampling import SamplingParams, eft_distribution, sample, three_roles
+from eft_local.mix.params import SamplingParams
+from eft_local.mix.sampling import eft_distribution, sample, three_roles
 
 N_SMALL = 151_936
 N_BASE_PADDED = 152_064

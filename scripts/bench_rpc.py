@@ -5,7 +5,7 @@ loopback with 2 ms and 10 ms added per message (a delaying TCP relay, ``rpc_prox
 Speculative EFT consults the base once per drafted *block*, so each network round trip is
 shared by the whole block; naive EFT pays it for every token. All four placements are
 loaded at once and every repetition runs them back to back (the machine is noisy), so the
-printed ratios come from one run. Greedy, synthetic family (``eft_local.synthetic``): the
+printed ratios come from one run. Greedy, synthetic family (``eft_local.llama.synthetic``): the
 base is the chat/reference network plus inert layers, so the base is the expensive model.
 
 Run: ``python scripts/bench_rpc.py`` (~1–2 min on 2 CPU cores). The rpc-servers are started
@@ -28,11 +28,12 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from rpc_proxy import LatencyProxy
 
-from eft_local.decoder import EftEngine, GenerationConfig
-from eft_local.events import FinishedEvent
-from eft_local.rpc import supports_rpc
-from eft_local.sampling import SamplingParams
-from eft_local.synthetic import ModelSpec, write_family
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import FinishedEvent
+from eft_local.llama.rpc import supports_rpc
+from eft_local.llama.synthetic import ModelSpec, write_family
+from eft_local.mix.params import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [{"role": "user", "content": "hello world the answer to the question is"}]

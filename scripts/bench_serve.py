@@ -33,12 +33,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eft_local.batch import generation_config
-from eft_local.decoder import EftEngine
-from eft_local.events import FinishedEvent, TokenEvent
-from eft_local.session import Session, rng_for
+from eft_local.engine.config import generation_config
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import FinishedEvent, TokenEvent
+from eft_local.engine.session import Session, rng_for
+from eft_local.llama.synthetic import ModelSpec, write_family
 from eft_local.settings import defaults as setting_defaults
-from eft_local.synthetic import ModelSpec, write_family
 
 SIZES = {
     "small": ModelSpec(),

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from eft_local.decoder import EftEngine, GenerationConfig
-from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams
-from eft_local.synthetic import ModelSpec, write_family
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.synthetic import ModelSpec, write_family
+from eft_local.mix.params import SamplingParams
 
 PROMPT = "Tell me about the sea."
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eft_local.cli_models import download_main  # noqa: E402
+from eft_local.cli.models import download_main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(download_main(sys.argv[1:]))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eft_local.synthetic import ModelSpec, write_family, write_model
+from eft_local.llama.synthetic import ModelSpec, write_family, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def family(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(family):
-    from eft_local.decoder import EftEngine
+    from eft_local.engine.decoder import EftEngine
 
     e = EftEngine.load(family.paths(), n_ctx=512, n_threads=1)
     yield e

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from eft_local.errors import UserError
-from eft_local.llama_adapter import LlamaModel, check_gguf
+from eft_local.llama.adapter import LlamaModel, check_gguf
 
 
 @pytest.fixture()

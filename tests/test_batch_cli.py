@@ -285,7 +285,7 @@ def test_chat_model_without_template_needs_raw(tmp_path, family, capsys):
 
 
 def test_llama_failure_on_one_prompt_is_an_error_row(tmp_path, models, monkeypatch):
-    from eft_local.llama_adapter import LlamaModel
+    from eft_local.llama.adapter import LlamaModel
 
     real_decode = LlamaModel._decode
     calls = {"n": 0}

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from eft_local.decoder import GenerationConfig
-from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams, eft_distribution, three_roles
+from eft_local.engine.config import GenerationConfig
+from eft_local.llama.adapter import LlamaModel
+from eft_local.mix.params import SamplingParams
+from eft_local.mix.sampling import eft_distribution, three_roles
 
 N_SAMPLES = 2500
 CONFIGS = {
-    "T1-topk6": SamplingParams(alpha=1.0, beta=1.0, temperature=1.0, top_k=6),
+    "T1-topk6": SamplingParams(alpha=1.0, beta=1.0, temperature=1.0, top_k=6, top_p=1.0),
     "T0.8-topp0.9": SamplingParams(alpha=1.0, beta=1.0, temperature=0.8, top_p=0.9, top_k=10),
 }
 

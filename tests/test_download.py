@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from eft_local.cli_models import register
-from eft_local.download import RECORD_FILE, partial_path
-from eft_local.profiles import ModelFile
+from eft_local.cli.models import register
+from eft_local.models.download import RECORD_FILE, partial_path
+from eft_local.models.profiles import ModelFile
 
 from .hubstub import StubHub, closed_port_url, synthetic_gguf
 

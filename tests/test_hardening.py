@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from eft_local.llama_adapter import LlamaModel
+from eft_local.llama.adapter import LlamaModel
 
 from .conftest import run_cli
 
@@ -74,8 +74,8 @@ def test_prompt_longer_than_the_context_is_an_error_row(family, tmp_path):
 
 
 # -- --output: regular files get partial-then-rename; nothing else is ever replaced -------------
+from eft_local.batch.output import check_output, open_output  # noqa: E402
 from eft_local.errors import UserError  # noqa: E402
-from eft_local.output import check_output, open_output  # noqa: E402
 
 
 def write_rows(out, prompt_file=None, n=2):
@@ -232,7 +232,7 @@ def test_every_row_failed_exits_non_zero_and_says_how_many(family, tmp_path):
 
 
 # -- prompt files: BOM, stdin --------------------------------------------------------------------
-from eft_local.prompt_file import read_prompt_file  # noqa: E402
+from eft_local.batch.prompt_file import read_prompt_file  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,7 @@ def test_prompt_file_dash_reads_stdin(family, tmp_path):
 # -- chat templates that render enormous prompts --------------------------------------------------
 from types import SimpleNamespace  # noqa: E402
 
-from eft_local.prompts import render_chat  # noqa: E402
+from eft_local.llama.prompts import render_chat  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from eft_local.cli import main
-from eft_local.decoder import EftEngine, GenerationConfig
-from eft_local.llama_adapter import LlamaModel
-from eft_local.mixture import Delta, coefficients, deltas_of
-from eft_local.sampling import SamplingParams
-from eft_local.synthetic import CHATML_TEMPLATE, IM_END, ModelSpec, write_model
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.synthetic import CHATML_TEMPLATE, IM_END, ModelSpec, write_model
+from eft_local.mix.mixture import Delta, coefficients, deltas_of
+from eft_local.mix.params import SamplingParams
 
 from .test_distribution import chi2_pvalue
 
@@ -174,7 +175,7 @@ def test_zero_weight_models_are_never_decoded(mix_engine, monkeypatch, draft):
 
 @pytest.mark.parametrize("draft", [0, None])
 def test_sampled_first_token_follows_two_delta_mixture(mix_engine, solo_models, draft):
-    params = SamplingParams(alpha=0.6, beta=1.0, temperature=1.0, top_k=8, weights={"safe": 0.8, "terse": -0.5})
+    params = SamplingParams(alpha=0.6, beta=1.0, temperature=1.0, top_k=8, weights={"safe": 0.8, "terse": -0.5}, top_p=1.0)
     mix_engine.reset()
     prompt = mix_engine.prompt(raw="hello")
     rows = {}

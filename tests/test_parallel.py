@@ -8,14 +8,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from eft_local.batch import rng_for
+from eft_local.batch.run import rng_for
 from eft_local.cli import main
-from eft_local.decoder import MAX_DRAFT, EftEngine, GenerationConfig
-from eft_local.events import FinishedEvent, TokenEvent
-from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams, accept, combine, distribution, residual, sample
-from eft_local.scheduler import Scheduler
-from eft_local.synthetic import write_family
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import MAX_DRAFT, EftEngine
+from eft_local.engine.events import FinishedEvent, TokenEvent
+from eft_local.engine.scheduler import Scheduler
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.synthetic import write_family
+from eft_local.mix.params import SamplingParams
+from eft_local.mix.sampling import accept, combine, distribution, residual, sample
 
 TEXTS = [
     "hi",
@@ -87,7 +89,7 @@ def position_dists(engine: EftEngine, prompt, prefix: list[int], cfg: Generation
     base = rows[engine.model_of["base"]]
     allowed = None
     if params.top_p_mode == "base" and params.top_p < 1 and params.temperature > 0:
-        from eft_local.sampling import base_nucleus
+        from eft_local.mix.sampling import base_nucleus
 
         allowed = base_nucleus(base, n, params)
     p = distribution(z, params, allowed)
@@ -341,9 +343,8 @@ def test_run_parallel_writes_the_same_rows_in_input_order(tmp_path, family):
 def test_parallel_flag_is_checked(tmp_path, capsys):
     pf = tmp_path / "p.txt"
     pf.write_text("hi\n")
-    with pytest.raises(SystemExit):
-        main(["run", "--prompt-file", str(pf), "--parallel", "0"])
-    assert "--parallel" in capsys.readouterr().err
+    assert main(["run", "--prompt-file", str(pf), "--parallel", "0"]) == 2
+    assert "--parallel must be in [1, 256], got 0" in capsys.readouterr().err
 
 
 def test_run_forever_serves_submissions_from_other_threads(engines):

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from eft_local.errors import UserError
-from eft_local.profiles import ROLES, default_models_dir, default_profile_name, load_profiles, parse_models_file, resolve_profile
+from eft_local.models.profiles import (
+    ROLES,
+    default_models_dir,
+    default_profile_name,
+    load_profiles,
+    parse_models_file,
+    resolve_profile,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -270,7 +277,7 @@ def test_profile_defaults_checked_by_the_schema(tmp_path, line, expect):
 def test_profile_seed_and_gpu_layers_take_effect(tmp_path):
     import argparse
 
-    from eft_local.cli import resolve_settings
+    from eft_local.cli.options import resolve_settings
 
     profiles, _ = parse_models_file(write(tmp_path / "m.toml", TINY + "seed = 9\nn_gpu_layers = 0\nthreads = 1\n"))
     defaults = {**profiles["tiny"].defaults, "weights": {}}

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from eft_local.cli import main
-from eft_local.decoder import EftEngine, GenerationConfig
-from eft_local.sampling import SamplingParams
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.mix.params import SamplingParams
 
 from .test_batch_cli import rows
 

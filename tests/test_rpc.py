@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from eft_local import rpc
 from eft_local.cli import build_parser, main
-from eft_local.cli_rpc import parse_rpc_spec, rpc_endpoints
+from eft_local.cli.rpc import parse_rpc_spec, rpc_endpoints
 from eft_local.errors import UserError
+from eft_local.llama import rpc
 
 from .conftest import ROOT, run_cli
 
@@ -142,7 +142,7 @@ def test_rpc_flag_errors_are_one_line(value, message, capsys):
 
 
 def test_profile_rpc_table(tmp_path):
-    from eft_local.profiles import parse_models_file
+    from eft_local.models.profiles import parse_models_file
 
     files = "\n".join(f'{r} = {{ repo_id = "a/b", filename = "{r}.gguf" }}' for r in ("base", "chat", "reference"))
     path = tmp_path / "m.toml"
@@ -217,7 +217,7 @@ def test_rpc_through_latency_proxy_equals_local(family, prompts, servers):
 def test_registering_an_endpoint_twice_adds_no_devices(servers):
     port = servers[0].split(":")[1]
     script = f"""
-        from eft_local import rpc
+        from eft_local.llama import rpc
         lib = rpc.require_rpc().ggml
         n0 = lib.ggml_backend_dev_count()
         a = rpc.attach(["127.0.0.1:{port}"])
@@ -236,8 +236,8 @@ def test_server_lost_between_decodes_is_an_error_not_an_abort(family):
     proc, port = start_server()
     script = f"""
         import os, signal, time
-        from eft_local.llama_adapter import LlamaModel
-        from eft_local.rpc import RpcServerLost
+        from eft_local.llama.adapter import LlamaModel
+        from eft_local.llama.rpc import RpcServerLost
         m = LlamaModel({str(family.base)!r}, n_ctx=128, n_threads=1, n_gpu_layers=-1, rpc_servers=["127.0.0.1:{port}"])
         m.eval([1, 5, 6])
         os.kill({proc.pid}, signal.SIGKILL)
@@ -331,7 +331,8 @@ def test_server_lost_between_decodes_in_a_batch_error_rows_then_exit_69(family, 
     argv = model_args(family, prompts, "--output", str(out), "--rpc", f"base=127.0.0.1:{port}")
     script = f"""
         import os, signal, sys, time
-        from eft_local import cli, rpc
+        from eft_local import cli
+        from eft_local.llama import rpc
         real, calls = rpc.check_alive, [0]
         def check(endpoints, what=""):
             calls[0] += 1
@@ -371,7 +372,7 @@ def test_rpc_for_a_role_that_is_not_loaded_fails_before_loading(family, tmp_path
 def test_models_listing_says_where_each_role_runs(tmp_path, capsys):
     import argparse
 
-    from eft_local.cli_models import register
+    from eft_local.cli.models import register
 
     files = "\n".join(f'{r} = {{ repo_id = "a/b", filename = "{r}.gguf" }}' for r in ("base", "chat", "reference"))
     path = tmp_path / "m.toml"

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from eft_local.errors import UserError
-from eft_local.sampling import (
+from eft_local.mix.params import SamplingParams
+from eft_local.mix.sampling import (
     Dist,
-    SamplingParams,
     accept,
     base_nucleus,
     combine,
@@ -96,14 +96,14 @@ def test_greedy_is_argmax():
 @pytest.mark.parametrize("spread", [4, 0.5])
 def test_unfiltered_distribution_is_dense_softmax_at_large_vocab(spread):
     z = rows(152_064, seed=4)[0] * spread
-    d = distribution(z, SamplingParams(temperature=1.3))
+    d = distribution(z, SamplingParams(temperature=1.3, top_p=1.0))
     assert d.ids is None
     np.testing.assert_allclose(d.dense(len(z)), dense_probs(z, 1.3), rtol=2e-5, atol=1e-12)
 
 
 def test_typical_p_keeps_the_tokens_nearest_the_entropy():
     z = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
-    d = distribution(z, SamplingParams(temperature=1.0, typical_p=0.5))
+    d = distribution(z, SamplingParams(temperature=1.0, typical_p=0.5, top_p=1.0))
     p = np.array([0.5, 0.3, 0.15, 0.05])
     h = -(p * np.log(p)).sum()
     order = np.argsort(np.abs(-np.log(p) - h))
@@ -146,7 +146,7 @@ def test_mask_never_emitted():
     top = int(np.argmax(c + b - r))
     d = eft_distribution(*three_roles(b, c, r, 1.0, 1.0), SamplingParams(temperature=0), 200, mask=np.array([top]))
     assert d.ids[0] != top
-    d = eft_distribution(*three_roles(b, c, r, 1.0, 1.0), SamplingParams(temperature=5.0), 200, mask=np.array([top]))
+    d = eft_distribution(*three_roles(b, c, r, 1.0, 1.0), SamplingParams(temperature=5.0, top_p=1.0), 200, mask=np.array([top]))
     assert d.prob(top) == 0.0 and d.prob(int(np.argmin(np.abs(c)))) > 0
 
 

@@ -15,15 +15,16 @@ import uvicorn
 
 openai = pytest.importorskip("openai")
 
-from eft_local.batch import BatchOptions, run_one
-from eft_local.decoder import EftEngine, GenerationConfig
+from eft_local.batch.prompt_file import PromptItem
+from eft_local.batch.run import BatchOptions, run_one
+from eft_local.cli.serve import bind, is_loopback
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import FinishedEvent, StatsEvent, TokenEvent
+from eft_local.engine.session import Session, rng_for
 from eft_local.errors import EngineBusy
-from eft_local.events import FinishedEvent, StatsEvent, TokenEvent
-from eft_local.prompt_file import PromptItem
-from eft_local.sampling import SamplingParams
+from eft_local.mix.params import SamplingParams
 from eft_local.server.app import ServerOptions, create_app
-from eft_local.server.cli import bind, is_loopback
-from eft_local.session import Session, rng_for
 from eft_local.settings import defaults as setting_defaults
 
 from .conftest import run_cli
@@ -400,7 +401,7 @@ def test_engine_refuses_a_second_generation(reference):
 
 
 def test_session_prompt_too_long(reference):
-    from eft_local.session import PromptTooLong
+    from eft_local.engine.session import PromptTooLong
 
     with pytest.raises(PromptTooLong):
         Session(reference).prompt(raw="word " * 3000)

@@ -24,7 +24,7 @@ from .test_tui_app import app_for, loaded, send, wait_for
 
 @pytest.fixture(scope="module")
 def tui_family(tmp_path_factory):
-    from eft_local.synthetic import write_family
+    from eft_local.llama.synthetic import write_family
 
     return write_family(tmp_path_factory.mktemp("tui-family"), chat_shift=0.6, base_shift=0.6)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Input
 
-from eft_local.synthetic import CHATML_TEMPLATE, IM_END, ModelSpec, write_family, write_model
+from eft_local.llama.synthetic import CHATML_TEMPLATE, IM_END, ModelSpec, write_family, write_model
 from eft_local.tui.app import EftChatApp
 from eft_local.tui.screens.compare import CompareScreen
 

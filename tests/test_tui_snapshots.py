@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from eft_local.synthetic import write_family
+from eft_local.llama.synthetic import write_family
 from eft_local.tui.app import EftChatApp
 from eft_local.tui.conversation import Conversation, Turn
 from eft_local.tui.widgets.prompt_input import PromptInput

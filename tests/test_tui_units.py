@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from eft_local.events import FinishedEvent, GenStats, StatsEvent, TokenEvent
-from eft_local.sampling import SamplingParams
+from eft_local.engine.events import FinishedEvent, GenStats, StatsEvent, TokenEvent
+from eft_local.mix.params import SamplingParams
 from eft_local.tui import delta
 from eft_local.tui.conversation import Conversation, Turn, last_code_block
 from eft_local.tui.history import SCHEMA_VERSION, HistoryStore, default_path

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eft_local.decoder import EftEngine, GenerationConfig
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
 from eft_local.errors import UserError
-from eft_local.llama_adapter import LlamaModel
-from eft_local.sampling import SamplingParams
-from eft_local.vocab import check_vocab
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.vocab import check_vocab
+from eft_local.mix.params import SamplingParams
 
 
 def load(paths):
@@ -30,7 +31,7 @@ def test_padded_twin_is_accepted_over_shared_prefix(family, padded_base):
 def test_padded_twin_never_emits_padding(family, padded_base):
     engine = EftEngine.load({**family.paths(), "base": padded_base}, n_ctx=256)
     prompt = engine.prompt(raw="hello")
-    cfg = GenerationConfig(SamplingParams(temperature=3.0), max_tokens=60, draft_tokens=4)
+    cfg = GenerationConfig(SamplingParams(temperature=3.0, top_p=1.0), max_tokens=60, draft_tokens=4)
     for seed in range(5):
         fin = list(engine.generate(prompt, cfg, np.random.default_rng(seed)))[-1]
         assert fin.token_ids and max(fin.token_ids) < 512

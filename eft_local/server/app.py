@@ -20,10 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..events import FinishedEvent, TokenEvent
-from ..session import Session
-from .request import MAX_BODY_BYTES, ApiError, GenRequest, load_json, parse
-from .worker import Channel, EngineWorker, Failed, Job, QueueFull, Started
+from eft_local.engine.events import FinishedEvent, TokenEvent
+from eft_local.engine.session import Session
+from eft_local.server.request import MAX_BODY_BYTES, ApiError, GenRequest, load_json, parse
+from eft_local.server.worker import Channel, EngineWorker, Failed, Job, QueueFull, Started
 
 DISCONNECT_POLL_SECONDS = 0.25
 STREAM_PACE_SECONDS = 0.02  # after sending a chunk, let tokens gather this long (fewer writes, wake-ups, GIL hand-offs)

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..batch import effective_settings, generation_config
-from ..decoder import GenerationConfig
-from ..errors import UserError
-from ..settings import ROW_KEYS, SETTINGS, check_weights
+from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
+from eft_local.errors import UserError
+from eft_local.mix.mixture import check_known_deltas
+from eft_local.settings import ROW_KEYS, SETTINGS, check_weights
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP = 16
@@ -204,7 +204,8 @@ def parse(
             layer[name] = setting(name, body[alias], alias)
     if body.get("weights") is not None:
         try:
-            layer["weights"] = check_weights(body["weights"], "'weights'", known=list(deltas))
+            layer["weights"] = check_weights(body["weights"], "'weights'")
+            check_known_deltas([n for n in layer["weights"] if n != "chat"], deltas, "'weights'.{}".format)
         except (UserError, OverflowError) as e:
             raise bad("weights", str(e) if isinstance(e, UserError) else "'weights' holds a number out of range") from None
     for name in ("n",):

@@ -15,11 +15,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
-from ..events import FinishedEvent, TokenEvent
-from ..scheduler import Scheduler, Ticket
-from ..session import PromptTooLong, Session, rng_for
-from .request import ApiError, GenRequest
+from eft_local.engine.events import FinishedEvent, TokenEvent
+from eft_local.engine.scheduler import Scheduler, Ticket
+from eft_local.engine.session import PromptTooLong, Session, rng_for
+from eft_local.errors import UserError
+from eft_local.server.request import ApiError, GenRequest
 
 
 class QueueFull(Exception):

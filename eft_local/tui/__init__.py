@@ -11,8 +11,8 @@ def run_chat(**options: Any) -> int:
 
     ``options`` are ``EftChatApp``'s keyword arguments (paths, load_error, n_ctx, sampling, …).
     """
-    from . import escape_keys
-    from .app import EftChatApp
+    from eft_local.tui import escape_keys
+    from eft_local.tui.app import EftChatApp
 
     escape_keys.install()
     app = EftChatApp(**options)
@@ -24,7 +24,7 @@ def run_chat(**options: Any) -> int:
 
 def __getattr__(name: str):
     if name == "EftChatApp":  # lazy: importing eft_local.tui must not import Textual
-        from .app import EftChatApp
+        from eft_local.tui.app import EftChatApp
 
         return EftChatApp
     raise AttributeError(name)

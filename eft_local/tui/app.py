@@ -14,27 +14,29 @@ from textual.message import Message
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
-from ..decoder import EftEngine, GenerationConfig
-from ..errors import UserError
-from ..events import FinishedEvent, GenStats
-from ..mixture import deltas_of
-from ..sampling import SamplingParams
-from ..session import Session, rng_for
-from . import delta
-from .conversation import Conversation, Turn, last_code_block
-from .history import HistoryStore
-from .keys import bindings
-from .screens.compare import CompareScreen
-from .screens.help import HelpScreen
-from .screens.history import HistoryScreen
-from .screens.system_prompt import SystemPromptScreen
-from .settings import ChatSettings
-from .stream import GenerationFinished, Pacer, StatsUpdated, run_stream
-from .widgets.chat_view import AssistantMessage, ChatView
-from .widgets.load_panel import ErrorPanel, LoadPanel
-from .widgets.prompt_input import PromptInput
-from .widgets.settings_panel import SettingsPanel
-from .widgets.status_bar import StatusBar
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import FinishedEvent, GenStats
+from eft_local.engine.session import Session, rng_for
+from eft_local.errors import UserError
+from eft_local.mix.mixture import deltas_of
+from eft_local.mix.params import SamplingParams
+from eft_local.settings import SETTINGS
+from eft_local.tui import delta
+from eft_local.tui.conversation import Conversation, Turn, last_code_block
+from eft_local.tui.history import HistoryStore
+from eft_local.tui.keys import bindings
+from eft_local.tui.screens.compare import CompareScreen
+from eft_local.tui.screens.help import HelpScreen
+from eft_local.tui.screens.history import HistoryScreen
+from eft_local.tui.screens.system_prompt import SystemPromptScreen
+from eft_local.tui.settings import ChatSettings
+from eft_local.tui.stream import GenerationFinished, Pacer, StatsUpdated, run_stream
+from eft_local.tui.widgets.chat_view import AssistantMessage, ChatView
+from eft_local.tui.widgets.load_panel import ErrorPanel, LoadPanel
+from eft_local.tui.widgets.prompt_input import PromptInput
+from eft_local.tui.widgets.settings_panel import SettingsPanel
+from eft_local.tui.widgets.status_bar import StatusBar
 
 NARROW = 72  # columns: below this the EFT controls are hidden (Ctrl+G shows them full width)
 LOAD_HINT = (
@@ -118,26 +120,27 @@ class EftChatApp(App[int]):
         *,
         paths: dict[str, Path] | None,
         load_error: str | None = None,
-        n_ctx: int = 4096,
+        n_ctx: int = SETTINGS["n_ctx"].default,
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         sampling: SamplingParams | None = None,
-        draft_tokens: int | None = None,
-        max_tokens: int = 512,
-        prompt_style: str = "template",
+        draft_tokens: int | None = SETTINGS["draft_tokens"].default,
+        max_tokens: int = SETTINGS["max_tokens"].default,
+        prompt_style: str = SETTINGS["prompt_style"].default,
         seed: int | None = None,
         system_prompt: str | None = None,
         profile_name: str | None = None,
         history_path: Path | None = None,
         stop: tuple[str, ...] = (),
         rpc: dict[str, list[str]] | None = None,
+        draft_with: str | None = None,
     ) -> None:
         super().__init__()
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
         self.load_error = load_error if load_error or paths else "no models given"
         self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, rpc=rpc or {})
         deltas = tuple(d.name for d in deltas_of(self.paths or {}) if d.name != "chat")
-        self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens, deltas, stop)
+        self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens, deltas, stop, draft_with)
         self.prompt_style = prompt_style
         self.seed = seed
         self.conv = Conversation(system_prompt=system_prompt or "")

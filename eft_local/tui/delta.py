@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from rich.style import Style
 from rich.text import Text
 
-from .conversation import Span
+from eft_local.tui.conversation import Span
 
 THRESHOLDS = (0.25, 1.0, 2.0, 4.0)  # |delta| in nats at which each colour level starts
 RAISED = ("#1b3355", "#1f4f8f", "#2563c9", "#3b82f6")

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .conversation import Conversation, Turn
+from eft_local.tui.conversation import Conversation, Turn
 
 SCHEMA_VERSION = 1
 SCHEMA = """

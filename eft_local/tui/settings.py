@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..decoder import GenerationConfig
-from ..mixture import describe as describe_mix
-from ..sampling import SamplingParams
+from eft_local.engine.config import GenerationConfig
+from eft_local.mix.mixture import describe as describe_mix
+from eft_local.mix.params import SamplingParams
+from eft_local.settings import SETTINGS
 
 # name -> (title, alpha, beta); "eft" uses the user's own mix (see ChatSettings.preset).
 # The corners set every other delta's weight to 0.
@@ -22,10 +23,11 @@ class ChatSettings:
     sampling: SamplingParams
     speculative: bool = True
     block_size: int | None = None  # None: adaptive block; only used when speculative
-    max_tokens: int = 512
+    max_tokens: int = SETTINGS["max_tokens"].default
     deltas: tuple[str, ...] = ()  # behaviour deltas besides "chat", by name
     eft_mix: SamplingParams | None = None  # remembered α/β/weights for the "EFT" preset
     stop: tuple[str, ...] = field(default_factory=tuple)
+    draft_with: str | None = None  # delta whose chat model drafts (None: largest |weight|)
 
     @classmethod
     def create(
@@ -35,6 +37,7 @@ class ChatSettings:
         max_tokens: int,
         deltas: tuple[str, ...] = (),
         stop: tuple[str, ...] = (),
+        draft_with: str | None = None,
     ) -> ChatSettings:
         sampling = sampling or SamplingParams()
         sampling = replace(sampling, weights={d: float(sampling.weights.get(d, 1.0)) for d in deltas})
@@ -45,6 +48,7 @@ class ChatSettings:
             max_tokens=max_tokens,
             deltas=tuple(deltas),
             stop=tuple(stop),
+            draft_with=draft_with,
         )
         settings.eft_mix = (
             sampling if settings.mode == "eft" else replace(sampling, alpha=1.0, beta=1.0, weights=dict.fromkeys(deltas, 1.0))
@@ -68,6 +72,7 @@ class ChatSettings:
             draft_tokens=self.draft_tokens,
             stop=self.stop,
             trace=trace,
+            draft_with=self.draft_with,
         )
 
     def preset(self, name: str) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 from textual.message import Message
 
-from ..decoder import EftEngine, GenerationConfig
-from ..events import FinishedEvent, GenStats, StatsEvent, TokenEvent
-from ..session import Session
-from .conversation import Span
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import FinishedEvent, GenStats, StatsEvent, TokenEvent
+from eft_local.engine.session import Session
+from eft_local.tui.conversation import Span
 
 FLUSH_SECONDS = 0.03
 MAX_FLUSH_SECONDS = 0.25

@@ -8,9 +8,9 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Label
 
-from ..conversation import Turn
-from ..stream import GenerationFinished, StatsUpdated
-from ..widgets.chat_view import AssistantMessage
+from eft_local.tui.conversation import Turn
+from eft_local.tui.stream import GenerationFinished, StatsUpdated
+from eft_local.tui.widgets.chat_view import AssistantMessage
 
 
 class CompareColumn(VerticalScroll):

@@ -7,7 +7,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
-from ..keys import EDITING, KEYS
+from eft_local.tui.keys import EDITING, KEYS
 
 ABOUT = """
 ## EFT in one line

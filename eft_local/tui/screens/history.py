@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from ..history import HistoryStore
+from eft_local.tui.history import HistoryStore
 
 
 class HistoryScreen(ModalScreen[int | None]):

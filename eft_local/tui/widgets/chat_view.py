@@ -9,9 +9,9 @@ from textual.content import Content
 from textual.widgets import Label, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from .. import delta
-from ..conversation import Conversation, Turn
-from ..stream import GenerationFinished, TokensArrived
+from eft_local.tui import delta
+from eft_local.tui.conversation import Conversation, Turn
+from eft_local.tui.stream import GenerationFinished, TokensArrived
 
 
 class UserMessage(Vertical):

@@ -9,23 +9,11 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import Label, ProgressBar, Static
 
-ROLE_HELP = {
-    "base": "large pre-trained model (knowledge)",
-    "chat": "small fine-tuned model (behaviour)",
-    "reference": "small base the chat model was tuned from",
-}
-
-
-def role_help(role: str) -> str:
-    if role in ROLE_HELP:
-        return ROLE_HELP[role]
-    if role.endswith(".reference"):
-        return f"pre-trained model delta {role.removesuffix('.reference')} was tuned from"
-    return "fine-tuned model (a behaviour delta)"
+from eft_local.mix.mixture import role_help
 
 
 def where(n_gpu_layers: int, servers: list[str] | None) -> str:
-    """Where a role's layers go: local CPU/GPU, or RPC servers (see eft_local.rpc)."""
+    """Where a role's layers go: local CPU/GPU, or RPC servers (see eft_local.llama.rpc)."""
     if servers:
         return "RPC " + ", ".join(servers) + " + local"
     return f"GPU layers {n_gpu_layers}" if n_gpu_layers else "CPU only"

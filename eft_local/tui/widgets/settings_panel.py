@@ -10,9 +10,9 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Switch
 
-from ...errors import UserError
-from ...settings import check, check_weight
-from ..settings import PRESETS, ChatSettings
+from eft_local.errors import UserError
+from eft_local.settings import check, check_weight
+from eft_local.tui.settings import PRESETS, ChatSettings
 
 FIELDS = (  # input id, label, hint
     ("alpha", "α behaviour", "chat − reference"),
@@ -90,16 +90,15 @@ class SettingsPanel(VerticalScroll):
         )
         block = self.query_one("#block", Input).value.strip()
         max_tokens = self.query_one("#max_tokens", Input).value.strip()
-        if block and not (block.isdigit() and 1 <= int(block) <= 16):
-            raise UserError("block size must be 1..16 or blank (adaptive)")
-        if not (max_tokens.isdigit() and int(max_tokens) > 0):
-            raise UserError("max tokens must be a positive integer")
+        block_size = check("draft_tokens", block, "block size") if block else None
+        if block_size == 0:
+            raise UserError("block size must be at least 1, or blank (adaptive); switch speculation off for naive EFT")
         return replace(
             self.settings,
             sampling=sampling,
             speculative=self.query_one("#speculative", Switch).value,
-            block_size=int(block) if block else None,
-            max_tokens=int(max_tokens),
+            block_size=block_size,
+            max_tokens=check("max_tokens", max_tokens, "max tokens"),
         )
 
     def _apply(self) -> None:

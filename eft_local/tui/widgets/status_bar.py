@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ...events import GenStats
+from eft_local.engine.events import GenStats
 
 SHORT = {"base": "base", "chat": "chat", "reference": "ref"}
 

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import UserError
+from eft_local.errors import UserError
 
 # Models of one family may differ only by padding rows (Qwen2.5: 151936 vs 152064,
 # Gemma 3: 262144 vs 262208); llama.cpp's own speculative example allows 128.

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .decoder import EftEngine, GenerationConfig
-from .errors import UserError
-from .events import Event
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import Event
+from eft_local.errors import UserError
 
 Messages = Sequence[dict[str, Any]]
 

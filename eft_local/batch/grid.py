@@ -6,8 +6,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import UserError
-from .settings import GRID_KEYS, check, check_delta_name, check_weight
+from eft_local.errors import UserError
+from eft_local.mix.mixture import check_delta_name
+from eft_local.settings import GRID_KEYS, check, check_weight
 
 Point = dict[str, Any]  # setting name -> value; delta weights under "weights"
 

@@ -20,33 +20,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .draft_control import DraftController
-from .errors import Cancelled, EngineBusy, UserError
-from .events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
-from .llama_adapter import LlamaModel
-from .mixture import BASE, CHAT, Delta, check_roles, coefficients, deltas_of, pick_drafter, role_order
-from .prompts import role_prompts
-from .sampling import Dist, SamplingParams, accept, base_nucleus, combine, distribution, residual, sample, token_logprob
-from .textstream import TextStream
-from .vocab import SharedVocab, check_vocab
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.draft_control import DraftController
+from eft_local.engine.events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
+from eft_local.engine.textstream import TextStream
+from eft_local.errors import Cancelled, EngineBusy, UserError
+from eft_local.llama.adapter import LlamaModel
+from eft_local.llama.prompts import role_prompts
+from eft_local.llama.vocab import SharedVocab, check_vocab
+from eft_local.mix.mixture import BASE, Delta, check_known_deltas, check_roles, coefficients, deltas_of, pick_drafter, role_order
+from eft_local.mix.params import SamplingParams
+from eft_local.mix.sampling import Dist, accept, base_nucleus, combine, distribution, residual, sample, token_logprob
 
 MAX_DRAFT = 16
-
-
-@dataclass
-class GenerationConfig:
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    max_tokens: int = 256
-    draft_tokens: int | None = None  # None: adaptive; 0: naive EFT; k: fixed block
-    stop: tuple[str, ...] = ()
-    trace: bool = False  # compute per-token delta (log p_EFT − log p_base)
-    stats_interval: float = 0.25  # seconds between StatsEvents
-    draft_with: str | None = None  # delta whose chat model drafts; None: largest |weight|
 
 
 class EftEngine:
@@ -148,11 +139,8 @@ class EftEngine:
         """Each distinct model's weight in the expanded EFT formula for ``params``."""
         return coefficients(self.deltas, params.weight, params.beta, self.model_of)
 
-    def check_weights(self, params: SamplingParams) -> None:
-        unknown = [n for n in params.weights if n not in self.delta_names or n == CHAT]
-        if unknown:
-            others = [n for n in self.delta_names if n != CHAT]
-            raise UserError(f"unknown delta {unknown[0]!r} (deltas besides chat: {', '.join(others) or 'none'})")
+    def check_weights(self, params: SamplingParams, where: Callable[[str], str] = "weights.{}".format) -> None:
+        check_known_deltas(params.weights, self.delta_names, where)
 
     def prompt(
         self, *, messages=None, raw: str | None = None, style: str = "template", plain_content: bool = False

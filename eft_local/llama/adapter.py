@@ -17,8 +17,8 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
-from . import rpc
-from .errors import Cancelled, UserError
+from eft_local.errors import Cancelled, UserError
+from eft_local.llama import rpc
 
 log = logging.getLogger("eft_local.llama")
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.

@@ -11,14 +11,55 @@ whose weight is exactly 0 need not run at all.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .errors import UserError
+from eft_local.errors import UserError
 
 BASE, REFERENCE, CHAT = "base", "reference", "chat"
+ROLES = (BASE, CHAT, REFERENCE)  # the one-delta formula's roles; further deltas add NAME / NAME.reference
 REF_SUFFIX = ".reference"
+ROLE_HELP = {
+    BASE: "large pre-trained model (knowledge)",
+    CHAT: "small fine-tuned model (behaviour)",
+    REFERENCE: "small base the chat model was tuned from",
+}
+DELTA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+def role_help(role: str) -> str:
+    """What a role's model is, in a few words (help texts, the app's load panel)."""
+    if role in ROLE_HELP:
+        return ROLE_HELP[role]
+    if role.endswith(REF_SUFFIX):
+        return f"pre-trained model delta {role.removesuffix(REF_SUFFIX)} was tuned from"
+    return "fine-tuned model (a behaviour delta)"
+
+
+def check_delta_name(name: str, where: str) -> str:
+    """The one rule for a delta's name; ``where`` says where the name came from."""
+    if not isinstance(name, str) or not DELTA_NAME.match(name) or name in (BASE, REFERENCE):
+        raise UserError(
+            f"{where}: delta name {name!r} must start with a letter and use letters, digits, - or _ "
+            f"(at most 32), and not be {BASE} or {REFERENCE}"
+        )
+    return name
+
+
+def is_role_name(role: str) -> bool:
+    """base, chat, reference, a delta NAME or NAME.reference."""
+    name = role.removesuffix(REF_SUFFIX)
+    return role in ROLES or (DELTA_NAME.match(name) is not None and name not in (BASE, REFERENCE))
+
+
+def check_known_deltas(names: Iterable[str], deltas: Iterable[str], where: Callable[[str], str]) -> None:
+    """Every name in ``names`` is one of ``deltas`` other than chat; ``where(name)`` says where it came from."""
+    others = [d for d in deltas if d != CHAT]
+    for name in names:
+        if name not in others:
+            raise UserError(f"{where(name)}: there is no delta named {name} (deltas besides chat: {', '.join(others) or 'none'})")
 
 
 @dataclass(frozen=True)

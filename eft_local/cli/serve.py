@@ -8,14 +8,13 @@ import socket
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from eft_local.cli.options import add_setting, default_parallel, load_engine, model_args, prepare, sampling_args
+from eft_local.errors import UserError
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 
 
 def register(sub) -> None:
-    from ..cli import _model_args, _sampling_args
-
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat/completions, completions, models)")
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 = every interface)")
@@ -32,13 +31,7 @@ def register(sub) -> None:
         "<|im_start|> (what llama.cpp's server does), 'plain' keeps it text so a client can't forge a "
         "turn (default: special on loopback, plain on any other address)",
     )
-    g.add_argument(
-        "--parallel",
-        type=int,
-        default=None,
-        metavar="N",
-        help="requests generated at once, sharing each speculative round (default 1 on a CPU, 8 on a GPU)",
-    )
+    add_setting(g, "parallel")
     g.add_argument(
         "--max-queue",
         type=int,
@@ -46,8 +39,8 @@ def register(sub) -> None:
         metavar="N",
         help="requests that may wait while one generates (default 16; more get 503)",
     )
-    _model_args(p)
-    _sampling_args(p)
+    model_args(p)
+    sampling_args(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -86,8 +79,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..cli import default_parallel, load_engine, prepare
-
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_queue < 0:
@@ -95,15 +86,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..session import Session
-        from .app import ServerOptions, create_app
+        from eft_local.engine.session import Session
+        from eft_local.server.app import ServerOptions, create_app
     except ImportError as e:  # pragma: no cover - broken install
         raise UserError(f"eft-local serve needs fastapi and uvicorn ({e}); reinstall eft-local") from None
 
     paths, settings, profile = prepare(args)
-    if args.parallel is not None and not 1 <= args.parallel <= 256:
-        raise UserError(f"--parallel must be between 1 and 256, got {args.parallel}")
-    parallel = args.parallel or default_parallel(settings)
+    parallel = settings["parallel"] or default_parallel(settings)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host) and not args.api_key:
         print(

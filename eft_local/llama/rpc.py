@@ -45,9 +45,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from eft_local.errors import UserError
+from eft_local.mix.mixture import ROLES, is_role_name
 
 DEFAULT_PORT = 50052
+SPEC_SYNTAX = "ROLE=HOST:PORT[,HOST:PORT…]"
 PROBE_TIMEOUT = 3.0
 EXIT_RPC_LOST = 69  # EX_UNAVAILABLE
 BUILD_HINT = (
@@ -151,6 +153,25 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise UserError(f"bad RPC endpoint '{text}': port must be a number from 1 to 65535")
     return host, int(port)
+
+
+def parse_rpc_spec(text: str) -> tuple[str, list[str]]:
+    """``base=10.0.0.5:50052,10.0.0.6:50052`` -> ("base", ["10.0.0.5:50052", "10.0.0.6:50052"])."""
+    role, sep, servers = text.partition("=")
+    role = role.strip()
+    if not sep or not role or not servers.strip():
+        raise UserError(f"--rpc {text!r}: expected {SPEC_SYNTAX}, e.g. --rpc base=10.0.0.5:{DEFAULT_PORT}")
+    if not is_role_name(role):
+        raise UserError(f"--rpc {text!r}: unknown role '{role}' (roles: {', '.join(ROLES)}, a delta NAME or NAME.reference)")
+    endpoints = [e.strip() for e in servers.split(",")]
+    if any(not e for e in endpoints):
+        raise UserError(f"--rpc {text!r}: empty server in the list; expected {SPEC_SYNTAX}")
+    for e in endpoints:
+        try:
+            parse_endpoint(e)
+        except UserError as err:
+            raise UserError(f"--rpc {text!r}: {err}") from None
+    return role, endpoints
 
 
 def canonical(endpoint: str) -> str:

@@ -15,8 +15,8 @@ from typing import Protocol
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import UserError
-from .settings import PROMPT_STYLES
+from eft_local.errors import UserError
+from eft_local.settings import PROMPT_STYLES
 
 __all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript"]
 # A chat template adds a few tokens of markup per message; one that renders far more than the

@@ -1,4 +1,4 @@
-"""The ``download`` and ``models`` subcommands (wired into eft_local.cli by ``register``)."""
+"""The ``download`` and ``models`` subcommands (wired into eft_local.cli.main_tmp by ``register``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError
-from .profiles import Profile, default_models_dir, default_profile_name, download_command, get_profile, load_profiles
+from eft_local.errors import UserError
+from eft_local.models.profiles import (
+    Profile,
+    default_models_dir,
+    default_profile_name,
+    download_command,
+    get_profile,
+    load_profiles,
+)
 
 MODELS_DIR_HELP = (
     "where GGUF files live, as <DIR>/<repo_id>/<filename> (default: $EFT_LOCAL_MODELS_DIR, else $XDG_DATA_HOME/eft-local/models)"
@@ -73,7 +80,7 @@ def _selected(args: argparse.Namespace) -> list[Profile]:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import run_download  # imports huggingface_hub: only when needed
+    from eft_local.models.download import run_download  # imports huggingface_hub: only when needed
 
     selected = _selected(args)
     try:
@@ -84,7 +91,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .download import file_status, human_size, load_records
+    from eft_local.models.download import file_status, human_size, load_records
 
     profiles = load_profiles(args.models_file)
     names = [get_profile(profiles, args.profile).name] if args.profile else list(profiles)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .decoder import EftEngine, GenerationConfig
-from .errors import UserError
-from .events import FinishedEvent, GenStats
-from .output import open_output
-from .prompt_file import PromptItem
-from .sampling import SamplingParams
-from .session import rng_for, with_system
-from .settings import SETTINGS
+from eft_local.batch.output import open_output
+from eft_local.batch.prompt_file import PromptItem
+from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.events import FinishedEvent, GenStats
+from eft_local.engine.session import rng_for, with_system
+from eft_local.errors import UserError
 
 
 @dataclass
@@ -31,34 +30,6 @@ class BatchOptions:
     def swept(self) -> list[str]:
         """Grid keys a row must carry besides alpha, beta and weights."""
         return sorted({k for p in self.grid for k in p} - {"alpha", "beta", "weights"})
-
-
-def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with each layer's settings on top (grid point, then the JSONL row).
-
-    Delta weights merge by name; a weight for "chat" is α.
-    """
-    out = dict(base)
-    weights = dict(base.get("weights", {}))
-    for layer in layers:
-        out.update({k: v for k, v in layer.items() if k != "weights"})
-        weights.update(layer.get("weights", {}))
-    if "chat" in weights:
-        out["alpha"] = weights.pop("chat")
-    out["weights"] = weights
-    return out
-
-
-def generation_config(settings: dict[str, Any]) -> GenerationConfig:
-    names = [f.name for f in fields(SamplingParams) if f.name in SETTINGS]
-    sampling = SamplingParams(**{k: settings[k] for k in names}, weights=dict(settings["weights"]))
-    return GenerationConfig(
-        sampling=sampling,
-        max_tokens=settings["max_tokens"],
-        draft_tokens=settings["draft_tokens"],
-        stop=tuple(settings["stop"]),
-        draft_with=settings.get("draft_with"),
-    )
 
 
 @dataclass
@@ -208,7 +179,7 @@ def _run_parallel(
     write: Callable[[dict[str, Any], FinishedEvent], None],
 ) -> None:
     """The rows of ``run_batch`` from a scheduler: submitted in order, written in order."""
-    from .scheduler import Scheduler
+    from eft_local.engine.scheduler import Scheduler
 
     jobs_info: dict[int, tuple[PromptItem, dict[str, Any], list[int], float]] = {}
 

@@ -39,8 +39,8 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from .errors import UserError
-from .profiles import ModelFile, Profile
+from eft_local.errors import UserError
+from eft_local.models.profiles import ModelFile, Profile
 
 PARTIAL_DIR = ".partial"
 RECORD_FILE = ".verified.json"

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .settings import ROW_KEYS, check, check_weights
+from eft_local.errors import UserError
+from eft_local.settings import ROW_KEYS, check, check_weights
 
 VALID_ROLES = ("system", "user", "assistant")
 

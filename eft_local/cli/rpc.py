@@ -8,33 +8,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import UserError
-from .mixture import REF_SUFFIX
-from .settings import DELTA_NAME
-
-ROLES = ("base", "chat", "reference")
-SYNTAX = "ROLE=HOST:PORT[,HOST:PORT…]"
-
-
-def parse_rpc_spec(text: str) -> tuple[str, list[str]]:
-    """``base=10.0.0.5:50052,10.0.0.6:50052`` -> ("base", ["10.0.0.5:50052", "10.0.0.6:50052"])."""
-    from .rpc import parse_endpoint
-
-    role, sep, servers = text.partition("=")
-    role = role.strip()
-    if not sep or not role or not servers.strip():
-        raise UserError(f"--rpc {text!r}: expected {SYNTAX}, e.g. --rpc base=10.0.0.5:50052")
-    if role not in ROLES and not DELTA_NAME.match(role.removesuffix(REF_SUFFIX)):
-        raise UserError(f"--rpc {text!r}: unknown role '{role}' (roles: {', '.join(ROLES)}, a delta NAME or NAME.reference)")
-    endpoints = [e.strip() for e in servers.split(",")]
-    if any(not e for e in endpoints):
-        raise UserError(f"--rpc {text!r}: empty server in the list; expected {SYNTAX}")
-    for e in endpoints:
-        try:
-            parse_endpoint(e)
-        except UserError as err:
-            raise UserError(f"--rpc {text!r}: {err}") from None
-    return role, endpoints
+from eft_local.errors import UserError
+from eft_local.llama.rpc import DEFAULT_PORT, SPEC_SYNTAX, parse_rpc_spec
 
 
 class _RpcAction(argparse.Action):
@@ -55,7 +30,7 @@ def add_rpc_args(group) -> None:
         "--rpc",
         action=_RpcAction,
         default={},
-        metavar=SYNTAX,
+        metavar=SPEC_SYNTAX,
         help="put ROLE's layers on llama.cpp RPC servers (`eft-local rpc-server` on those machines); "
         "repeatable, e.g. --rpc base=10.0.0.5:50052",
     )
@@ -64,7 +39,7 @@ def add_rpc_args(group) -> None:
 def rpc_endpoints(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
     """Role -> endpoints: the profile's ``rpc`` table, with ``--rpc ROLE=…`` replacing that role's
     servers (repeating ``--rpc`` for one role adds servers). A clear UserError without RPC support."""
-    from .rpc import BUILD_HINT, supports_rpc
+    from eft_local.llama.rpc import BUILD_HINT, supports_rpc
 
     result: dict[str, list[str]] = {r: list(e) for r, e in ((defaults or {}).get("rpc") or {}).items()}
     result.update({r: list(e) for r, e in (getattr(args, "rpc", None) or {}).items()})
@@ -84,7 +59,7 @@ def register(subparsers) -> None:
         default="127.0.0.1",
         help="IPv4 address (or host name) to listen on; default 127.0.0.1. RPC has no authentication",
     )
-    p.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     p.add_argument("--threads", type=int, help="CPU threads for computing (default: half the logical CPUs)")
     p.add_argument(
         "--cache", metavar="DIR", help="cache received tensors in DIR, so a reload of the same model skips the transfer"
@@ -93,8 +68,8 @@ def register(subparsers) -> None:
 
 
 def cmd_rpc_server(args: argparse.Namespace) -> int:
-    from . import rpc
-    from .llama_adapter import default_threads, init_backend
+    from eft_local.llama import rpc
+    from eft_local.llama.adapter import default_threads, init_backend
 
     if not rpc.supports_rpc():
         raise UserError(rpc.BUILD_HINT)

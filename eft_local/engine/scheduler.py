@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from .decoder import EftEngine, Eval, GenerationConfig, _Run
-from .draft_control import batch_k
-from .errors import UserError
-from .events import Event, FinishedEvent
-from .llama_adapter import LlamaModel
+from eft_local.engine.config import GenerationConfig
+from eft_local.engine.decoder import EftEngine, Eval, _Run
+from eft_local.engine.draft_control import batch_k
+from eft_local.engine.events import Event, FinishedEvent
+from eft_local.errors import UserError
+from eft_local.llama.adapter import LlamaModel
 
 # Cost of a b-token decode relative to one token: 1 + jump + growth·(b − 1) (draft_control.
 # batch_cost). A CPU is compute-bound after a few tokens — measured on this project's 2-core
@@ -41,7 +42,7 @@ CPU_COST, GPU_COST = (0.2, 0.9), (0.01, 0.0)  # (growth, jump)
 
 
 def default_cost(engine: EftEngine) -> tuple[float, float]:
-    from .rpc import has_local_gpu
+    from eft_local.llama.rpc import has_local_gpu
 
     on_gpu = any(m.n_gpu_layers != 0 for m in engine.models.values()) and has_local_gpu()
     return GPU_COST if on_gpu else CPU_COST
@@ -332,6 +333,6 @@ class Scheduler:
 
 
 def _error_event(message: str) -> FinishedEvent:
-    from .events import GenStats
+    from eft_local.engine.events import GenStats
 
     return FinishedEvent("error", "", [], GenStats(), message)

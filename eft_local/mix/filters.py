@@ -15,12 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .sampling import SamplingParams
+from eft_local.mix.params import SamplingParams
 
 TAIL = 20.0  # see the module docstring
 _DENSE_FRACTION = 0.5  # keep a dense row when more than this share of ids survives the cut
@@ -53,7 +51,7 @@ class Candidates:
         return self.take(np.argsort(-self.w, kind="stable"), by_weight=True)
 
 
-Filter = Callable[[Candidates, "SamplingParams"], Candidates]
+Filter = Callable[[Candidates, SamplingParams], Candidates]
 
 
 def candidates(z: np.ndarray, temperature: float, params: SamplingParams | None = None) -> Candidates:

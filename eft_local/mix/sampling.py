@@ -10,45 +10,15 @@ keeps a 152k-vocabulary step well under a millisecond.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from .filters import FILTERS, candidates, nucleus
-from .settings import TOP_P_MODES, check, check_weights
+from eft_local.mix.filters import FILTERS, candidates, nucleus
+from eft_local.mix.params import SamplingParams
 
-__all__ = ["TOP_P_MODES", "SamplingParams", "Dist", "combine", "distribution", "eft_distribution", "sample"]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one EFT step turns three logit rows into a distribution.
-
-    ``top_p_mode="eft"`` applies top-p to the EFT distribution itself (the paper's
-    "conservative decoding"); ``"base"`` is DExperts-style: the nucleus is taken from the
-    base model alone and the EFT distribution is restricted to it.
-    """
-
-    alpha: float = 1.0
-    beta: float = 1.0
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    top_p_mode: str = "eft"
-    typical_p: float = 1.0
-    weights: Mapping[str, float] = field(default_factory=dict)  # α of every delta other than "chat"
-
-    def validate(self) -> None:
-        """Every value checked by its one definition in ``settings`` (finite, in range)."""
-        for name in ("alpha", "beta", "temperature", "top_k", "top_p", "min_p", "typical_p", "top_p_mode"):
-            check(name, getattr(self, name))
-        check_weights(self.weights, "--weight")
-
-    def weight(self, delta: str) -> float:
-        """α of a behaviour delta: ``alpha`` for "chat", else ``weights`` (default 1)."""
-        return self.alpha if delta == "chat" else float(self.weights.get(delta, 1.0))
+__all__ = ["Dist", "combine", "distribution", "eft_distribution", "sample"]
 
 
 class Dist:

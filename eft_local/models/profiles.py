@@ -21,11 +21,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from .errors import UserError
-from .mixture import REF_SUFFIX
-from .settings import PROFILE_KEYS, check_delta_name, check_mapping, check_weight
+from eft_local.errors import UserError
+from eft_local.llama.rpc import parse_rpc_spec
+from eft_local.mix.mixture import REF_SUFFIX, ROLES, check_delta_name
+from eft_local.settings import PROFILE_KEYS, check_mapping, check_weight
 
-ROLES = ("base", "chat", "reference")
 FALLBACK_DEFAULT = "qwen2.5-7b"
 
 _FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
@@ -96,12 +96,9 @@ def user_models_file() -> Path:
 
 
 def builtin_models_file() -> Path:
-    """The repo-root models.toml in a checkout, else the copy shipped in the package."""
-    checkout = Path(__file__).resolve().parent.parent / "models.toml"
-    if checkout.is_file():
-        return checkout
-    packaged = resources.files("eft_local").joinpath("models.toml")
-    return Path(str(packaged))
+    """The built-in profiles: ``eft_local/models.toml``, a link to the repo-root file in a
+    checkout and that file's copy in an installed package (one file, one source)."""
+    return Path(str(resources.files("eft_local").joinpath("models.toml"))).resolve()
 
 
 # ---------------------------------------------------------------- parsing
@@ -206,8 +203,6 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
 
 
 def _parse_rpc(where: str, raw: object) -> dict[str, list[str]]:
-    from .cli_rpc import parse_rpc_spec
-
     if not isinstance(raw, dict):
         raise UserError(f"{where}: 'rpc' must be a table like {{ base = \"10.0.0.5:50052\" }}")
     result = {}

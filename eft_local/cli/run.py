@@ -1,0 +1,88 @@
+"""``eft-local run``: batch mode, prompts from a file, JSONL rows out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from eft_local.cli.options import (
+    add_setting,
+    check_delta_names,
+    default_parallel,
+    load_engine,
+    model_args,
+    prepare,
+    sampling_args,
+)
+from eft_local.errors import UserError
+from eft_local.settings import GRID_KEYS
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="batch mode: prompts from a file, JSONL out")
+    p.add_argument(
+        "--prompt-file",
+        required=True,
+        metavar="FILE",
+        help=".txt (one prompt per line) or .jsonl ({id?, prompt} or {id?, messages})",
+    )
+    p.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
+    p.add_argument("--raw", action="store_true", help="no chat template: prompt text as-is, BOS per model")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)",
+    )
+    add_setting(p, "parallel")
+    model_args(p)
+    sampling_args(p)
+    p.set_defaults(func=cmd_run)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from eft_local.batch.grid import grid_deltas, parse_grid
+    from eft_local.batch.output import check_output
+    from eft_local.batch.prompt_file import read_prompt_file
+    from eft_local.batch.run import BatchOptions, run_batch
+
+    items = read_prompt_file(args.prompt_file)
+    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
+    paths, settings, _ = prepare(args)
+    grid = parse_grid(args.grid, settings)
+    check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
+    total = len(items) * len(grid)
+    parallel = min(settings["parallel"] or default_parallel(settings), max(total, 1))
+    engine = load_engine(paths, settings, n_seq=parallel)
+    if not args.raw and not engine.chat.chat_template:
+        engine.close()
+        raise UserError(f"{paths['chat']} has no chat template; pass --raw to send the prompts as plain text")
+    opts = BatchOptions(settings=settings, raw=args.raw, grid=grid)
+    try:
+        summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(total), parallel=parallel)
+    finally:
+        engine.close()
+    print(f"eft-local: {summary.line()}", file=sys.stderr)
+    from eft_local.llama.rpc import EXIT_RPC_LOST, report_lost
+
+    if report_lost():
+        return EXIT_RPC_LOST
+    return 1 if summary.errors == summary.prompts else 0  # every row failed (rows still written)
+
+
+def _progress_printer(total: int):
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(done: int, _total: int, summary) -> None:
+        now = time.perf_counter()
+        if total < 2 or (not tty and now - last[0] < 5.0 and done < total):
+            return
+        last[0] = now
+        end = "\n" if not tty or done == total else ""
+        print(f"\r[{done}/{total}] {summary.line()}", end=end, file=sys.stderr, flush=True)
+
+    return show

@@ -1,0 +1,55 @@
+"""Checked settings -> what one generation needs, for every front end alike.
+
+A front end holds a dict of checked settings (``settings.SETTINGS`` names, plus ``weights``
+and ``draft_with``): the command line's flags over a profile's defaults over the built-in
+ones. A batch row, a grid point or an HTTP request is a layer on top (``effective_settings``),
+and ``generation_config`` turns the result into the engine's ``GenerationConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from eft_local.mix.mixture import CHAT
+from eft_local.mix.params import SamplingParams
+from eft_local.settings import SETTINGS
+
+
+@dataclass
+class GenerationConfig:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = SETTINGS["max_tokens"].default
+    draft_tokens: int | None = SETTINGS["draft_tokens"].default  # None: adaptive; 0: naive EFT; k: fixed block
+    stop: tuple[str, ...] = SETTINGS["stop"].default
+    trace: bool = False  # compute per-token delta (log p_EFT − log p_base)
+    stats_interval: float = 0.25  # seconds between StatsEvents
+    draft_with: str | None = None  # delta whose chat model drafts; None: largest |weight|
+
+
+def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with each layer's settings on top (grid point, then the JSONL row).
+
+    Delta weights merge by name; a weight for "chat" is α.
+    """
+    out = dict(base)
+    weights = dict(base.get("weights", {}))
+    for layer in layers:
+        out.update({k: v for k, v in layer.items() if k != "weights"})
+        weights.update(layer.get("weights", {}))
+    if CHAT in weights:
+        out["alpha"] = weights.pop(CHAT)
+    out["weights"] = weights
+    return out
+
+
+def generation_config(settings: dict[str, Any]) -> GenerationConfig:
+    names = [f.name for f in fields(SamplingParams) if f.name in SETTINGS]
+    sampling = SamplingParams(**{k: settings[k] for k in names}, weights=dict(settings["weights"]))
+    return GenerationConfig(
+        sampling=sampling,
+        max_tokens=settings["max_tokens"],
+        draft_tokens=settings["draft_tokens"],
+        stop=tuple(settings["stop"]),
+        draft_with=settings.get("draft_with"),
+    )
