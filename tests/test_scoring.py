@@ -126,3 +126,22 @@ def test_token_logprobs_top_and_greedy_are_one_expression():
     assert lp.is_greedy and lp.top[0][1] == lp.logprob
     assert [t for t, _ in lp.top] == [1, 3, 0]
     assert not token_logprobs(z, 0).is_greedy
+
+
+@pytest.mark.parametrize("draft_tokens", [0, 4])
+def test_generated_token_logprobs_come_from_verification_and_equal_scoring(engine, draft_tokens):
+    from eft_local.engine.config import GenerationConfig
+    from eft_local.engine.events import TokenEvent
+
+    params = SamplingParams(alpha=0.8, beta=1.3, temperature=0.9, top_p=0.9)
+    config = GenerationConfig(sampling=params, max_tokens=20, draft_tokens=draft_tokens, logprobs=3)
+    prompt_ids = some_ids(engine, "Once upon a time")
+    engine.reset()
+    events = list(engine.generate({n: prompt_ids for n in engine.models}, config, np.random.default_rng(7)))
+    tokens = [ev for ev in events if isinstance(ev, TokenEvent) and ev.token_id >= 0]
+    assert tokens and all(ev.logprob is not None and ev.logprob.token == ev.token_id for ev in tokens)
+    ids = [ev.token_id for ev in tokens]
+    engine.reset()
+    scored = score_tokens(engine, {n: prompt_ids + ids for n in engine.models}, len(ids), params, top_k=3)
+    np.testing.assert_allclose([ev.logprob.logprob for ev in tokens], [s.logprob for s in scored], atol=TOL)
+    assert [[t for t, _ in ev.logprob.top] for ev in tokens] == [[t for t, _ in s.top] for s in scored]

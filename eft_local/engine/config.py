@@ -25,6 +25,7 @@ class GenerationConfig:
     trace: bool = False  # compute per-token delta (log p_EFT − log p_base)
     stats_interval: float = 0.25  # seconds between StatsEvents
     draft_with: str | None = None  # delta whose chat model drafts; None: largest |weight|
+    logprobs: int | None = None  # per token: its EFT log-probability and this many top alternatives (None: off)
 
 
 def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from eft_local.errors import Cancelled, EngineBusy, UserError
 from eft_local.llama.adapter import LlamaModel
 from eft_local.llama.prompts import role_prompts
 from eft_local.llama.vocab import SharedVocab, check_vocab
+from eft_local.mix.logprobs import TokenLogprob, token_logprobs
 from eft_local.mix.mixture import BASE, Delta, check_known_deltas, check_roles, coefficients, deltas_of, pick_drafter, role_order
 from eft_local.mix.params import SamplingParams
 from eft_local.mix.sampling import Dist, accept, base_nucleus, combine, distribution, residual, sample, token_logprob
@@ -238,6 +239,8 @@ class _Run:
         self.n = engine.vocab.n
         self.mask = engine.vocab.masked
         self._z = engine._z
+        self._lp_z = np.empty(self.n, np.float32) if config.logprobs is not None else None
+        self._round_logprobs: list[TokenLogprob] = []  # this round's, in token order (config.logprobs only)
 
     def _plan(self) -> None:
         """Weights, drafter and the set of models to evaluate for these settings."""
@@ -399,10 +402,12 @@ class _Run:
         rows[self.drafter] = chat_rows
         accepted: list[int] = []
         deltas: list[float | None] = []
+        self._round_logprobs = []
         for i, x in enumerate(drafts):
             tok = self._verify(rows, i, qs[i], x, pos + i)
             accepted.append(tok)
             deltas.append(self._delta(rows, i, tok))
+            self._note_logprob(rows, i, tok)
             if tok != x or drafter.is_eog(x):
                 break
         else:  # every draft passed: one more token from the chat row after the last draft
@@ -415,6 +420,7 @@ class _Run:
             tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
             accepted.append(tok)
             deltas.append(self._delta(rows, i, tok))
+            self._note_logprob(rows, i, tok)
         if k:
             self._account(k, len(drafts), sum(a == d for a, d in zip(accepted, drafts)))
         for name in self.active:
@@ -490,6 +496,16 @@ class _Run:
             return None
         return token_logprob(self._z, token, self.n) - token_logprob(rows[self.base][i], token, self.n)
 
+    def _note_logprob(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> None:
+        """The emitted token's log-probability under the EFT distribution at T = 1, no filters,
+        from the rows this round's verification already holds (no extra model calls)."""
+        if self._lp_z is None:
+            return
+        z = combine([rows[name][i] for name, _ in self.weighted], [w for _, w in self.weighted], self._lp_z)
+        if self.mask.size:
+            z[self.mask] = -np.inf
+        self._round_logprobs.append(token_logprobs(z, token, self.cfg.logprobs))
+
     def _account(self, k: int, drafted: int, n_acc: int) -> None:
         self.stats.drafted += drafted
         self.stats.accepted += n_acc
@@ -500,12 +516,13 @@ class _Run:
     def _emit(self, tokens: list[int], deltas: list[float | None]) -> bool:
         """Push the round's tokens as events; True when generation stops here."""
         chat = self.e.chat
-        for tok, delta in zip(tokens, deltas):
+        logprobs = self._round_logprobs or [None] * len(tokens)
+        for tok, delta, logprob in zip(tokens, deltas, logprobs):
             if chat.is_eog(tok):
                 return True
             self.token_ids.append(tok)
             self.stats.n_tokens += 1
-            self.out.append(TokenEvent(tok, self.stream.feed(chat.piece(tok)), delta))
+            self.out.append(TokenEvent(tok, self.stream.feed(chat.piece(tok)), delta, logprob))
             if self.stream.stopped:
                 return True
         return False

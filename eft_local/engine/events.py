@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from eft_local.mix.logprobs import TokenLogprob
+
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 
@@ -43,6 +45,7 @@ class TokenEvent:
     token_id: int
     text: str  # text this token made visible (may be "" while UTF-8 or a stop string is pending)
     delta: float | None = None  # log p_EFT(token) − log p_base(token), when traced
+    logprob: TokenLogprob | None = None  # log p_EFT(token) at T = 1 and its top alternatives (config.logprobs)
 
 
 @dataclass
