@@ -22,6 +22,7 @@ MAX_SEED = 2**63 - 1
 # Any real weight is meaningful (negative steers away), but past this the weighted logits
 # overflow float32 (inf − inf = nan): refused like a non-finite number.
 MAX_WEIGHT = 1000.0
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for logprobs / top_logprobs
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Setting:
     """A user-settable value and every rule about it.
 
     ``scope``: ``generation`` (may change per prompt/request), ``load`` (fixed once models
-    load) or ``run`` (per command). ``per_prompt`` settings may be overridden by a JSONL row
+    load), ``run`` (per command) or ``request`` (a field of an HTTP request only: what the
+    answer reports, not how it is generated). ``per_prompt`` settings may be overridden by a JSONL row
     and an HTTP request. ``nullable``: ``None`` is meaningful (adaptive, auto, unseeded).
     """
 
@@ -59,6 +61,10 @@ class Setting:
             if self.nullable:
                 return None
             raise UserError(f"{where} needs a value")
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise UserError(f"{where} must be true or false, got {value!r}")
+            return value
         if self.type is str:
             return self._check_str(value, where)
         if self.type is list:
@@ -235,12 +241,35 @@ SETTINGS: dict[str, Setting] = {
             scope="run",
             metavar="N",
         ),
+        # -- what an HTTP answer reports (OpenAI/vLLM fields): log-probabilities of the EFT
+        #    distribution at T = 1, no filters (mix/logprobs.py)
+        Setting(
+            "logprobs",
+            int,
+            None,
+            "completions: report each token's log-probability and this many top alternatives",
+            lo=0,
+            hi=MAX_TOP_LOGPROBS,
+            nullable=True,
+            scope="request",
+        ),
+        Setting(
+            "top_logprobs",
+            int,
+            0,
+            "chat (with logprobs: true): this many top alternatives per token",
+            lo=0,
+            hi=MAX_TOP_LOGPROBS,
+            scope="request",
+        ),
+        Setting("echo", bool, False, "completions: the prompt's tokens come first, with their log-probabilities", scope="request"),
     )
 }
 GENERATION_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.scope == "generation")
 LOAD_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.scope == "load")
 # Keys a profile's [defaults] table may set (every one takes effect), plus old spellings.
-PROFILE_KEYS = tuple(SETTINGS)
+PROFILE_KEYS = tuple(name for name, s in SETTINGS.items() if s.scope != "request")
+REQUEST_KEYS = tuple(name for name, s in SETTINGS.items() if s.scope == "request")
 PROFILE_ALIASES = {"n_gpu_layers": "gpu_layers"}
 # Keys a JSONL row (and an HTTP request) may override per prompt; ``weights`` is separate.
 ROW_KEYS = tuple(name for name, s in SETTINGS.items() if s.per_prompt)

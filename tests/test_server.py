@@ -227,7 +227,8 @@ def test_bad_completion_requests_and_server_still_answers(served, client):
         return httpx.post(served.url + "/v1/completions", json=body, timeout=30, **kw)
 
     assert post({"max_tokens": 3}).status_code == 400
-    assert post({"prompt": ["a", "b"]}).status_code == 400
+    assert post({"prompt": ["a", "b"], "stream": True}).json()["error"]["param"] == "stream"  # one prompt per stream
+    assert post({"prompt": []}).json()["error"]["param"] == "prompt"
     assert post({"prompt": 12}).json()["error"]["param"] == "prompt"
     assert post({"prompt": ""}).status_code in (200, 400)  # BOS-only models answer, others refuse: never a 500
     assert post({"prompt": "x " * 3000}).status_code == 413

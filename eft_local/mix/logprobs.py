@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs / legacy logprobs
-
 
 @dataclass(frozen=True)
 class TokenLogprob:

@@ -2,8 +2,10 @@
 
 Everything that maps a request field to a generation setting, and checks it, lives here
 (``setting`` and ``parse``), over the one settings schema the command line uses.
-Unknown fields are ignored (clients send ``user``, ``presence_penalty``, …); known fields
-with a wrong type or value are a 400 naming the field.
+Unknown fields that don't change the answer's meaning are ignored (clients send ``user``,
+``presence_penalty``, …); known fields with a wrong type or value are a 400 naming the
+field, and so are fields the server cannot honour (``n`` > 1, ``best_of``, ``tools``, a
+``response_format`` other than text) — ignoring those would change what the answer means.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from eft_local.errors import UserError
 from eft_local.mix.mixture import check_known_deltas
 from eft_local.settings import ROW_KEYS, SETTINGS, check_weights
 
+Prompt = str | list[int]  # a completion prompt: text, or token ids of the shared vocabulary
+
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP = 16
 MAX_STOP_CHARS = 500
+MAX_PROMPTS = 256  # prompts in one completion request (one choice each)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
 TINY_TEMPERATURE = 1e-3  # below this, 1/T overflows float32 logits: treated as greedy
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -57,12 +62,32 @@ class GenRequest:
     """One parsed request: the prompt (messages or raw text) and how to generate."""
 
     messages: list[dict[str, str]] | None
-    raw: str | None
-    config: GenerationConfig
+    raw: str | None  # the one text prompt of a plain completion (else None)
+    config: GenerationConfig  # config.logprobs: top alternatives per generated token (None: no logprobs)
     seed: int | None
     stream: bool
     include_usage: bool
     model: str | None
+    prompts: list[Prompt] | None = None  # completions: every prompt, one choice each
+    echo: bool = False  # completions: the prompt's tokens (and log-probabilities) come first
+    generate: bool = True  # False: max_tokens 0 with echo, scoring only
+
+    @property
+    def logprobs(self) -> int | None:
+        return self.config.logprobs
+
+    @property
+    def whole_engine(self) -> bool:
+        """Needs the engine to itself (echo scoring, several prompts): runs apart from the
+        continuous batch, one prompt after another (``answers.answer_prompts``)."""
+        return self.prompts is not None and (self.echo or len(self.prompts) > 1)
+
+    @property
+    def token_ids(self) -> list[int] | None:
+        """The one prompt, when it is given as token ids."""
+        if self.prompts is not None and len(self.prompts) == 1 and not isinstance(self.prompts[0], str):
+            return self.prompts[0]
+        return None
 
 
 # -- the body ---------------------------------------------------------------------------------
@@ -100,6 +125,8 @@ def _typed(name: str, v: Any) -> None:
             )
         if kind is int and isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
             raise bad(name, f"'{name}' must be an integer, got {v!r}", "invalid_type")
+    elif kind is bool and not isinstance(v, bool):
+        raise bad(name, f"'{name}' must be true or false", "invalid_type")
     elif kind is str and not isinstance(v, str):
         raise bad(name, f"'{name}' must be a string, got {_json_type(v)}", "invalid_type")
     elif kind is list and not (isinstance(v, str) or isinstance(v, list) and all(isinstance(x, str) for x in v)):
@@ -149,7 +176,7 @@ def _utf8(where: str, text: str) -> str:
     return text
 
 
-def _messages(v: Any) -> list[dict[str, str]]:
+def parse_messages(v: Any) -> list[dict[str, str]]:
     if not isinstance(v, list) or not v:
         raise bad("messages", "'messages' must be a non-empty list of {role, content}", "invalid_type")
     out = []
@@ -179,22 +206,90 @@ def _content(where: str, c: Any) -> str:
     raise bad(where, f"'{where}' must be a string or a list of text parts", "invalid_type")
 
 
-def _prompt(v: Any) -> str:
-    if isinstance(v, list) and len(v) == 1:
-        v = v[0]
-    if isinstance(v, list):
-        raise bad("prompt", "'prompt' must be one string (one prompt per request)")
-    if not isinstance(v, str):
-        raise bad("prompt", "'prompt' must be a string", "invalid_type")
-    return _utf8("prompt", v)
+def _prompts(v: Any, *, n_vocab: int, n_ctx: int) -> list[Prompt]:
+    """A string, a list of strings, a list of token ids, or a list of token-id lists."""
+    shape = "a string, a list of strings, a list of token ids or a list of token-id lists"
+    if isinstance(v, str):
+        return [_utf8("prompt", v)]
+    if not isinstance(v, list) or not v:
+        raise bad("prompt", f"'prompt' must be {shape}" + (" (it is empty)" if v == [] else ""), "invalid_type")
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return [_ids("prompt", v, n_vocab, n_ctx)]
+    if len(v) > MAX_PROMPTS:
+        raise bad("prompt", f"'prompt' holds {len(v)} prompts; send at most {MAX_PROMPTS} per request")
+    out: list[Prompt] = []
+    for i, p in enumerate(v):
+        if isinstance(p, str):
+            out.append(_utf8(f"prompt[{i}]", p))
+        elif isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+            out.append(_ids(f"prompt[{i}]", p, n_vocab, n_ctx))
+        else:
+            raise bad(f"prompt[{i}]", f"'prompt[{i}]' must be a string or a non-empty list of token ids", "invalid_type")
+    return out
+
+
+def _ids(where: str, ids: list[int], n_vocab: int, n_ctx: int) -> list[int]:
+    bad_id = next((t for t in ids if not 0 <= t < n_vocab), None)
+    if bad_id is not None:
+        raise bad(where, f"'{where}' holds token id {bad_id}, outside the vocabulary (0..{n_vocab - 1})")
+    if len(ids) > n_ctx:
+        raise bad(
+            where,
+            f"'{where}' is {len(ids)} tokens; the context holds {n_ctx} (at most {n_ctx} to score with echo and "
+            f"max_tokens 0, {n_ctx - 1} to generate); shorten it or raise --n-ctx",
+            "context_length_exceeded",
+        )
+    return list(ids)
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    """Fields whose meaning this server cannot honour: a 400 naming the field, never ignored."""
+    for name in ("n", "best_of"):
+        if body.get(name) is not None:
+            _one(name, body[name])
+    if body.get("tools"):
+        raise bad("tools", "'tools' is not supported: this server does not call tools", "unsupported_value")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise bad(
+            "response_format",
+            '\'response_format\' must be {"type": "text"}: structured output is not supported',
+            "unsupported_value",
+        )
+
+
+def _logprobs(kind: str, body: Mapping[str, Any]) -> int | None:
+    """How many top alternatives per token to report; None: no log-probabilities.
+
+    Completions (legacy): ``logprobs: k``. Chat: ``logprobs: true`` with ``top_logprobs: k``.
+    """
+    if kind != "chat":
+        return setting("logprobs", body["logprobs"]) if body.get("logprobs") is not None else None
+    wanted = _bool("logprobs", body["logprobs"]) if body.get("logprobs") is not None else False
+    top = setting("top_logprobs", body["top_logprobs"]) if body.get("top_logprobs") is not None else None
+    if top is not None and not wanted:
+        raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    return (top or 0) if wanted else None
 
 
 def parse(
-    kind: str, body: Mapping[str, Any], settings: Mapping[str, Any], *, n_ctx: int, deltas: Sequence[str] = ()
+    kind: str,
+    body: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    n_ctx: int,
+    deltas: Sequence[str] = (),
+    n_vocab: int = 1 << 31,
 ) -> GenRequest:
     """``kind`` is "chat" (messages) or "completion" (raw prompt). ``settings`` are the server's
     (``cli.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on top,
     exactly as a JSONL row's overrides do in ``eft-local run`` (``batch.effective_settings``)."""
+    _refuse_unsupported(body)
+    echo = kind != "chat" and body.get("echo") is not None and setting("echo", body["echo"])
+    body = dict(body)
+    scoring_only = echo and body.get("max_tokens") == 0 and not isinstance(body["max_tokens"], bool)
+    if scoring_only:
+        del body["max_tokens"]  # max_tokens 0 with echo: score the prompt, generate nothing
     layer: dict[str, Any] = {}
     for name in HTTP_SETTINGS:
         if body.get(name) is not None:
@@ -208,9 +303,6 @@ def parse(
             check_known_deltas([n for n in layer["weights"] if n != "chat"], deltas, "'weights'.{}".format)
         except (UserError, OverflowError) as e:
             raise bad("weights", str(e) if isinstance(e, UserError) else "'weights' holds a number out of range") from None
-    for name in ("n",):
-        if body.get(name) is not None:
-            _one(name, body[name])
     stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
 
     effective = effective_settings(settings, layer)
@@ -219,6 +311,7 @@ def parse(
     effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
     try:
         config = generation_config(effective)
+        config.logprobs = _logprobs(kind, body)
         config.sampling.validate()
     except UserError as e:
         raise bad(None, str(e)) from None
@@ -235,13 +328,20 @@ def parse(
     if model is not None and not isinstance(model, str):
         raise bad("model", "'model' must be a string", "invalid_type")
 
+    prompts = None
     if kind == "chat":
-        messages, raw = _messages(body.get("messages")), None
+        messages, raw = parse_messages(body.get("messages")), None
     else:
         if "prompt" not in body:
             raise bad("prompt", "'prompt' is required", "missing_field")
-        messages, raw = None, _prompt(body["prompt"])
-    chars = len(raw) if raw is not None else sum(len(m["content"]) for m in messages)
+        prompts = _prompts(body["prompt"], n_vocab=n_vocab, n_ctx=n_ctx)
+        messages, raw = None, prompts[0] if len(prompts) == 1 and isinstance(prompts[0], str) else None
+        if stream and len(prompts) > 1:
+            raise bad("stream", "'stream' takes one prompt per request; send the prompts one by one or stream: false")
+        if stream and echo:
+            raise bad("stream", "'echo' with 'stream' is not supported; send stream: false", "unsupported_value")
+    texts = [p for p in prompts or () if isinstance(p, str)]
+    chars = max(map(len, texts), default=0) if prompts is not None else sum(len(m["content"]) for m in messages)
     if messages is not None and len(messages) > n_ctx:  # every real chat template spends a token or more per message
         raise ApiError(
             413,
@@ -253,7 +353,9 @@ def parse(
         raise ApiError(
             413,
             f"the prompt has {chars} characters: far more than the context of {n_ctx} tokens holds; shorten it",
-            param="prompt" if raw is not None else "messages",
+            param="prompt" if prompts is not None else "messages",
             code="context_length_exceeded",
         )
-    return GenRequest(messages, raw, config, effective["seed"], stream, include_usage, model)
+    return GenRequest(
+        messages, raw, config, effective["seed"], stream, include_usage, model, prompts, bool(echo), not scoring_only
+    )

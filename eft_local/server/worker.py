@@ -18,7 +18,8 @@ from typing import Any
 from eft_local.engine.events import FinishedEvent, TokenEvent
 from eft_local.engine.scheduler import Scheduler, Ticket
 from eft_local.engine.session import PromptTooLong, Session, rng_for
-from eft_local.errors import UserError
+from eft_local.errors import Cancelled, UserError
+from eft_local.server.answers import answer_prompts
 from eft_local.server.request import ApiError, GenRequest
 
 
@@ -184,7 +185,10 @@ class EngineWorker:
         req = job.request
         put_last = lambda item: job.channel.put(item, last=True)  # noqa: E731
         try:
-            prompt = self.session.prompt(messages=req.messages, raw=req.raw)
+            if req.token_ids is not None:
+                prompt = {name: list(req.token_ids) for name in self.session.engine.models}
+            else:
+                prompt = self.session.prompt(messages=req.messages, raw=req.raw)
         except PromptTooLong as e:
             put_last(
                 Failed(
@@ -212,9 +216,13 @@ class EngineWorker:
                     self._cond.wait()
                 if self._stopping:
                     break
-                new = list(self._jobs)
-                self._jobs.clear()
+                new = [j for j in self._jobs if not j.request.whole_engine]
+                # whole-engine jobs (echo, several prompts) run when no sequence is live
+                whole = [] if self._live else [j for j in self._jobs if j.request.whole_engine]
+                self._jobs = deque(j for j in self._jobs if j.request.whole_engine and not whole)
             with self.session.lock:
+                for job in whole:
+                    self._run_whole_job(job)
                 for job in new:
                     try:
                         self._admit(job)
@@ -231,6 +239,15 @@ class EngineWorker:
             ticket.cancel()
             job.channel.put(Failed(ApiError(503, "the server is shutting down", type="server_error")), last=True)
             self._retire(ticket)
+
+    def _run_whole_job(self, job: Job) -> None:
+        if not job.cancelled.is_set():
+            with self._cond:
+                self.running = job
+            self._run_whole(job)
+        with self._cond:
+            self.completed += 1
+            self.running = None
 
     def _admit(self, job: Job) -> None:
         prompt = None if job.cancelled.is_set() else self._prompt(job)
@@ -269,11 +286,24 @@ class EngineWorker:
             self.completed += 1
             self.running = next(iter(self._live.values()), None)
 
+    def _run_whole(self, job: Job) -> None:
+        """Echo scoring / several prompts: the engine to itself (caller holds the session lock)."""
+        job.channel.put(Started(0))
+        try:
+            job.channel.put(answer_prompts(self.session, job.request, job.cancelled.is_set), last=True)
+        except ApiError as e:
+            job.channel.put(Failed(e), last=True)
+        except Cancelled:
+            job.channel.put(Failed(ApiError(499, "the client went away")), last=True)
+
     # -- one at a time -------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
         req, put = job.request, job.channel.put
         put_last = lambda item: put(item, last=True)  # noqa: E731
         with self.session.lock:
+            if req.whole_engine:
+                self._run_whole(job)
+                return
             prompt = self._prompt(job)
             if prompt is None:
                 return

@@ -1,0 +1,174 @@
+"""The life of one generation request, shared by the chat and completions endpoints: parse,
+queue on the engine thread, wait for the start, then one JSON body or a server-sent stream.
+
+A client that goes away while its request waits or runs cancels it (the engine stops at its
+next round); every failure is an OpenAI-shaped error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from eft_local.engine.events import FinishedEvent, TokenEvent
+from eft_local.server.answers import Answer
+from eft_local.server.reply import Reply
+from eft_local.server.request import MAX_BODY_BYTES, ApiError, load_json, parse
+from eft_local.server.state import ServerState, state_of
+from eft_local.server.worker import Channel, Failed, Job, QueueFull, Started
+
+DISCONNECT_POLL_SECONDS = 0.25
+STREAM_PACE_SECONDS = 0.02  # after sending a chunk, let tokens gather this long (fewer writes, wake-ups, GIL hand-offs)
+
+
+async def generate(request: Request, kind: str) -> Response:
+    """``kind``: "chat" (messages) or "completion" (prompt)."""
+    st = state_of(request)
+    st.auth(request)
+    try:
+        return await _answer(st, request, kind)
+    except (ApiError, asyncio.CancelledError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a bug: one line to the client, the server goes on
+        raise ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error") from None
+
+
+async def _answer(st: ServerState, request: Request, kind: str) -> Response:
+    body = load_json(await read_body(request))
+    settings = st.settings_for(body.get("model"))
+    engine = st.session.engine
+    req = parse(kind, body, settings, n_ctx=st.n_ctx, deltas=engine.delta_names, n_vocab=engine.vocab.n)
+    job = Job(req, Channel(asyncio.get_running_loop()), tokens=req.stream or req.logprobs is not None)
+    try:
+        st.worker.submit(job)
+    except QueueFull as e:
+        raise ApiError(
+            503,
+            f"the server is busy ({e}); retry later",
+            type="server_error",
+            code="queue_full",
+            headers={"Retry-After": str(st.options.retry_after)},
+        ) from None
+    try:
+        started = await _wait_start(job, request)
+    except BaseException:
+        job.cancel()
+        raise
+    if started is None:  # the client left while queued
+        return Response(status_code=499)
+    reply = Reply(kind, req.model or st.options.model_name, req, started.prompt_tokens, st.texts)
+    if req.stream:
+        return _EventStream(
+            job,
+            _stream(job, reply),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        answers = await _finish(job, request)
+    except BaseException:
+        job.cancel()
+        raise
+    if answers is None:
+        return Response(status_code=499)
+    return JSONResponse(reply.full(answers))
+
+
+async def _wait_start(job: Job, request: Request) -> Started | None:
+    while True:
+        items = await job.channel.get(DISCONNECT_POLL_SECONDS)
+        for i, item in enumerate(items):
+            if isinstance(item, Failed):
+                raise item.error
+            if isinstance(item, Started):
+                job.channel.unget(items[i + 1 :])
+                return item
+        if await request.is_disconnected():
+            job.cancel()
+            return None
+
+
+async def _finish(job: Job, request: Request) -> list[Answer] | None:
+    """The answers of a non-streamed job: one per prompt (the token events of a plain
+    generation are gathered for its log-probabilities)."""
+    tokens: list[TokenEvent] = []
+    while True:
+        for item in await job.channel.get(DISCONNECT_POLL_SECONDS):
+            if isinstance(item, Failed):
+                raise item.error
+            if isinstance(item, TokenEvent):
+                tokens.append(item)
+            elif isinstance(item, FinishedEvent):
+                if item.reason == "error":
+                    raise ApiError(400, item.error or "generation failed", code="generation_error")
+                return [Answer(0, tokens=tokens, fin=item)]
+            elif isinstance(item, list):  # answers.answer_prompts: every prompt done
+                return item
+        if await request.is_disconnected():
+            job.cancel()
+            return None
+
+
+async def _stream(job: Job, reply: Reply) -> AsyncIterator[str]:
+    try:
+        if reply.kind == "chat":
+            yield sse(reply.chunk(role=True))
+        while True:
+            items = await job.channel.get()
+            tokens = [i for i in items if isinstance(i, TokenEvent)]
+            text = "".join(i.text for i in tokens)
+            if text or (tokens and reply.req.logprobs is not None):
+                yield sse(reply.chunk(text=text, tokens=tokens))
+                await job.channel.pause(STREAM_PACE_SECONDS)
+            for item in items:
+                if isinstance(item, Failed):
+                    yield sse(item.error.body())
+                    yield "data: [DONE]\n\n"
+                    return
+                if isinstance(item, FinishedEvent):
+                    if item.reason == "error":
+                        yield sse(ApiError(400, item.error or "generation failed", code="generation_error").body())
+                    else:
+                        yield sse(reply.chunk(finished=item))
+                        if reply.req.include_usage:
+                            yield sse(reply.chunk(usage_of=item))
+                    yield "data: [DONE]\n\n"
+                    return
+    finally:  # client gone (or done): the engine stops at its next round
+        job.cancel()
+
+
+class _EventStream(StreamingResponse):
+    """A streamed answer whose job is cancelled however the response ends (done, error, client gone)."""
+
+    def __init__(self, job: Job, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
