@@ -263,6 +263,13 @@ SETTINGS: dict[str, Setting] = {
             scope="request",
         ),
         Setting("echo", bool, False, "completions: the prompt's tokens come first, with their log-probabilities", scope="request"),
+        Setting(
+            "return_tokens_as_token_ids",
+            bool,
+            False,
+            "log-probabilities name tokens as 'token_id:N' (vLLM's field): exact for tokens that are not whole UTF-8",
+            scope="request",
+        ),
     )
 }
 GENERATION_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.scope == "generation")

@@ -30,15 +30,16 @@ def generated(tokens: Sequence[TokenEvent]) -> list[Entry]:
 class LegacyLogprobs:
     """The completions shape, built up over one choice (``text_offset`` runs on across chunks)."""
 
-    def __init__(self, texts: TokenTexts) -> None:
+    def __init__(self, texts: TokenTexts, as_ids: bool = False) -> None:
         self.texts = texts
         self.offset = 0
+        self.name = (lambda t: f"token_id:{t}") if as_ids else texts.text
 
     def body(self, entries: Sequence[Entry]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for token, lp in entries:
             text = self.texts.text(token)
-            out["tokens"].append(text)
+            out["tokens"].append(self.name(token))
             out["text_offset"].append(self.offset)
             self.offset += len(text)
             out["token_logprobs"].append(None if lp is None else lp.logprob)
@@ -50,14 +51,15 @@ class LegacyLogprobs:
         value is the largest (the values are one expression, so equality is exact)."""
         top: dict[str, float] = {}
         for token, value in lp.top:
-            top.setdefault(self.texts.text(token), value)
-        top.setdefault(self.texts.text(lp.token), lp.logprob)
+            top.setdefault(self.name(token), value)
+        top.setdefault(self.name(lp.token), lp.logprob)
         return top
 
 
-def chat_logprobs(entries: Sequence[Entry], texts: TokenTexts) -> dict[str, Any]:
+def chat_logprobs(entries: Sequence[Entry], texts: TokenTexts, as_ids: bool = False) -> dict[str, Any]:
     def one(token: int, value: float) -> dict[str, Any]:
-        return {"token": texts.text(token), "logprob": value, "bytes": list(texts.bytes(token))}
+        name = f"token_id:{token}" if as_ids else texts.text(token)
+        return {"token": name, "logprob": value, "bytes": list(texts.bytes(token))}
 
     content = [{**one(t, lp.logprob), "top_logprobs": [one(a, v) for a, v in lp.top]} for t, lp in entries if lp is not None]
     return {"content": content, "refusal": None}
@@ -70,7 +72,7 @@ class Reply:
         self.kind, self.model, self.req, self.prompt_tokens, self.texts = kind, model, req, prompt_tokens, texts
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.stream_logprobs = LegacyLogprobs(texts)
+        self.stream_logprobs = LegacyLogprobs(texts, req.token_names_are_ids)
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": None}
@@ -101,7 +103,7 @@ class Reply:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": a.fin.text if a.fin else ""},
-                    "logprobs": chat_logprobs(generated(a.tokens), self.texts) if self.req.logprobs is not None else None,
+                    "logprobs": self._chat_logprobs(a.tokens) if self.req.logprobs is not None else None,
                     "finish_reason": self.reason(a.fin),
                 }
             ]
@@ -114,11 +116,19 @@ class Reply:
 
     def _completion_choice(self, a: Answer) -> dict[str, Any]:
         echoed = list(zip(a.prompt_ids or (), a.echo)) if a.echo is not None else []
-        text = (self.texts.join(a.prompt_ids or []) if a.echo is not None else "") + (a.fin.text if a.fin else "")
+        text = (self._prompt_text(a) if a.echo is not None else "") + (a.fin.text if a.fin else "")
         logprobs = None
         if self.req.logprobs is not None:
-            logprobs = LegacyLogprobs(self.texts).body(echoed + generated(a.tokens))
+            logprobs = LegacyLogprobs(self.texts, self.req.token_names_are_ids).body(echoed + generated(a.tokens))
         return {"index": a.index, "text": text, "logprobs": logprobs, "finish_reason": self.reason(a.fin)}
+
+    def _chat_logprobs(self, tokens: Sequence[TokenEvent]) -> dict[str, Any]:
+        return chat_logprobs(generated(tokens), self.texts, self.req.token_names_are_ids)
+
+    def _prompt_text(self, a: Answer) -> str:
+        prompts = self.req.prompts or []
+        given = prompts[a.index] if a.index < len(prompts) else None
+        return given if isinstance(given, str) else self.texts.join(a.prompt_ids or [])
 
     def chunk(
         self,
@@ -139,7 +149,7 @@ class Reply:
         logprobs = None
         if self.req.logprobs is not None and tokens:
             entries = generated(tokens)
-            logprobs = chat_logprobs(entries, self.texts) if chat else self.stream_logprobs.body(entries)
+            logprobs = self._chat_logprobs(tokens) if chat else self.stream_logprobs.body(entries)
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
             choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}

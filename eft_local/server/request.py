@@ -71,6 +71,7 @@ class GenRequest:
     prompts: list[Prompt] | None = None  # completions: every prompt, one choice each
     echo: bool = False  # completions: the prompt's tokens (and log-probabilities) come first
     generate: bool = True  # False: max_tokens 0 with echo, scoring only
+    token_names_are_ids: bool = False  # return_tokens_as_token_ids: "token_id:N" in log-probabilities
 
     @property
     def logprobs(self) -> int | None:
@@ -357,5 +358,16 @@ def parse(
             code="context_length_exceeded",
         )
     return GenRequest(
-        messages, raw, config, effective["seed"], stream, include_usage, model, prompts, bool(echo), not scoring_only
+        messages,
+        raw,
+        config,
+        effective["seed"],
+        stream,
+        include_usage,
+        model,
+        prompts,
+        bool(echo),
+        not scoring_only,
+        body.get("return_tokens_as_token_ids") is not None
+        and setting("return_tokens_as_token_ids", body["return_tokens_as_token_ids"]),
     )

@@ -40,6 +40,10 @@ class TokenTexts:
     def __init__(self, session: Session) -> None:
         chat = session.engine.chat
         self.pieces = [chat.piece(t) for t in range(session.engine.vocab.n)]
+        # SentencePiece-style vocabularies mark a word start with a space, and the tokenizer
+        # adds one before the text: detokenizing drops it again, as llama.cpp's detokenize does.
+        probe = chat.tokenize("a", add_bos=False, special=False)
+        self.space_prefix = bool(probe) and chat.piece(probe[0]).startswith(b" ")
 
     def bytes(self, token: int) -> bytes:
         return self.pieces[token] if 0 <= token < len(self.pieces) else b""
@@ -48,7 +52,8 @@ class TokenTexts:
         return self.bytes(token).decode("utf-8", "replace")
 
     def join(self, tokens: list[int]) -> str:
-        return b"".join(self.bytes(t) for t in tokens).decode("utf-8", "replace")
+        text = b"".join(self.bytes(t) for t in tokens).decode("utf-8", "replace")
+        return text[1:] if self.space_prefix and text.startswith(" ") else text
 
 
 class ServerState:

@@ -28,14 +28,15 @@ async def tokenizer_info(request: Request) -> dict[str, Any]:
     st.auth(request)
     chat = st.session.engine.chat
     eos, bos = chat.eos, chat.bos
+    name = lambda t: chat.token_text(t).decode("utf-8", "replace") if t >= 0 else None  # noqa: E731 - the vocabulary's own text
     return {
         "tokenizer_class": chat.tokenizer_model,
-        "eos_token": st.texts.text(eos) if eos >= 0 else None,
+        "eos_token": name(eos),
         "eos_token_id": eos if eos >= 0 else None,
-        "bos_token": st.texts.text(bos) if bos >= 0 else None,
+        "bos_token": name(bos),
         "bos_token_id": bos if bos >= 0 else None,
         "add_bos_token": chat.add_bos,
-        "pad_token": st.texts.text(eos) if eos >= 0 else None,  # GGUF chat models rarely name one: EOS pads, as in HF
+        "pad_token": name(eos),  # GGUF chat models rarely name one: EOS pads, as in HF
         "model_max_length": st.n_ctx,
         "vocab_size": st.session.engine.vocab.n,
         "chat_template": chat.chat_template,
