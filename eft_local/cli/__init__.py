@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from eft_local.cli import chat, models, rpc, run, serve
+from eft_local.cli import chat, models, rpc, run, score, serve
 from eft_local.errors import UserError
 
-COMMANDS = (run, chat, models, rpc, serve)
+COMMANDS = (run, chat, models, rpc, serve, score)
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,54 @@
+"""``eft-local score``: EFT log-probabilities of continuations, JSONL rows out (no server)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eft_local.cli.options import check_delta_names, load_engine, model_args, prepare, sampling_args
+from eft_local.cli.run import _progress_printer  # the same progress line as `run`
+from eft_local.settings import GRID_KEYS
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="log-probabilities of given continuations under the EFT mix, JSONL out")
+    p.add_argument(
+        "--prompt-file",
+        required=True,
+        metavar="FILE",
+        help='.jsonl rows: {id?, "prompt": raw text | "messages": [...], "continuations": [str, ...]} '
+        '(or "continuation": str), with the row overrides of `run`',
+    )
+    p.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help=f"score every row at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)",
+    )
+    model_args(p)
+    sampling_args(p)
+    p.set_defaults(func=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from eft_local.batch.grid import grid_deltas, parse_grid
+    from eft_local.batch.output import check_output
+    from eft_local.batch.run import BatchOptions
+    from eft_local.batch.score import read_score_file, run_score
+
+    items = read_score_file(args.prompt_file)
+    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after loading
+    paths, settings, _ = prepare(args)
+    grid = parse_grid(args.grid, settings)
+    check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
+    engine = load_engine(paths, settings)
+    opts = BatchOptions(settings=settings, raw=True, grid=grid)
+    total = len(items) * len(grid)
+    try:
+        summary = run_score(engine, items, opts, args.output, progress=_progress_printer(total), prompt_file=args.prompt_file)
+    finally:
+        engine.close()
+    print(f"eft-local: {summary.line()}", file=sys.stderr)
+    return 1 if summary.errors == summary.rows else 0  # every row failed (rows still written)
