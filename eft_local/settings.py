@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -262,7 +263,9 @@ SETTINGS: dict[str, Setting] = {
             hi=MAX_TOP_LOGPROBS,
             scope="request",
         ),
-        Setting("echo", bool, False, "completions: the prompt's tokens come first, with their log-probabilities", scope="request"),
+        Setting(
+            "echo", bool, False, "completions: the prompt's tokens come first, with their log-probabilities", scope="request"
+        ),
         Setting(
             "return_tokens_as_token_ids",
             bool,
@@ -313,6 +316,55 @@ def check_mapping(raw: Mapping[str, Any], keys: Iterable[str], where: str, fmt: 
             raise UserError(f"{where}: unknown setting {key!r} (known: {', '.join(keys)})")
         out[name] = check(name, value, f"{where}{fmt(key)}")
     return out
+
+
+# -- named variants: one served mix, many settings (``--variant``, a profile's ``variants``) --------
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")
+VARIANT_FORM = "NAME:KEY=V[,KEY=V...] (KEY: a per-prompt setting such as alpha, beta, temperature, top_p, seed, or weight.NAME)"
+
+
+def check_variant(name: str, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A variant's settings layer (what a request's own fields go on top of), every value
+    checked by its setting; which delta names exist is the model set's to say."""
+    if not isinstance(name, str) or not VARIANT_NAME.match(name):
+        raise UserError(
+            f"{where}: variant name {name!r} must start with a letter or digit and use letters, digits, . _ : + - (at most 64)"
+        )
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where} must be a table of settings, e.g. {{ beta = 1.5 }}")
+    layer: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key.startswith("weight."):
+            delta = key.removeprefix("weight.")
+            w = check_weight(delta, value, f"{where}.{key}")
+            if delta == "chat":
+                layer["alpha"] = w
+            else:
+                layer.setdefault("weights", {})[delta] = w
+        elif key == "weights":
+            layer["weights"] = {**layer.get("weights", {}), **check_weights(value, f"{where}.weights")}
+        elif key in ROW_KEYS:
+            layer[key] = check(key, value, f"{where}.{key}")
+        else:
+            raise UserError(f"{where}: unknown key {key!r} (use {', '.join(ROW_KEYS)} or weight.NAME)")
+    return layer
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``--variant NAME:KEY=V[,KEY=V...]`` -> (name, settings layer)."""
+    name, sep, spec = text.partition(":")
+    name = name.strip()
+    if not sep or not name or not spec.strip():
+        raise UserError(f"--variant {text!r}: expected {VARIANT_FORM}")
+    pairs: dict[str, str] = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise UserError(f"--variant {text!r}: {part!r} is not KEY=V; expected {VARIANT_FORM}")
+        if key.strip() in pairs:
+            raise UserError(f"--variant {name}: {key.strip()} given twice")
+        pairs[key.strip()] = value.strip()
+    return name, check_variant(name, pairs, f"--variant {name}")
 
 
 def defaults() -> dict[str, Any]:

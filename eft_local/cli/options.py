@@ -152,6 +152,7 @@ def resolve_settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict
         else:
             out["weights"][check_delta_name(name, "--weight")] = check_weight(name, raw, f"--weight {name}")
     out["draft_with"] = getattr(args, "draft_with", None)
+    out["variants"] = dict(defaults.get("variants", {}))  # a profile's named variants (serve)
     return out
 
 

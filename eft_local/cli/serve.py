@@ -8,8 +8,17 @@ import socket
 import sys
 from pathlib import Path
 
-from eft_local.cli.options import add_setting, default_parallel, load_engine, model_args, prepare, sampling_args
+from eft_local.cli.options import (
+    add_setting,
+    check_delta_names,
+    default_parallel,
+    load_engine,
+    model_args,
+    prepare,
+    sampling_args,
+)
 from eft_local.errors import UserError
+from eft_local.settings import parse_variant
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 
@@ -31,6 +40,14 @@ def register(sub) -> None:
         "<|im_start|> (what llama.cpp's server does), 'plain' keeps it text so a client can't forge a "
         "turn (default: special on loopback, plain on any other address)",
     )
+    g.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=V,...",
+        help="also serve the mix with these settings as model NAME (KEY as in --grid: alpha, beta, weight.NAME, "
+        "temperature, top_p, seed, ...; repeatable; adds to the profile's variants)",
+    )
     add_setting(g, "parallel")
     g.add_argument(
         "--max-queue",
@@ -51,6 +68,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def served_variants(args: argparse.Namespace, settings: dict, paths: dict[str, Path]) -> dict[str, dict]:
+    """The profile's variants, then ``--variant`` flags (a flag replaces a same-named one)."""
+    variants = dict(settings.get("variants", {}))
+    for text in args.variant:
+        name, layer = parse_variant(text)
+        variants[name] = layer
+    for name, layer in variants.items():
+        check_delta_names(layer.get("weights", {}), paths, f"variant {name}: weight.{{}}")
+    return variants
 
 
 def model_name(profile: str | None, paths: dict[str, Path]) -> str:
@@ -92,6 +120,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"eft-local serve needs fastapi and uvicorn ({e}); reinstall eft-local") from None
 
     paths, settings, profile = prepare(args)
+    name = args.model_name or model_name(profile, paths)
+    variants = served_variants(args, settings, paths)
+    if name in variants:
+        raise UserError(f"--variant {name}: the mix itself is served as {name!r}; name the variant differently")
     parallel = settings["parallel"] or default_parallel(settings)
     sock = bind(args.host, args.port)
     if not is_loopback(args.host) and not args.api_key:
@@ -113,8 +145,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    name = args.model_name or model_name(profile, paths)
-    options = ServerOptions(model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue, parallel=parallel)
+    options = ServerOptions(
+        model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue, parallel=parallel, variants=variants
+    )
     app = create_app(session, options)
 
     host, port = sock.getsockname()[:2]

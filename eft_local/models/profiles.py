@@ -24,12 +24,12 @@ else:  # pragma: no cover - exercised on 3.10 only
 from eft_local.errors import UserError
 from eft_local.llama.rpc import parse_rpc_spec
 from eft_local.mix.mixture import REF_SUFFIX, ROLES, check_delta_name
-from eft_local.settings import PROFILE_KEYS, check_mapping, check_weight
+from eft_local.settings import PROFILE_KEYS, check_mapping, check_variant, check_weight
 
 FALLBACK_DEFAULT = "qwen2.5-7b"
 
 _FILE_KEYS = {"repo_id", "filename", "revision", "sha256", "size"}
-_PROFILE_KEYS = {"description", "defaults", "deltas", "rpc", *ROLES}
+_PROFILE_KEYS = {"description", "defaults", "deltas", "rpc", "variants", *ROLES}
 _DELTA_KEYS = {"chat", "reference", "weight"}
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -199,6 +199,10 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
         unknown = [r for r in defaults["rpc"] if r not in files and r not in delta_files]
         if unknown:
             raise UserError(f"{where}: rpc: unknown role '{unknown[0]}' (roles: {', '.join([*files, *delta_files])})")
+    if "variants" in raw:  # variants = { "beta-1.5" = { beta = 1.5 } }: served as models of their own
+        if not isinstance(raw["variants"], dict):
+            raise UserError(f"{where}: 'variants' must be a table of name = {{ settings }}")
+        defaults["variants"] = {n: check_variant(n, v, f"{where}: variants.{n}") for n, v in raw["variants"].items()}
     return Profile(name, description, {**files, **delta_files}, defaults, weights)
 
 
