@@ -9,12 +9,15 @@ Cost and memory: the part of a sequence before the first scored position is pref
 continuations is evaluated once per model); the scored part goes through every model in
 decode chunks of ``n_batch`` tokens, and each chunk's rows are consumed before the next
 decode — never more than one chunk of logits per model (a 4k-token echo at 152k ids would
-otherwise be 2.4 GB per model).
+otherwise be 2.4 GB per model). The positions of a chunk are combined on several threads
+(NumPy releases the GIL in its loops; llama.cpp's threads are idle meanwhile).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -46,15 +49,16 @@ def score_tokens(
     holding its sequence minus the last id, so a generation from the same prompt reuses it.
     """
     weighted = weighted_models(engine, params)
+    weights = [w for _, w in weighted]
     seqs = {name: list(tokens[name]) for name, _ in weighted}
     _check(engine, seqs, n_scored)
     scored = next(iter(seqs.values()))[-n_scored:]
     for name, seq in seqs.items():
         _prefill_before(engine, name, seq[: len(seq) - n_scored - 1], cancel)
     chunk = min(engine.models[name].n_batch for name in seqs)
-    z = np.empty(engine.vocab.n, np.float32)
-    mask = engine.vocab.masked
     out: list[TokenLogprob] = []
+    threads = SCORING_THREADS if n_scored >= MIN_POSITIONS_PER_THREAD * 2 else 1
+    lanes = [_Lane(engine.vocab.n, engine.vocab.masked) for _ in range(threads)]
     for start in range(0, n_scored, chunk):
         if cancel is not None and cancel():
             raise Cancelled
@@ -63,12 +67,46 @@ def score_tokens(
             first = len(seq) - n_scored - 1 + start  # position whose logits predict scored[start]
             part = seq[first : first + min(chunk, n_scored - start)]
             rows.append(engine.models[name].eval(part, len(part)))
-        for i in range(len(rows[0])):
-            combine([r[i] for r in rows], [w for _, w in weighted], z)
-            if mask.size:
-                z[mask] = -np.inf
-            out.append(token_logprobs(z, scored[start + i], top_k))
+        out.extend(_combine_chunk(lanes, rows, weights, scored[start : start + len(rows[0])], top_k))
     return out
+
+
+SCORING_THREADS = max(1, min(8, os.cpu_count() or 1))
+MIN_POSITIONS_PER_THREAD = 8  # below this a thread hand-off costs more than it saves
+_pool: ThreadPoolExecutor | None = None
+
+
+def _combine_chunk(
+    lanes: list[_Lane], rows: list[np.ndarray], weights: list[float], tokens: list[int], top_k: int
+) -> list[TokenLogprob]:
+    """Every position of one chunk, split over the lanes (threads) in contiguous spans."""
+    global _pool
+    n = len(tokens)
+    k = max(1, min(len(lanes), n // MIN_POSITIONS_PER_THREAD))
+    spans = [range(j * n // k, (j + 1) * n // k) for j in range(k)]
+    if k == 1:
+        return lanes[0].run(rows, weights, tokens, spans[0], top_k)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="eft-score")
+    jobs = [_pool.submit(lane.run, rows, weights, tokens, span, top_k) for lane, span in zip(lanes, spans)]
+    return [lp for job in jobs for lp in job.result()]  # in order: lane j holds span j
+
+
+class _Lane:
+    """One thread's buffers: z, the weighted-term scratch, the exp workspace."""
+
+    def __init__(self, n: int, mask: np.ndarray) -> None:
+        self.z, self.scratch, self.work = (np.empty(n, np.float32) for _ in range(3))
+        self.mask = mask
+
+    def run(self, rows: list[np.ndarray], weights: list[float], tokens: list[int], span: range, top_k: int) -> list[TokenLogprob]:
+        out = []
+        for i in span:
+            combine([r[i] for r in rows], weights, self.z, self.scratch)
+            if self.mask.size:
+                self.z[self.mask] = -np.inf
+            out.append(token_logprobs(self.z, tokens[i], top_k, self.work))
+        return out
 
 
 def _check(engine: EftEngine, seqs: Mapping[str, list[int]], n_scored: int) -> None:

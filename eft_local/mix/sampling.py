@@ -62,13 +62,16 @@ class Dist:
         return out
 
 
-def combine(rows: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarray | None = None) -> np.ndarray:
+def combine(
+    rows: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarray | None = None, scratch: np.ndarray | None = None
+) -> np.ndarray:
     """``z = Σ weights[m] · rows[m]`` over the rows' common length, in float32.
 
     The EFT formula expanded per model (see ``EftEngine.coefficients``). Rows may be longer
     than ``out`` (padded vocabularies): only the first ``len(out)`` entries are used. Zero
     weights are skipped and ±1 add/subtract without a multiply, so a corner (one model with
-    weight 1) is that model's row exactly.
+    weight 1) is that model's row exactly. ``scratch`` (like ``out``) holds the weighted
+    terms instead of a temporary per term: the same float32 operations, so the same result.
     """
     n = len(out) if out is not None else min(len(r) for r in rows)
     out = np.empty(n, np.float32) if out is None else out
@@ -86,6 +89,8 @@ def combine(rows: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarra
             np.add(out, x[:n], out=out)
         elif w == -1.0:
             np.subtract(out, x[:n], out=out)
+        elif scratch is not None:
+            out += np.multiply(x[:n], np.float32(w), out=scratch[:n])
         else:
             out += np.float32(w) * x[:n]
     return out
