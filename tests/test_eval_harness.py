@@ -118,3 +118,55 @@ def test_lm_eval_multiple_choice_equals_eft_scoring(served, family, tmp_path, mo
             assert s["acc"] == float(int(np.argmax(got)) == q["answer"])
     finally:
         engine.close()
+
+
+GEN_TASK = """task: eft_local_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 12
+  do_sample: false
+  temperature: 0
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_lm_eval_generation_through_chat_completions_equals_run(served, family, tmp_path):
+    from eft_local.batch.prompt_file import PromptItem
+    from eft_local.batch.run import BatchOptions, run_one
+
+    docs = [{"question": "Say hello.", "answer": "hello"}, {"question": "Count to three.", "answer": "1 2 3"}]
+    data = tmp_path / "gen.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "gen.yaml").write_text(GEN_TASK.format(data=data))
+    out = tmp_path / "out"
+    args = f"model={MODEL},base_url={served.url}/v1/chat/completions,num_concurrent=1,max_retries=1"
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-chat-completions", "--model_args", args]
+    cmd += ["--tasks", "eft_local_gen", "--include_path", str(tmp_path), "--apply_chat_template", "--log_samples"]
+    cmd += ["--output_path", str(out)]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = [
+        json.loads(line) for f in sorted(out.rglob("samples_eft_local_gen_*.jsonl")) for line in f.read_text().splitlines()
+    ]
+    assert len(samples) == len(docs)
+    engine = EftEngine.load(family.paths(), n_ctx=512, n_threads=1)
+    try:
+        for s in samples:
+            q = docs[s["doc_id"]]["question"]
+            messages = [{"role": "user", "content": q}]
+            engine.reset()
+            settings = {**server_settings(alpha=0.8), "max_tokens": 12, "temperature": 0.0, "stop": ("\n\n",)}
+            row, _ = run_one(engine, PromptItem(0, messages, messages=messages), 0, BatchOptions(settings=settings))
+            assert s["resps"][0][0] == row["text"]
+    finally:
+        engine.close()
