@@ -245,3 +245,41 @@ def test_echo_requests_under_parallel_equal_the_sequential_server(served, paths)
     finally:
         srv.stop()
         session.close()
+
+
+def test_streamed_completion_logprobs_and_list_prompts_without_echo(served):
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    whole = client.completions.create(model=MODEL, prompt=TEXT, max_tokens=6, temperature=0, logprobs=2)
+    chunks = list(client.completions.create(model=MODEL, prompt=TEXT, max_tokens=6, temperature=0, logprobs=2, stream=True))
+    streamed = [lp for c in chunks if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.token_logprobs]
+    np.testing.assert_allclose(streamed, whole.choices[0].logprobs.token_logprobs, atol=TOL)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    ids = tokenize(served, "general kenobi")
+    both = completion(served, prompt=[TEXT, ids], max_tokens=5, temperature=0)
+    assert both["choices"][0]["text"] == whole.choices[0].text[: len(both["choices"][0]["text"])]
+    assert both["choices"][1]["text"] == completion(served, prompt=ids, max_tokens=5, temperature=0)["choices"][0]["text"]
+    assert both["usage"]["completion_tokens"] == 10 and both["usage"]["prompt_tokens"] == len(tokenize(served, TEXT)) + len(ids)
+
+
+def test_echo_waits_for_running_generations_under_parallel(paths):
+    """Under --parallel an echo request runs once the batch drains, and the stream it waited for is intact."""
+    import threading
+
+    srv, session = serve(paths, parallel=2)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        alone = client.completions.create(model=MODEL, prompt=TEXT, max_tokens=40, temperature=0).choices[0].text
+        got: dict[str, str] = {}
+
+        def stream() -> None:
+            parts = client.completions.create(model=MODEL, prompt=TEXT, max_tokens=40, temperature=0, stream=True)
+            got["text"] = "".join(c.choices[0].text for c in parts if c.choices)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        echo = completion(srv, prompt=TEXT, echo=True, max_tokens=0, logprobs=1)
+        t.join(60)
+        assert got["text"] == alone and echo["choices"][0]["text"] == TEXT
+    finally:
+        srv.stop()
+        session.close()

@@ -216,10 +216,7 @@ class EngineWorker:
                     self._cond.wait()
                 if self._stopping:
                     break
-                new = [j for j in self._jobs if not j.request.whole_engine]
-                # whole-engine jobs (echo, several prompts) run when no sequence is live
-                whole = [] if self._live else [j for j in self._jobs if j.request.whole_engine]
-                self._jobs = deque(j for j in self._jobs if j.request.whole_engine and not whole)
+                new, whole = self._take_jobs()
             with self.session.lock:
                 for job in whole:
                     self._run_whole_job(job)
@@ -239,6 +236,18 @@ class EngineWorker:
             ticket.cancel()
             job.channel.put(Failed(ApiError(503, "the server is shutting down", type="server_error")), last=True)
             self._retire(ticket)
+
+    def _take_jobs(self) -> tuple[list[Job], list[Job]]:
+        """(jobs to admit to the batch, whole-engine jobs to run now); the rest keep waiting.
+
+        A whole-engine job (echo, several prompts) runs once no sequence is live; while one
+        waits, no new sequence is admitted, so the batch drains instead of starving it."""
+        whole = [j for j in self._jobs if j.request.whole_engine]
+        if whole and self._live:
+            return [], []
+        new = [j for j in self._jobs if not j.request.whole_engine]
+        self._jobs.clear()
+        return new, whole
 
     def _run_whole_job(self, job: Job) -> None:
         if not job.cancelled.is_set():
