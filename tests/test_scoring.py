@@ -126,6 +126,8 @@ def test_token_logprobs_top_and_greedy_are_one_expression():
     assert lp.is_greedy and lp.top[0][1] == lp.logprob
     assert [t for t, _ in lp.top] == [1, 3, 0]
     assert not token_logprobs(z, 0).is_greedy
+    masked = token_logprobs(z, 4, k=5)  # a masked id: finite for JSON, as vLLM reports it
+    assert masked.logprob == -9999.0 and masked.top[-1] == (4, -9999.0)
 
 
 @pytest.mark.parametrize("draft_tokens", [0, 4])

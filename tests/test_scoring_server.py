@@ -242,6 +242,10 @@ def test_echo_requests_under_parallel_equal_the_sequential_server(served, paths)
         a, b = tokenize(served, "hello there"), tokenize(served, TEXT)
         body = {"prompt": [a, b], "echo": True, "max_tokens": 2, "logprobs": 2, "temperature": 0}
         assert completion(srv, **body)["choices"] == completion(served, **body)["choices"]
+        one = {"prompt": TEXT, "max_tokens": 8, "logprobs": 2, "temperature": 0}  # the batched decoder's logprobs
+        batched, alone = completion(srv, **one)["choices"][0], completion(served, **one)["choices"][0]
+        assert batched["logprobs"]["tokens"] == alone["logprobs"]["tokens"]
+        np.testing.assert_allclose(batched["logprobs"]["token_logprobs"], alone["logprobs"]["token_logprobs"], atol=TOL)
     finally:
         srv.stop()
         session.close()

@@ -28,6 +28,7 @@ class TokenLogprob:
     is_greedy: bool = False
 
 
+LOGPROB_FLOOR = -9999.0  # what an impossible token (−inf: a masked padding id) is reported as, as vLLM does
 TOP_WINDOW = 4.0  # first look for the top k within this many nats of the maximum (widened if too few)
 
 
@@ -64,5 +65,10 @@ def token_logprobs(z: np.ndarray, token: int, k: int = 0, work: np.ndarray | Non
     lse = log_normalizer(z, zmax, work)
     top: tuple[tuple[int, float], ...] = ()
     if k > 0:
-        top = tuple((int(i), float(z[i]) - lse) for i in top_ids(z, zmax, k))
-    return TokenLogprob(int(token), float(z[token]) - lse, top, is_greedy=float(z[token]) == zmax)
+        top = tuple((int(i), _floor(float(z[i]) - lse)) for i in top_ids(z, zmax, k))
+    return TokenLogprob(int(token), _floor(float(z[token]) - lse), top, is_greedy=float(z[token]) == zmax)
+
+
+def _floor(logprob: float) -> float:
+    """Finite for JSON: −inf (and nan, which the weight limits already rule out) become the floor."""
+    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR
