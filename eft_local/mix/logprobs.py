@@ -34,11 +34,14 @@ TOP_WINDOW = 4.0  # first look for the top k within this many nats of the maximu
 
 def log_normalizer(z: np.ndarray, zmax: float, work: np.ndarray | None = None) -> float:
     """log Σ exp(z), shifted by ``zmax`` (−inf entries contribute nothing). ``work``: a
-    buffer like ``z`` (no 600 kB temporaries per position at 152k ids)."""
+    buffer like ``z`` (no 600 kB temporaries per position at 152k ids).
+
+    The sum is NumPy's pairwise float32 sum: relative error ~log2(V)·2⁻²⁴ ≈ 1e-6, i.e. 1e-6
+    nats, at a third of the cost of accumulating in float64."""
     work = np.empty_like(z) if work is None else work
     np.subtract(z, np.float32(zmax), out=work)
     np.exp(work, out=work)
-    return zmax + math.log(float(work.sum(dtype=np.float64)))
+    return zmax + math.log(float(work.sum()))
 
 
 def top_ids(z: np.ndarray, zmax: float, k: int) -> np.ndarray:
@@ -48,6 +51,8 @@ def top_ids(z: np.ndarray, zmax: float, k: int) -> np.ndarray:
     partition of the whole row: a comparison pass, then a sort of a few candidates.
     """
     k = min(k, len(z))
+    if k == 1:  # lm-eval's logprobs=1: the argmax (the first of tied maxima)
+        return np.array([int(np.argmax(z))])
     width = TOP_WINDOW
     while True:
         ids = np.flatnonzero(z >= np.float32(zmax - width))
