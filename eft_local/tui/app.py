@@ -24,7 +24,7 @@ from eft_local.mix.params import SamplingParams
 from eft_local.settings import SETTINGS
 from eft_local.tui import delta
 from eft_local.tui.conversation import Conversation, Turn, last_code_block
-from eft_local.tui.history import HistoryStore
+from eft_local.tui.history import HistoryError, HistoryStore
 from eft_local.tui.keys import bindings
 from eft_local.tui.screens.compare import CompareScreen
 from eft_local.tui.screens.help import HelpScreen
@@ -439,7 +439,12 @@ class EftChatApp(App[int]):
         async def done(chat_id: int | None) -> None:
             if chat_id is None or self.generating:
                 return
-            self.conv = self.history.load(chat_id)
+            try:
+                conv = self.history.load(chat_id)
+            except (HistoryError, KeyError) as e:  # corrupted or deleted meanwhile
+                self.notify(str(e) if isinstance(e, HistoryError) else "that chat is gone", severity="error", timeout=10)
+                return
+            self.conv = conv
             await self.chat_view.show(self.conv)
 
         self.push_screen(HistoryScreen(self.history), done)

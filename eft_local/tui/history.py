@@ -43,6 +43,10 @@ def default_path() -> Path:
     return data_dir() / "history.sqlite"
 
 
+class HistoryError(Exception):
+    """The history file can't be read or written (corrupt, replaced, permissions, disk full)."""
+
+
 @dataclass
 class ChatSummary:
     chat_id: int
@@ -52,7 +56,10 @@ class ChatSummary:
 
 
 class HistoryStore:
-    """Small synchronous store; every call opens its own connection (safe from any thread)."""
+    """Small synchronous store; every call opens its own connection (safe from any thread).
+
+    Every failure of the file (corrupted while the app runs, deleted folder, disk full) is a
+    ``HistoryError`` with one line that names the file: the app shows it and goes on."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
@@ -67,13 +74,16 @@ class HistoryStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """One transaction on a fresh connection, committed and closed afterwards."""
-        db = sqlite3.connect(self.path)
         try:
-            db.execute("PRAGMA foreign_keys = ON")
-            with db:
-                yield db
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path)
+            try:
+                db.execute("PRAGMA foreign_keys = ON")
+                with db:
+                    yield db
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError) as e:
+            raise HistoryError(f"chat history {self.path} is unusable ({e}); move the file away to start a new history") from e
 
     def save(self, conv: Conversation) -> int:
         """Insert or replace ``conv`` (all turns); sets and returns ``conv.chat_id``."""
@@ -112,12 +122,15 @@ class HistoryStore:
             turns = db.execute(
                 "SELECT role, content, spans, stopped, info FROM turns WHERE chat_id = ? ORDER BY idx", (chat_id,)
             ).fetchall()
-        return Conversation(
-            system_prompt=row[1],
-            created=row[0],
-            chat_id=chat_id,
-            turns=[Turn(r, c, [tuple(s) for s in json.loads(sp)], bool(st), info) for r, c, sp, st, info in turns],
-        )
+        try:
+            return Conversation(
+                system_prompt=row[1],
+                created=row[0],
+                chat_id=chat_id,
+                turns=[Turn(r, c, [tuple(s) for s in json.loads(sp)], bool(st), info) for r, c, sp, st, info in turns],
+            )
+        except (ValueError, TypeError) as e:  # a row written by something else
+            raise HistoryError(f"chat {chat_id} in {self.path} is damaged ({e})") from e
 
     def delete(self, chat_id: int) -> None:
         with self._connect() as db:
