@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from eft_local.errors import UserError
 from eft_local.mix.mixture import deltas_of
 from eft_local.mix.params import SamplingParams
 from eft_local.settings import SETTINGS
-from eft_local.tui import delta
+from eft_local.tui import delta, signals
 from eft_local.tui.conversation import Conversation, Turn, last_code_block
 from eft_local.tui.history import HistoryError, HistoryStore
 from eft_local.tui.keys import bindings
@@ -156,6 +157,8 @@ class EftChatApp(App[int]):
         self.history: HistoryStore | None = None
         self._narrow = False
         self._settings_wanted = True  # the user's choice for the EFT controls when there is room
+        self.ended_by_signal: int | None = None
+        self._uninstall_signals: Callable[[], None] = lambda: None
 
     def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:  # type: ignore[override]
         """Notices carry file names, errors and user text: shown as plain text unless asked."""
@@ -178,6 +181,7 @@ class EftChatApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._uninstall_signals = signals.install(self._end_by_signal)
         self.query_one("#legend").display = False
         self._fit(self.size.width)
         self.query_one(PromptInput).focus()
@@ -497,8 +501,14 @@ class EftChatApp(App[int]):
         self.push_screen(HelpScreen())
 
     # -- shutdown ----------------------------------------------------------------------------
+    def _end_by_signal(self, signum: int) -> None:
+        """SIGTERM, SIGHUP, SIGINT, SIGQUIT: quit as Ctrl+Q does (Textual restores the terminal)."""
+        self.ended_by_signal = signum
+        self.exit()
+
     def on_unmount(self) -> None:
         """Stop the worker at its next step, then free the models (never under a running decode)."""
+        self._uninstall_signals()
         self.workers.cancel_group(self, "engine")
         if self.session is not None and self.session.close(timeout=30):
             self.engine = self.session = None
