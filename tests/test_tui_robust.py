@@ -266,3 +266,104 @@ def test_ctrl_q_ends_the_real_app_inside_an_unterminated_paste(tmp_path):
     app.write("\x11")  # Ctrl+Q
     assert app.finish(timeout=10) == 1
     assert all(seq in app.after_start() for seq in RESTORED.values())
+
+
+# -- export records the system prompt where it was set ---------------------------------------------------
+def exchange(n: int) -> list[Turn]:
+    return [t for i in range(n) for t in (Turn("user", f"question {i + 1}"), Turn("assistant", f"answer {i + 1}"))]
+
+
+def headings(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("## ")]
+
+
+def test_export_puts_each_system_prompt_where_it_was_set():
+    conv = Conversation(turns=exchange(2))
+    conv.set_system_prompt("first draft")
+    conv.set_system_prompt("be terse")  # two edits before the same turn: the last counts
+    conv.turns += exchange(1)
+    conv.set_system_prompt("")
+    md = conv.to_markdown()
+    assert headings(md) == ["## User", "## Assistant"] * 2 + ["## System"] + ["## User", "## Assistant"] + ["## System"]
+    assert "be terse" in md and "first draft" not in md and "system prompt cleared" in md
+    top = Conversation(system_prompt="be kind", turns=exchange(1)).to_markdown()
+    assert headings(top) == ["## System", "## User", "## Assistant"]  # set at the start: at the top
+
+
+def test_the_system_prompt_log_survives_the_history_and_an_old_schema(tmp_path):
+    import sqlite3
+
+    conv = Conversation(system_prompt="at the top", turns=exchange(2))
+    conv.set_system_prompt("later")
+    store = HistoryStore()
+    back = store.load(store.save(conv))
+    assert back.system_log == [(0, "at the top"), (4, "later")] and back.system_prompt == "later"
+    old = tmp_path / "v1.sqlite"  # a file written by schema 1 (no system_log column)
+    with sqlite3.connect(old) as db:
+        db.executescript(
+            "CREATE TABLE chats (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created TEXT NOT NULL,"
+            " updated TEXT NOT NULL DEFAULT (datetime('now')), system_prompt TEXT NOT NULL DEFAULT '');"
+            "INSERT INTO chats (title, created, system_prompt) VALUES ('old', '2026-01-01', 'old prompt');"
+            "PRAGMA user_version = 1;"
+        )
+    migrated = HistoryStore(old).load(1)
+    assert migrated.system_log == [(0, "old prompt")]
+
+
+async def test_ctrl_s_after_four_turns_exports_the_system_prompt_there(tmp_path):
+    async with no_models_app().run_test(size=SIZE) as pilot:
+        app = pilot.app
+        app.conv = Conversation(turns=exchange(2))
+        await app.chat_view.show(app.conv)
+        await pilot.press("ctrl+s")
+        await pilot.press(*"be terse", "ctrl+s")
+        await pilot.pause(0.05)
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: list(tmp_path.glob("eft-chat-*.md")), what="the export")
+        (exported,) = tmp_path.glob("eft-chat-*.md")
+        assert headings(exported.read_text())[-1] == "## System"
+        assert exported.read_text().rstrip().endswith("be terse")
+
+
+# -- the chat pane keeps the model's line breaks ----------------------------------------------------------
+POEM = "Roses are red,\nviolets are blue,\nsugar is sweet.\n\nA new verse\nstarts here."
+
+
+def paragraphs(widget) -> list[str]:
+    from textual.widgets._markdown import MarkdownParagraph
+
+    return [str(p.render()) for p in widget.query(MarkdownParagraph)]
+
+
+async def test_chat_pane_keeps_single_line_breaks():
+    from eft_local.engine.events import FinishedEvent, GenStats
+    from eft_local.tui.stream import GenerationFinished, TokensArrived
+    from eft_local.tui.widgets.chat_view import AssistantMessage, UserMessage
+
+    async with no_models_app().run_test(size=SIZE) as pilot:
+        app = pilot.app
+        app.conv = Conversation(turns=[Turn("user", "line one\nline two"), Turn("assistant", POEM)])
+        await app.chat_view.show(app.conv)
+        await pilot.pause(0.05)
+        expected = ["Roses are red,\nviolets are blue,\nsugar is sweet.", "A new verse\nstarts here."]
+        assert paragraphs(app.query_one(AssistantMessage)) == expected
+        assert paragraphs(app.query_one(UserMessage)) == ["line one\nline two"]
+        streamed = await app.chat_view.add_assistant(Turn("assistant", ""))  # the streaming path
+        for piece in (POEM[:20], POEM[20:]):
+            streamed.post_message(TokensArrived(streamed, piece, [(piece, None)]))
+            await pilot.pause(0.05)
+        streamed.post_message(GenerationFinished(streamed, FinishedEvent("stop", POEM, [], GenStats()), {}))
+        await wait_for(pilot, lambda: paragraphs(streamed) == expected, timeout=5, what="the streamed poem")
+
+
+# -- F1 help: the formula is a line of its own --------------------------------------------------------------
+async def test_help_formula_does_not_run_into_the_next_sentence():
+    from textual.widgets._markdown import MarkdownParagraph
+
+    async with no_models_app().run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), what="help")
+        await pilot.pause(0.1)
+        texts = [str(p.render()) for p in pilot.app.screen.query(MarkdownParagraph)]
+        formula = [t for t in texts if t.startswith("z = ")]
+        assert formula and formula[0].endswith("(base − reference)"), texts

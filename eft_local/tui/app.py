@@ -421,7 +421,7 @@ class EftChatApp(App[int]):
     def action_system_prompt(self) -> None:
         def done(text: str | None) -> None:
             if text is not None:
-                self.conv.system_prompt = text
+                self.conv.set_system_prompt(text)
                 self._save()
                 self.notify("system prompt set — applies from the next answer" if text else "system prompt cleared")
 

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from eft_local.tui.conversation import Conversation, Turn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chats.system_log (where each system prompt was set)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chats (
     id INTEGER PRIMARY KEY,
     title TEXT NOT NULL,
     created TEXT NOT NULL,
     updated TEXT NOT NULL DEFAULT (datetime('now')),
-    system_prompt TEXT NOT NULL DEFAULT ''
+    system_prompt TEXT NOT NULL DEFAULT '',
+    system_log TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS turns (
     chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
@@ -69,6 +70,9 @@ class HistoryStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer eft-local (schema {version})")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(chats)")}
+            if "system_log" not in columns:  # schema 1: the log starts empty (the prompt counts from the top)
+                db.execute("ALTER TABLE chats ADD COLUMN system_log TEXT NOT NULL DEFAULT '[]'")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -92,8 +96,8 @@ class HistoryStore:
                 cur = db.execute("INSERT INTO chats (title, created) VALUES (?, ?)", (conv.title, conv.created))
                 conv.chat_id = cur.lastrowid
             db.execute(
-                "UPDATE chats SET title = ?, system_prompt = ?, updated = datetime('now') WHERE id = ?",
-                (conv.title, conv.system_prompt, conv.chat_id),
+                "UPDATE chats SET title = ?, system_prompt = ?, system_log = ?, updated = datetime('now') WHERE id = ?",
+                (conv.title, conv.system_prompt, json.dumps(conv.system_log), conv.chat_id),
             )
             db.execute("DELETE FROM turns WHERE chat_id = ?", (conv.chat_id,))
             db.executemany(
@@ -116,7 +120,7 @@ class HistoryStore:
 
     def load(self, chat_id: int) -> Conversation:
         with self._connect() as db:
-            row = db.execute("SELECT created, system_prompt FROM chats WHERE id = ?", (chat_id,)).fetchone()
+            row = db.execute("SELECT created, system_prompt, system_log FROM chats WHERE id = ?", (chat_id,)).fetchone()
             if row is None:
                 raise KeyError(chat_id)
             turns = db.execute(
@@ -125,6 +129,7 @@ class HistoryStore:
         try:
             return Conversation(
                 system_prompt=row[1],
+                system_log=[(int(at), str(text)) for at, text in json.loads(row[2])],
                 created=row[0],
                 chat_id=chat_id,
                 turns=[Turn(r, c, [tuple(s) for s in json.loads(sp)], bool(st), info) for r, c, sp, st, info in turns],
