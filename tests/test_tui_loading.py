@@ -65,3 +65,50 @@ def test_cli_and_app_load_through_it(family, monkeypatch):
     monkeypatch.setattr(options, "gpu_layers", lambda s: 0)
     assert options.load_engine(family.paths(), settings, n_seq=3) == "engine"
     assert calls == [LoadOptions(n_ctx=300, n_threads=2, n_seq=3)]
+
+
+# -- the app loads through it, in LoadPanel's worker ---------------------------------------------------
+@pytest.fixture
+def xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+async def test_app_fails_fast_on_a_bad_last_file(family, tmp_path, loads, xdg):
+    from eft_local.tui.app import EftChatApp
+    from eft_local.tui.widgets.load_panel import ErrorPanel
+
+    from .test_tui_robust import wait_for
+
+    bad = tmp_path / "reference.gguf"
+    bad.write_text("not a model")
+    app = EftChatApp(paths={**family.paths(), "reference": bad}, n_ctx=512, n_threads=1)
+    async with app.run_test(size=(110, 36)) as pilot:
+        await wait_for(pilot, lambda: app.query(ErrorPanel), what="the error panel")
+        assert "not a GGUF model file" in str(app.query_one(ErrorPanel).render())
+        assert loads == [] and app.engine is None
+
+
+async def test_models_that_finish_loading_after_quit_are_freed(family, monkeypatch, xdg):
+    import threading
+
+    from eft_local.tui.app import EftChatApp
+    from eft_local.tui.widgets import load_panel
+
+    release, closed = threading.Event(), threading.Event()
+
+    class SlowEngine:
+        def close(self) -> None:
+            closed.set()
+
+    def slow_load(paths, options, on_progress=None):
+        release.wait(10)
+        return SlowEngine()
+
+    monkeypatch.setattr(load_panel, "load_engine", slow_load)
+    app = EftChatApp(paths=family.paths(), n_ctx=512, n_threads=1)
+    async with app.run_test(size=(110, 36)) as pilot:
+        await pilot.pause(0.05)
+        app.exit()
+    release.set()
+    assert closed.wait(5), "the engine loaded after quit was never closed"
