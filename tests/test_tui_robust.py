@@ -142,9 +142,16 @@ async def test_opening_or_deleting_a_chat_after_corruption_is_a_notice():
     assert app.return_code in (None, 0)
 
 
-def test_every_store_call_on_a_corrupted_file_raises_one_history_error():
+def remove_folder(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path.parent)
+
+
+@pytest.mark.parametrize("damage", [corrupt, remove_folder])
+def test_every_store_call_on_a_damaged_file_raises_one_history_error(damage):
     store = saved_chats("first")
-    corrupt(store.path)
+    damage(store.path)
     for call in (store.list, lambda: store.load(1), lambda: store.delete(1), lambda: store.save(Conversation())):
         with pytest.raises(HistoryError, match="unusable"):
             call()
