@@ -409,3 +409,19 @@ def test_stop_pressed_while_the_last_token_decodes_still_says_length(tiny_engine
             result = event
     assert result.stats.n_tokens == max_tokens  # it did reach the limit (no end-of-generation token)
     assert result.reason == "length"
+
+
+async def test_signal_handlers_are_put_back_when_the_app_ends():
+    import signal
+
+    def mine(signum, frame):  # an embedding program's own handler
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        async with no_models_app().run_test(size=SIZE) as pilot:
+            await pilot.pause(0.05)
+            assert signal.getsignal(signal.SIGTERM) is not mine  # the app's, while it runs
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
