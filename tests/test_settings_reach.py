@@ -315,6 +315,13 @@ async def _until(pilot, condition: Callable[[], Any], what: str, timeout: float 
         await pilot.pause(0.02)
 
 
+def flags_then_fields(world: World, spy: Spy, folder: Path, values: dict[str, Any]) -> None:
+    """Flags for what the settings panel lacks, the panel's fields typed: editing the panel
+    must keep every setting it does not show."""
+    fields = {k: v for k, v in values.items() if k in APP_FIELDS}
+    drive_chat(world, spy, folder, flag={k: v for k, v in values.items() if k not in fields}, fields=fields)
+
+
 def in_parallel(drive_: Callable[..., None], key: str) -> Callable[..., None]:
     """``drive_`` with ``--parallel 2``: the settings ride the scheduler's path."""
 
@@ -337,10 +344,9 @@ def profile_settings(command: str) -> set[str]:
     return (set(PROFILE_KEYS) | {"weights"}) & cli_settings(command)
 
 
-def http_settings() -> set[str]:
-    from eft_local.server.request import HTTP_SETTINGS
-
-    return {*HTTP_SETTINGS, "weights"}
+def per_prompt() -> set[str]:
+    """What a JSONL row and an HTTP request may set: the per-prompt settings and delta weights."""
+    return {*ROW_KEYS, "weights"}
 
 
 # the chat app's settings panel: setting -> (input id, text typed)
@@ -365,15 +371,16 @@ FRONT_ENDS: dict[str, FrontEnd] = {
     "run flag": FrontEnd(lambda: cli_settings("run"), lambda w, s, f, v: drive_run(w, s, f, flag=v)),
     "run profile": FrontEnd(lambda: profile_settings("run"), lambda w, s, f, v: drive_run(w, s, f, profile=v)),
     "run grid": FrontEnd(lambda: {*GRID_KEYS, "weights"}, lambda w, s, f, v: drive_run(w, s, f, grid=v)),
-    "jsonl row": FrontEnd(lambda: {*ROW_KEYS, "weights"}, lambda w, s, f, v: drive_run(w, s, f, row=v)),
-    "jsonl row --parallel": FrontEnd(lambda: {*ROW_KEYS, "weights"}, in_parallel(drive_run, "row")),
+    "jsonl row": FrontEnd(per_prompt, lambda w, s, f, v: drive_run(w, s, f, row=v)),
+    "jsonl row --parallel": FrontEnd(per_prompt, in_parallel(drive_run, "row")),
     "chat flag": FrontEnd(lambda: cli_settings("chat"), lambda w, s, f, v: drive_chat(w, s, f, flag=v)),
     "chat profile": FrontEnd(lambda: profile_settings("chat"), lambda w, s, f, v: drive_chat(w, s, f, profile=v)),
     "app field": FrontEnd(lambda: set(APP_FIELDS), lambda w, s, f, v: drive_chat(w, s, f, fields=v)),
+    "chat flag + app field": FrontEnd(lambda: cli_settings("chat"), lambda w, s, f, v: flags_then_fields(w, s, f, v)),
     "serve flag": FrontEnd(lambda: cli_settings("serve"), lambda w, s, f, v: drive_serve(w, s, f, flag=v)),
     "serve profile": FrontEnd(lambda: profile_settings("serve"), lambda w, s, f, v: drive_serve(w, s, f, profile=v)),
-    "http field": FrontEnd(http_settings, lambda w, s, f, v: drive_serve(w, s, f, body=v)),
-    "http field --parallel": FrontEnd(http_settings, in_parallel(drive_serve, "body")),
+    "http field": FrontEnd(per_prompt, lambda w, s, f, v: drive_serve(w, s, f, body=v)),
+    "http field --parallel": FrontEnd(per_prompt, in_parallel(drive_serve, "body")),
 }
 
 
@@ -461,3 +468,30 @@ def test_setting_alone_reaches_the_engine(name, front, world, tmp_path):
     spy = run_front_end(front, world, tmp_path, values)
     for got, want in received(name, spy, world, values):
         assert got == want, f"{front} dropped {name}: the engine got {got!r}, not {want!r}"
+
+
+def test_jsonl_row_refuses_settings_fixed_for_the_run(world, tmp_path):
+    """A row that sets a run-wide setting becomes an error row naming it (never silently ignored)."""
+    fixed = [name for name, st in SETTINGS.items() if not st.per_prompt]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": PROMPT, name: json_value(ROWS[name].value)}) + "\n" for name in fixed))
+    out = tmp_path / "out.jsonl"
+    with spying(tmp_path):
+        rc = main(["run", "--prompt-file", str(prompts), "--output", str(out), *command_line(world, tmp_path, {}, {})])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rc == 1 and len(rows) == len(fixed)
+    for name, row in zip(fixed, rows):
+        assert row["finish_reason"] == "error" and name in row["error"] and SETTINGS[name].cli_flag in row["error"], row
+
+
+@pytest.mark.parametrize("name", ["prompt_style", "system_prompt"])
+def test_run_raw_refuses_template_settings(name, world, tmp_path, capsys):
+    """``--raw`` skips every template: a flag that only shapes the template is refused, not ignored."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPT + "\n")
+    args = ["run", "--raw", "--prompt-file", str(prompts), "--output", str(tmp_path / "out.jsonl")]
+    with spying(tmp_path) as spy:
+        rc = main([*args, *command_line(world, tmp_path, {name: ROWS[name].value}, {})])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not spy.loads and len(err.splitlines()) == 1
+    assert SETTINGS[name].cli_flag in err and "--raw" in err

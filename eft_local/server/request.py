@@ -86,7 +86,7 @@ def load_json(raw: bytes) -> dict[str, Any]:
 # -- field checks -------------------------------------------------------------------------------
 # Generation settings come from the one schema (``settings.SETTINGS``): the same names, types,
 # ranges and defaults as the command line and JSONL rows. HTTP adds only OpenAI's own fields.
-HTTP_SETTINGS = (*ROW_KEYS, "draft_tokens", "stop")  # ROW_KEYS: alpha, beta, temperature, top_p, top_k, …
+HTTP_SETTINGS = ROW_KEYS  # the per-prompt settings: alpha, beta, temperature, top_p, top_k, …, draft_tokens, stop
 ALIASES = {"max_completion_tokens": "max_tokens"}  # OpenAI's newer name wins over max_tokens
 
 
