@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from fastapi.testclient import TestClient
 
 from eft_local.cli import build_parser, main
 from eft_local.engine.config import GenerationConfig
@@ -258,9 +260,6 @@ def drive_run(world: World, spy: Spy, folder: Path, *, flag=None, profile=None, 
 def drive_serve(world: World, spy: Spy, folder: Path, *, flag=None, profile=None, body=None) -> None:
     """``eft-local serve`` up to its listening socket; then one request through the app it built
     (uvicorn's ``Server.run`` replaced by a TestClient on the same app)."""
-    import uvicorn
-    from fastapi.testclient import TestClient
-
     answers = []
     request = {"messages": [{"role": "user", "content": PROMPT}], **{k: json_value(v) for k, v in (body or {}).items()}}
 
@@ -495,3 +494,23 @@ def test_run_raw_refuses_template_settings(name, world, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not spy.loads and len(err.splitlines()) == 1
     assert SETTINGS[name].cli_flag in err and "--raw" in err
+
+
+def test_http_request_refuses_settings_fixed_for_the_server(world, tmp_path):
+    """A request field naming a run-wide setting is a 400 naming its flag (never silently ignored)."""
+    fixed = [name for name, st in SETTINGS.items() if not st.per_prompt]
+    answers = {}
+
+    def serve(server, sockets=None) -> None:
+        with TestClient(server.config.app) as client:
+            for name in fixed:
+                body = {"messages": [{"role": "user", "content": PROMPT}], name: json_value(ROWS[name].value)}
+                answers[name] = client.post("/v1/chat/completions", json=body)
+
+    with spying(tmp_path) as spy, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(uvicorn.Server, "run", serve)
+        assert main(["serve", "--host", "127.0.0.1", "--port", "0", *command_line(world, tmp_path, {}, {})]) == 0
+    assert not spy.calls
+    for name, answer in answers.items():
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == name and SETTINGS[name].cli_flag in error["message"], error
