@@ -275,20 +275,20 @@ def drive_serve(world: World, spy: Spy, folder: Path, *, flag=None, profile=None
 
 def drive_chat(world: World, spy: Spy, folder: Path, *, flag=None, profile=None, fields=None) -> None:
     """``eft-local chat`` up to the app's options; then the app itself (Pilot): load, type
-    ``fields`` (setting -> value) into the settings panel, send one prompt, wait for the answer."""
+    ``fields`` (setting -> value) into the settings panel (the system prompt into its Ctrl+S
+    screen), send one prompt, wait for the answer."""
     import eft_local.tui
 
     options: dict[str, Any] = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(eft_local.tui, "run_chat", lambda **kw: options.update(kw) or 0)
         assert main(["chat", *command_line(world, folder, flag or {}, profile or {})]) == 0
-    typed = {APP_FIELDS[name][0]: APP_FIELDS[name][1] for name in fields or {}}
-    asyncio.run(_chat(options, folder, typed))
+    asyncio.run(_chat(options, folder, dict(fields or {})))
     for i, call in enumerate(spy.calls):
         call.index = i  # the app's i-th generation draws from rng_for(seed, i)
 
 
-async def _chat(options: dict[str, Any], folder: Path, typed: dict[str, str]) -> None:
+async def _chat(options: dict[str, Any], folder: Path, fields: dict[str, Any]) -> None:
     from textual.widgets import Input
 
     from eft_local.tui.app import EftChatApp
@@ -298,13 +298,29 @@ async def _chat(options: dict[str, Any], folder: Path, typed: dict[str, str]) ->
     async with app.run_test(size=(110, 36)) as pilot:
         await _until(pilot, lambda: app.engine is not None or app.load_error, "models to load")
         assert app.engine is not None, app.load_error
-        for input_id, text in typed.items():
-            app.query_one(f"#{input_id}", Input).value = text
-            await pilot.pause()
+        for name in fields:
+            if name == "system_prompt":
+                await _edit_system_prompt(pilot, fields[name])
+            else:
+                input_id, text = APP_FIELDS[name]
+                app.query_one(f"#{input_id}", Input).value = text
+                await pilot.pause()
         assert "-invalid" not in app.query_one("#settings").classes
         app.query_one(PromptInput).text = PROMPT  # (typing it key by key costs a second)
         await pilot.press("enter")
         await _until(pilot, lambda: app.n_generations and not app.generating, "the answer")
+
+
+async def _edit_system_prompt(pilot, text: str) -> None:
+    from textual.widgets import TextArea
+
+    from eft_local.tui.screens.system_prompt import SystemPromptScreen
+
+    await pilot.press("ctrl+s")
+    await _until(pilot, lambda: isinstance(pilot.app.screen, SystemPromptScreen), "the system prompt screen")
+    pilot.app.screen.query_one(TextArea).text = text
+    await pilot.press("ctrl+s")
+    await _until(pilot, lambda: not isinstance(pilot.app.screen, SystemPromptScreen), "the system prompt saved")
 
 
 async def _until(pilot, condition: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
@@ -317,7 +333,7 @@ async def _until(pilot, condition: Callable[[], Any], what: str, timeout: float 
 def flags_then_fields(world: World, spy: Spy, folder: Path, values: dict[str, Any]) -> None:
     """Flags for what the settings panel lacks, the panel's fields typed: editing the panel
     must keep every setting it does not show."""
-    fields = {k: v for k, v in values.items() if k in APP_FIELDS}
+    fields = {k: v for k, v in values.items() if k in app_settings()}
     drive_chat(world, spy, folder, flag={k: v for k, v in values.items() if k not in fields}, fields=fields)
 
 
@@ -348,6 +364,11 @@ def per_prompt() -> set[str]:
     return {*ROW_KEYS, "weights"}
 
 
+def app_settings() -> set[str]:
+    """What the chat app lets its user change: the settings panel's fields and the system prompt."""
+    return {*APP_FIELDS, "system_prompt"}
+
+
 # the chat app's settings panel: setting -> (input id, text typed)
 APP_FIELDS = {
     "alpha": ("alpha", "0.25"),
@@ -374,7 +395,7 @@ FRONT_ENDS: dict[str, FrontEnd] = {
     "jsonl row --parallel": FrontEnd(per_prompt, in_parallel(drive_run, "row")),
     "chat flag": FrontEnd(lambda: cli_settings("chat"), lambda w, s, f, v: drive_chat(w, s, f, flag=v)),
     "chat profile": FrontEnd(lambda: profile_settings("chat"), lambda w, s, f, v: drive_chat(w, s, f, profile=v)),
-    "app field": FrontEnd(lambda: set(APP_FIELDS), lambda w, s, f, v: drive_chat(w, s, f, fields=v)),
+    "app field": FrontEnd(app_settings, lambda w, s, f, v: drive_chat(w, s, f, fields=v)),
     "chat flag + app field": FrontEnd(lambda: cli_settings("chat"), lambda w, s, f, v: flags_then_fields(w, s, f, v)),
     "serve flag": FrontEnd(lambda: cli_settings("serve"), lambda w, s, f, v: drive_serve(w, s, f, flag=v)),
     "serve profile": FrontEnd(lambda: profile_settings("serve"), lambda w, s, f, v: drive_serve(w, s, f, profile=v)),
