@@ -1,11 +1,13 @@
 """Every setting reaches the engine, from every front end that accepts it.
 
 Table-driven from ``settings.SETTINGS``: each setting (plus the mix's delta ``weights`` and
-``draft_with``, which are not ``Setting``s) has one row: a non-default value and how to read
-what the engine received. Each front end that accepts the setting (CLI ``run``/``chat``/``serve``
-flags, a profile's ``defaults`` under each of those commands, a JSONL row, an HTTP request
-field, a field of the chat app's settings panel) sets that value, drives one real generation
-on a tiny synthetic family, and the spies below record what the engine got:
+``draft_with``, which are not ``Setting``s) has one row in ``ROWS``: a non-default value and how
+to read what the engine received. Each front end in ``FRONT_ENDS`` that accepts the setting —
+``run``/``chat``/``serve`` flags, a profile's ``defaults`` under each of those commands,
+``--grid``, a JSONL row, an HTTP request field (both also with ``--parallel``: the scheduler's
+path), the chat app's settings panel and system-prompt screen, and chat flags followed by
+panel edits — sets that value and drives real generations on a tiny synthetic family, while
+spies on the engine's public entry points record what it got:
 
 - ``EftEngine.load``: ``n_ctx``, ``n_gpu_layers``, ``n_threads``, ``n_seq``;
 - ``EftEngine.generate`` and ``Scheduler.submit`` (``run_all`` submits through it): the
@@ -13,8 +15,11 @@ on a tiny synthetic family, and the spies below record what the engine got:
   ``session.rng_for(seed, i)``) and the prompt ids (checked against ``engine.prompt``).
 
 A new setting without a row fails ``test_every_setting_has_a_row``; a front end that accepts a
-setting but drops it fails ``test_setting_reaches_the_engine``; and ``test_control_run_differs``
-proves each row's check tells a run with the setting from one without it.
+setting but drops it fails ``test_setting_reaches_the_engine`` (every accepted setting at
+once, one run per front end) and ``test_setting_alone_reaches_the_engine`` (one at a time,
+``slow``); ``test_control_run_differs`` proves each check tells a run with its setting from one
+without. Where a front end does not accept a setting it must say so: a JSONL row and an HTTP
+request refuse run-wide settings, ``run --raw`` refuses the template's.
 """
 
 from __future__ import annotations
@@ -234,23 +239,14 @@ def command_line(world: World, folder: Path, flag: dict[str, Any], profile: dict
 
 
 def drive_run(world: World, spy: Spy, folder: Path, *, flag=None, profile=None, grid=None, row=None) -> None:
-    """``eft-local run`` on two prompts, ``row`` in each JSONL line."""
+    """``eft-local run`` on two prompts (``row`` in each JSONL line), every point of ``grid``."""
     prompts = folder / "prompts.jsonl"
     line = json.dumps({"prompt": PROMPT, **{k: json_value(v) for k, v in (row or {}).items()}})
     prompts.write_text((line + "\n") * PROMPTS)
     out = folder / "out.jsonl"
     extra = [arg for name, value in (grid or {}).items() for arg in grid_args(name, value)]
-    rc = main(
-        [
-            "run",
-            "--prompt-file",
-            str(prompts),
-            "--output",
-            str(out),
-            *extra,
-            *command_line(world, folder, flag or {}, profile or {}),
-        ]
-    )
+    args = ["run", "--prompt-file", str(prompts), "--output", str(out), *extra]
+    rc = main([*args, *command_line(world, folder, flag or {}, profile or {})])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rc == 0 and len(rows) == PROMPTS and all(r["finish_reason"] != "error" for r in rows), rows
     for i, call in enumerate(spy.calls):
