@@ -86,7 +86,7 @@ def load_json(raw: bytes) -> dict[str, Any]:
 # -- field checks -------------------------------------------------------------------------------
 # Generation settings come from the one schema (``settings.SETTINGS``): the same names, types,
 # ranges and defaults as the command line and JSONL rows. HTTP adds only OpenAI's own fields.
-HTTP_SETTINGS = (*ROW_KEYS, "draft_tokens", "stop")  # ROW_KEYS: alpha, beta, temperature, top_p, top_k, …
+HTTP_SETTINGS = ROW_KEYS  # the per-prompt settings: alpha, beta, temperature, top_p, top_k, …, draft_tokens, stop
 ALIASES = {"max_completion_tokens": "max_tokens"}  # OpenAI's newer name wins over max_tokens
 
 
@@ -195,6 +195,10 @@ def parse(
     """``kind`` is "chat" (messages) or "completion" (raw prompt). ``settings`` are the server's
     (``cli.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on top,
     exactly as a JSONL row's overrides do in ``eft-local run`` (``batch.effective_settings``)."""
+    fixed = next((name for name in body if name in SETTINGS and name not in HTTP_SETTINGS), None)
+    if fixed is not None:  # eft-local's own name: refused, not silently ignored like a foreign field
+        flag = SETTINGS[fixed].cli_flag
+        raise bad(fixed, f"'{fixed}' is fixed when the server starts ({flag}); it can't change per request", "unsupported_value")
     layer: dict[str, Any] = {}
     for name in HTTP_SETTINGS:
         if body.get(name) is not None:
