@@ -196,9 +196,10 @@ SETTINGS: dict[str, Setting] = {
             lo=0,
             hi=64,
             nullable=True,
+            per_prompt=True,
             metavar="K",
         ),
-        Setting("stop", list, (), "stop string (repeatable)", metavar="TEXT"),
+        Setting("stop", list, (), "stop string (repeatable)", per_prompt=True, metavar="TEXT"),
         Setting(
             "prompt_style",
             str,

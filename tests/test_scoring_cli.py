@@ -22,6 +22,7 @@ ROWS = [
     {"id": "chat", "messages": [{"role": "user", "content": "hello"}], "continuations": ["hi there"]},
     {"id": "bad", "prompt": "no continuations here"},
     {"id": "weights", "prompt": "x", "continuations": ["y"], "weights": {"nope": 1}},
+    {"id": "http-only", "prompt": "x", "continuations": ["y"], "logprobs": 3},
 ]
 
 
@@ -59,7 +60,8 @@ def test_score_rows_equal_the_server_echo(family, tmp_path, served):
     assert [r["id"] for r in rows] == [r["id"] for r in ROWS]
     by_id = {r["id"]: r for r in rows}
     assert "continuations" in by_id["bad"]["error"] and "nope" in by_id["weights"]["error"]
-    assert "5 rows" in stderr and "2 error row(s)" in stderr
+    assert by_id["http-only"]["error"] == "line 6: logprobs is a field of HTTP requests (eft-local serve), not of prompt rows"
+    assert "6 rows" in stderr and "3 error row(s)" in stderr
     sky = by_id["sky"]
     assert (sky["alpha"], sky["beta"], sky["weights"]) == (0.7, 1.4, {})
     for src, row in (("The sky is", sky), ("Two plus two is", by_id["one"])):

@@ -206,12 +206,12 @@ async def test_export_falls_back_when_the_working_directory_is_gone(tui_family, 
 
 
 async def test_export_falls_back_when_nothing_is_writable(tui_family, tmp_path, monkeypatch):
-    from eft_local.tui import app as app_module
+    from eft_local.tui import export as export_module
 
     def refuse(folder, name, text):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(app_module, "write_new", refuse)
+    monkeypatch.setattr(export_module, "write_new", refuse)
     app = app_for(tui_family, max_tokens=4)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)

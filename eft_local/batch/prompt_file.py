@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from eft_local.errors import UserError
-from eft_local.settings import ROW_KEYS, check, check_weights
+from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check, check_weights
 
 VALID_ROLES = ("system", "user", "assistant")
 
@@ -111,7 +111,13 @@ def _item(obj: dict, index: int, lineno: int) -> PromptItem:
 
 
 def _overrides(obj: dict, lineno: int) -> dict[str, Any]:
-    """Settings a row may override (``alpha``, ``temperature``, …, ``weights``), checked."""
+    """Settings a row may override (``alpha``, ``temperature``, …, ``weights``), checked; a
+    setting that is fixed for the whole run is refused rather than silently ignored."""
+    fixed = next((key for key in obj if key in SETTINGS and key not in ROW_KEYS), None)
+    if fixed in REQUEST_KEYS:
+        raise UserError(f"line {lineno}: {fixed} is a field of HTTP requests (eft-local serve), not of prompt rows")
+    if fixed is not None:
+        raise UserError(f"line {lineno}: {fixed} can't change per prompt; set it for the run with {SETTINGS[fixed].cli_flag}")
     out = {key: check(key, obj[key], f"line {lineno}: {key}") for key in ROW_KEYS if key in obj}
     if "weights" in obj:
         out["weights"] = check_weights(obj["weights"], f"line {lineno}: weights")

@@ -179,30 +179,32 @@ def gpu_layers(settings: dict[str, Any]) -> int:
 
 
 def load_engine(paths: dict[str, Path], settings: dict[str, Any], n_seq: int = 1):
-    """Load every role's model with a progress line per model on stderr."""
-    from eft_local.engine.decoder import EftEngine
-    from eft_local.llama.adapter import check_gguf
+    """Load every role's model (eft_local.engine.loading) with a progress line per model on stderr."""
+    from eft_local.engine.loading import load_engine as load
 
-    for path in paths.values():  # every file, before minutes go into loading the first
-        check_gguf(Path(path).expanduser())
-    gpu = gpu_layers(settings)
+    options = load_options(settings, n_seq)
     started: dict[str, float] = {}
 
     def progress(role: str, fraction: float) -> None:
         if role not in started:
             started[role] = time.perf_counter()
-            print(f"loading {role:<9} {paths[role]} (gpu layers {gpu})", file=sys.stderr, flush=True)
+            print(f"loading {role:<9} {paths[role]} (gpu layers {options.n_gpu_layers})", file=sys.stderr, flush=True)
         if fraction >= 1.0 and role in started:
             print(f"  {role} ready in {time.perf_counter() - started.pop(role):.1f} s", file=sys.stderr, flush=True)
             started[role] = float("inf")
 
-    return EftEngine.load(
-        paths,
+    return load(paths, options, on_progress=progress)
+
+
+def load_options(settings: dict[str, Any], n_seq: int = 1):
+    """The load-scope settings of a command as the engine layer's LoadOptions."""
+    from eft_local.engine.loading import LoadOptions
+
+    return LoadOptions(
         n_ctx=settings["n_ctx"],
-        n_gpu_layers=gpu,
+        n_gpu_layers=gpu_layers(settings),
         n_threads=settings["threads"],
-        on_progress=progress,
-        rpc=settings["rpc"],
+        rpc=settings.get("rpc") or {},
         n_seq=n_seq,
     )
 

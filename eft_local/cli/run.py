@@ -16,7 +16,9 @@ from eft_local.cli.options import (
     sampling_args,
 )
 from eft_local.errors import UserError
-from eft_local.settings import GRID_KEYS
+from eft_local.settings import GRID_KEYS, SETTINGS
+
+TEMPLATE_SETTINGS = ("prompt_style", "system_prompt")  # what --raw leaves out
 
 
 def register(sub) -> None:
@@ -49,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from eft_local.batch.prompt_file import read_prompt_file
     from eft_local.batch.run import BatchOptions, run_batch
 
+    refuse_unused_with_raw(args)
     items = read_prompt_file(args.prompt_file)
     check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
     paths, settings, _ = prepare(args)
@@ -71,6 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report_lost():
         return EXIT_RPC_LOST
     return 1 if summary.errors == summary.prompts else 0  # every row failed (rows still written)
+
+
+def refuse_unused_with_raw(args: argparse.Namespace) -> None:
+    """--raw sends the prompt text as it is: a flag that shapes the templated prompt would be
+    silently ignored, so it is refused (a profile's default for it is simply not used)."""
+    if not args.raw:
+        return
+    for name in TEMPLATE_SETTINGS:
+        if getattr(args, name, None) is not None:
+            raise UserError(f"{SETTINGS[name].cli_flag} has no effect with --raw (raw prompts get no template); drop one of them")
 
 
 def _progress_printer(total: int):

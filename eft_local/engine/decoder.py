@@ -363,12 +363,12 @@ class _Run:
             )
         speculative = can_rollback and fixed != 0
         while True:
-            if self.cancel():
-                return "cancelled"
             left = self.cfg.max_tokens - self.stats.n_tokens
             room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.active)
-            if left <= 0 or room < 0:
+            if left <= 0 or room < 0:  # before the cancel check: a complete answer is not "stopped"
                 return "length"
+            if self.cancel():
+                return "cancelled"
             k = (fixed if fixed is not None else self._adaptive_k()) if speculative else 0
             k = max(0, min(k, left - 1, room))
             accepted, deltas = yield from self._round(k)

@@ -19,7 +19,7 @@ from typing import Any
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
 from eft_local.errors import UserError
 from eft_local.mix.mixture import check_known_deltas
-from eft_local.settings import ROW_KEYS, SETTINGS, check_weights
+from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check_weights
 
 Prompt = str | list[int]  # a completion prompt: text, or token ids of the shared vocabulary
 
@@ -112,7 +112,7 @@ def load_json(raw: bytes) -> dict[str, Any]:
 # -- field checks -------------------------------------------------------------------------------
 # Generation settings come from the one schema (``settings.SETTINGS``): the same names, types,
 # ranges and defaults as the command line and JSONL rows. HTTP adds only OpenAI's own fields.
-HTTP_SETTINGS = (*ROW_KEYS, "draft_tokens", "stop")  # ROW_KEYS: alpha, beta, temperature, top_p, top_k, …
+HTTP_SETTINGS = ROW_KEYS  # the per-prompt settings: alpha, beta, temperature, top_p, top_k, …, draft_tokens, stop
 ALIASES = {"max_completion_tokens": "max_tokens"}  # OpenAI's newer name wins over max_tokens
 
 
@@ -285,6 +285,10 @@ def parse(
     """``kind`` is "chat" (messages) or "completion" (raw prompt). ``settings`` are the server's
     (``cli.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on top,
     exactly as a JSONL row's overrides do in ``eft-local run`` (``batch.effective_settings``)."""
+    fixed = next((name for name in body if name in SETTINGS and name not in (*HTTP_SETTINGS, *REQUEST_KEYS)), None)
+    if fixed is not None:  # eft-local's own name: refused, not silently ignored like a foreign field
+        flag = SETTINGS[fixed].cli_flag
+        raise bad(fixed, f"'{fixed}' is fixed when the server starts ({flag}); it can't change per request", "unsupported_value")
     _refuse_unsupported(body)
     echo = kind != "chat" and body.get("echo") is not None and setting("echo", body["echo"])
     body = dict(body)

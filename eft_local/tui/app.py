@@ -1,113 +1,48 @@
-"""EftChatApp: load three models off the UI thread, then chat with live EFT controls."""
+"""EftChatApp: chat with live EFT controls while the models load and answer off the UI thread.
+
+The app holds the state (conversation, settings, engine session) and routes messages; the
+pieces do the work: ``LoadPanel`` loads the models (``eft_local.engine.loading``), the
+engine worker runs ``jobs.Job`` lists, ``AssistantMessage`` widgets receive their streams,
+``MainArea`` fits the layout to the terminal, screens handle compare / history / help /
+system prompt, ``export`` writes F4's file. Messages go up, attributes go down.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from textual import work
 from textual.app import App, ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.message import Message
+from textual.containers import Vertical
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
-from eft_local.engine.config import GenerationConfig
 from eft_local.engine.decoder import EftEngine
-from eft_local.engine.events import FinishedEvent, GenStats
-from eft_local.engine.session import Session, rng_for
-from eft_local.errors import UserError
+from eft_local.engine.loading import LoadOptions
+from eft_local.engine.session import Session
 from eft_local.mix.mixture import deltas_of
 from eft_local.mix.params import SamplingParams
 from eft_local.settings import SETTINGS
-from eft_local.tui import delta
+from eft_local.tui import delta, signals
 from eft_local.tui.conversation import Conversation, Turn, last_code_block
-from eft_local.tui.history import HistoryStore
+from eft_local.tui.export import export_chat
+from eft_local.tui.history import HistoryError, HistoryStore
+from eft_local.tui.jobs import Job, JobDone, run_job
 from eft_local.tui.keys import bindings
 from eft_local.tui.screens.compare import CompareScreen
 from eft_local.tui.screens.help import HelpScreen
 from eft_local.tui.screens.history import HistoryScreen
 from eft_local.tui.screens.system_prompt import SystemPromptScreen
 from eft_local.tui.settings import ChatSettings
-from eft_local.tui.stream import GenerationFinished, Pacer, StatsUpdated, run_stream
+from eft_local.tui.stream import GenerationFinished, Pacer, StatsUpdated
 from eft_local.tui.widgets.chat_view import AssistantMessage, ChatView
 from eft_local.tui.widgets.load_panel import ErrorPanel, LoadPanel
+from eft_local.tui.widgets.main_area import MainArea
 from eft_local.tui.widgets.prompt_input import PromptInput
 from eft_local.tui.widgets.settings_panel import SettingsPanel
 from eft_local.tui.widgets.status_bar import StatusBar
-
-NARROW = 72  # columns: below this the EFT controls are hidden (Ctrl+G shows them full width)
-LOAD_HINT = (
-    "Check the paths (--base/--chat/--reference) or the profile in models.toml, or download a profile's "
-    "files with [b]eft-local download NAME[/].  [dim]Ctrl+Q quits.[/]"
-)
-
-
-def export_folders() -> list[Path | str]:
-    """Where F4 may write: the working directory, else home, else the temp directory.
-    A str in the list says why the working directory is unusable."""
-    import tempfile
-
-    folders: list[Path | str] = []
-    try:
-        folders.append(Path.cwd())
-    except OSError as e:  # deleted while the app runs
-        folders.append(f"the working directory is gone ({e.strerror or e})")
-    folders += [Path.home(), Path(tempfile.gettempdir())]
-    return folders
-
-
-def write_new(folder: Path, name: str, text: str) -> Path:
-    """Write ``text`` to a new file in ``folder`` (never over an existing one)."""
-    stem, suffix = name.rsplit(".", 1)
-    for i in range(100):
-        path = folder / (name if i == 0 else f"{stem}-{i}.{suffix}")
-        try:
-            with open(path, "x", encoding="utf-8") as f:
-                f.write(text)
-        except FileExistsError:
-            continue
-        return path
-    raise OSError(f"too many exports named {stem}-*.{suffix}")
-
-
-@dataclass
-class Job:
-    """One generation for the worker: what to ask and which widget receives the stream."""
-
-    messages: list[dict[str, str]]
-    config: GenerationConfig
-    index: int  # generation number: with --seed S it draws from rng_for(S, index)
-    target: AssistantMessage
-
-
-class LoadProgress(Message):
-    def __init__(self, role: str, fraction: float) -> None:
-        super().__init__()
-        self.role, self.fraction = role, fraction
-
-
-class LoadDone(Message):
-    def __init__(self, engine: EftEngine | None, error: str | None) -> None:
-        super().__init__()
-        self.engine, self.error = engine, error
-
-
-class JobDone(Message):
-    pass
-
-
-def compare_variants(settings: ChatSettings) -> list[tuple[str, SamplingParams]]:
-    """Compare columns: base alone, chat alone, each further delta alone (on the base), EFT."""
-    s = settings.sampling
-    out = [("base alone  α=0 β=1", settings.corner(0.0, 1.0)), ("chat alone  α=1 β=0", settings.corner(1.0, 0.0))]
-    for name in settings.deltas:
-        w = s.weights.get(name, 1.0)
-        out.append((f"{name} alone  β={s.beta:g} {name}={w:g}", settings.corner(0.0, s.beta, only=name)))
-    out.append((f"EFT  {settings.mix()}", s))
-    return out
 
 
 class EftChatApp(App[int]):
@@ -138,7 +73,7 @@ class EftChatApp(App[int]):
         super().__init__()
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
         self.load_error = load_error if load_error or paths else "no models given"
-        self.load_args = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, rpc=rpc or {})
+        self.load_options = LoadOptions(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, rpc=rpc or {})
         deltas = tuple(d.name for d in deltas_of(self.paths or {}) if d.name != "chat")
         self.settings = ChatSettings.create(sampling, draft_tokens, max_tokens, deltas, stop, draft_with)
         self.prompt_style = prompt_style
@@ -154,8 +89,8 @@ class EftChatApp(App[int]):
         self.delta_view = False
         self._history_path = history_path
         self.history: HistoryStore | None = None
-        self._narrow = False
-        self._settings_wanted = True  # the user's choice for the EFT controls when there is room
+        self.ended_by_signal: int | None = None
+        self._uninstall_signals: Callable[[], None] = lambda: None
 
     def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:  # type: ignore[override]
         """Notices carry file names, errors and user text: shown as plain text unless asked."""
@@ -164,12 +99,12 @@ class EftChatApp(App[int]):
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal(id="main"):
+        with MainArea(id="main"):
             with Vertical(id="chat-column"):
                 if self.load_error:
-                    yield ErrorPanel(self.load_error, LOAD_HINT, id="load-error")
+                    yield ErrorPanel(self.load_error, id="load-error")
                 elif self.paths:
-                    yield LoadPanel(self.paths, self.load_args["n_gpu_layers"], self.load_args["rpc"], id="loading")
+                    yield LoadPanel(self.paths, self.load_options, id="loading")
                 yield ChatView(id="chat")
                 yield Static(delta.legend(), id="legend")
                 yield PromptInput(id="prompt")
@@ -178,35 +113,30 @@ class EftChatApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._uninstall_signals = signals.install(self._end_by_signal)
         self.query_one("#legend").display = False
-        self._fit(self.size.width)
-        self.query_one(PromptInput).focus()
+        self.main_area.fit(self.size.width)
+        self.prompt_input.focus()
         self._status(state="error" if self.load_error else "loading", settings=self.settings.describe())
         try:
             self.history = HistoryStore(self._history_path)
         except Exception as e:  # a broken history file must not stop the chat
             self.notify(f"chat history disabled: {e}", severity="warning")
-        if not self.load_error:
-            self._load()
 
     def on_resize(self, event) -> None:
-        self._fit(event.size.width)
+        self.main_area.fit(event.size.width)
 
-    def _fit(self, width: int) -> None:
-        """Narrow terminals: the chat gets the whole width; the EFT controls show on demand."""
-        narrow = width < NARROW
-        if narrow != self._narrow:
-            self._narrow = narrow
-            self.query_one("#main").set_class(narrow, "-narrow")
-            self._show_settings(not narrow and self._settings_wanted)
-
-    def _show_settings(self, on: bool) -> None:
-        self.query_one(SettingsPanel).display = on
-        self.query_one("#chat-column").display = not (on and self._narrow)
+    @property
+    def main_area(self) -> MainArea:
+        return self.query_one(MainArea)
 
     @property
     def chat_view(self) -> ChatView:
         return self.query_one("#chat", ChatView)
+
+    @property
+    def prompt_input(self) -> PromptInput:
+        return self.query_one(PromptInput)
 
     @property
     def generating(self) -> bool:
@@ -215,35 +145,20 @@ class EftChatApp(App[int]):
     def _status(self, **kwargs: Any) -> None:
         self.query_one(StatusBar).set(**kwargs)
 
-    # -- loading -----------------------------------------------------------------------------
-    @work(thread=True, group="load", exit_on_error=False)
-    def _load(self) -> None:
-        assert self.paths is not None
-        try:
-            engine = EftEngine.load(self.paths, **self.load_args, on_progress=lambda r, f: self.post_message(LoadProgress(r, f)))
-        except UserError as e:
-            self.post_message(LoadDone(None, str(e)))
-        except Exception as e:  # llama.cpp failures: one line, no traceback
-            self.post_message(LoadDone(None, f"{type(e).__name__}: {e}"))
-        else:
-            self.post_message(LoadDone(engine, None))
-
-    def on_load_progress(self, message: LoadProgress) -> None:
-        for panel in self.query(LoadPanel):
-            panel.progress(message.role, message.fraction)
-
-    async def on_load_done(self, message: LoadDone) -> None:
+    # -- loading (LoadPanel's worker) ---------------------------------------------------------
+    async def on_load_panel_loaded(self, message: LoadPanel.Loaded) -> None:
         await self.query("#loading").remove()
-        if message.error:
-            self.load_error = message.error
-            await self.query_one("#chat-column").mount(ErrorPanel(message.error, LOAD_HINT, id="load-error"), before=0)
-            self._status(state="error")
-            return
         self.engine = message.engine
         self.session = Session(message.engine, prompt_style=self.prompt_style)
         self._status(state="ready", context=self.engine.context_used())
 
-    # -- generation --------------------------------------------------------------------------
+    async def on_load_panel_failed(self, message: LoadPanel.Failed) -> None:
+        await self.query("#loading").remove()
+        self.load_error = message.error
+        await self.query_one("#chat-column").mount(ErrorPanel(message.error, id="load-error"), before=0)
+        self._status(state="error")
+
+    # -- generation (the engine worker) -------------------------------------------------------
     def _can_generate(self) -> bool:
         if self.engine is None:
             self.notify(self.load_error or "models are still loading…", severity="warning")
@@ -260,7 +175,7 @@ class EftChatApp(App[int]):
     async def on_prompt_input_submitted(self, message: PromptInput.Submitted) -> None:
         if not self._can_generate():
             return
-        self.query_one(PromptInput).clear()
+        self.prompt_input.clear()
         turn = Turn("user", message.text.strip())
         self.conv.turns.append(turn)
         await self.chat_view.add_user(turn)
@@ -283,34 +198,14 @@ class EftChatApp(App[int]):
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def _run_jobs(self, jobs: list[Job]) -> None:
+        """One job after another; Esc cancels the worker, which each job checks between steps."""
         worker = get_current_worker()
+        notify: Callable[[str], None] = lambda text: self.call_from_thread(self.notify, text)  # noqa: E731
         with self.session.lock:
             for job in jobs:
-                self._run_job(job, lambda: worker.is_cancelled)
-
-    def _run_job(self, job: Job, cancel) -> None:
-        """The job ends when its GenerationFinished reaches the app (after the widget showed it),
-        or with a JobDone when the widget is gone (closed compare screen, new chat)."""
-        delivered = False
-
-        def post(message: Message) -> None:
-            nonlocal delivered
-            ok = job.target.post_message(message)
-            if isinstance(message, GenerationFinished):
-                delivered = ok
-
-        try:
-            prompt, dropped = self.session.fit(job.messages, job.config.max_tokens)
-            if dropped:
-                self.call_from_thread(self.notify, f"context full: the oldest {dropped} message(s) are left out of this answer")
-            rng = rng_for(self.seed, job.index)
-            run_stream(self.session, prompt, job.config, rng, cancel, post, job.target, pacer=self.pacer)
-        except Exception as e:  # prompt/template errors or llama.cpp failures end this answer only
-            text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            post(GenerationFinished(job.target, FinishedEvent("error", "", [], GenStats(), text), {}))
-        finally:
-            if not delivered:
-                self.post_message(JobDone())
+                cancel = lambda: worker.is_cancelled  # noqa: E731
+                if not run_job(self.session, job, seed=self.seed, pacer=self.pacer, cancel=cancel, notify=notify):
+                    self.post_message(JobDone())
 
     def on_job_done(self, _: JobDone) -> None:
         self._job_ended()
@@ -349,11 +244,10 @@ class EftChatApp(App[int]):
         if self.generating:
             self.workers.cancel_group(self, "engine")
             self._status(state="stopping")
-        elif self._narrow and self.query_one(SettingsPanel).display:
-            self._show_settings(False)  # the controls covered the chat: back to it
-            self.query_one(PromptInput).focus()
-        elif self.focused is not self.query_one(PromptInput):
-            self.query_one(PromptInput).focus()
+        elif self.main_area.uncover_chat():  # the controls covered the chat: back to it
+            self.prompt_input.focus()
+        elif self.focused is not self.prompt_input:
+            self.prompt_input.focus()
 
     async def action_regenerate(self) -> None:
         if not self._can_generate():
@@ -376,8 +270,7 @@ class EftChatApp(App[int]):
     async def action_compare(self) -> None:
         if not self._can_generate():
             return
-        prompt_box = self.query_one(PromptInput)
-        typed = prompt_box.text.strip()
+        typed = self.prompt_input.text.strip()
         if typed:
             question, messages = typed, self.conv.messages(extra_user=typed)
         else:
@@ -387,25 +280,18 @@ class EftChatApp(App[int]):
                 return
             question = self.conv.turns[last_user].content
             messages = Conversation(self.conv.system_prompt, self.conv.turns[: last_user + 1]).messages()
-        variants = compare_variants(self.settings)
-        turns = [(title, Turn("assistant", "")) for title, _ in variants]
-        screen = CompareScreen(question, turns, self.delta_view)
+        screen = CompareScreen(question, self.settings, self.delta_view)
         await self.push_screen(screen)
-        index = self._index()
-        jobs = [
-            Job(messages, self.settings.config(sampling=sampling), index, w) for (_, sampling), w in zip(variants, screen.answers)
-        ]
-        self._start(jobs)
+        index = self._index()  # every column draws the same random numbers
+        self._start([Job(messages, self.settings.config(sampling=s), index, widget) for s, widget in screen.runs()])
 
     def action_settings(self) -> None:
         panel = self.query_one(SettingsPanel)
         if panel.display and panel.has_focus_within:
-            self._settings_wanted = False
-            self._show_settings(False)
-            self.query_one(PromptInput).focus()
+            self.main_area.want_controls(False)
+            self.prompt_input.focus()
         else:
-            self._settings_wanted = True
-            self._show_settings(True)
+            self.main_area.want_controls(True)
             self.query_one("#alpha").focus()
 
     def action_preset(self, name: str) -> None:
@@ -417,7 +303,7 @@ class EftChatApp(App[int]):
     def action_system_prompt(self) -> None:
         def done(text: str | None) -> None:
             if text is not None:
-                self.conv.system_prompt = text
+                self.conv.set_system_prompt(text)
                 self._save()
                 self.notify("system prompt set — applies from the next answer" if text else "system prompt cleared")
 
@@ -429,20 +315,24 @@ class EftChatApp(App[int]):
             return
         self.conv = Conversation(system_prompt=self.conv.system_prompt)
         await self.chat_view.show(self.conv)
-        self.query_one(PromptInput).focus()
+        self.prompt_input.focus()
 
     def action_history(self) -> None:
         if self.history is None:
             self.notify("chat history is disabled", severity="warning")
             return
+        self.push_screen(HistoryScreen(self.history), self._open_chat)
 
-        async def done(chat_id: int | None) -> None:
-            if chat_id is None or self.generating:
-                return
-            self.conv = self.history.load(chat_id)
-            await self.chat_view.show(self.conv)
-
-        self.push_screen(HistoryScreen(self.history), done)
+    async def _open_chat(self, chat_id: int | None) -> None:
+        if chat_id is None or self.generating or self.history is None:
+            return
+        try:
+            conv = self.history.load(chat_id)
+        except (HistoryError, KeyError) as e:  # corrupted or deleted meanwhile
+            self.notify(str(e) if isinstance(e, HistoryError) else "that chat is gone", severity="error", timeout=10)
+            return
+        self.conv = conv
+        await self.chat_view.show(self.conv)
 
     def action_copy_answer(self) -> None:
         turn = self.conv.last_assistant()
@@ -465,35 +355,21 @@ class EftChatApp(App[int]):
         if not self.conv.turns:
             self.notify("nothing to export yet")
             return
-        name = f"eft-chat-{datetime.now():%Y%m%d-%H%M%S}.md"
-        text = self.conv.to_markdown()
-        problem = None
-        for folder in export_folders():
-            if isinstance(folder, str):  # why the working directory can't be used
-                problem = folder
-                continue
-            try:
-                path = write_new(folder, name, text)
-            except OSError as e:
-                problem = problem or f"can't write to {folder}: {e.strerror or e}"
-                continue
-            if problem:
-                self.notify(f"{problem}; exported to {path} instead", severity="warning", timeout=10)
-            else:
-                self.notify(f"exported to {path}")
-            return
-        self.notify(
-            f"could not export: {problem}; free some space or fix the permissions, or copy the answer with Ctrl+Y",
-            severity="error",
-            timeout=10,
-        )
+        notice = export_chat(self.conv)
+        self.notify(notice.message, severity=notice.severity, timeout=notice.timeout)  # type: ignore[arg-type]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
     # -- shutdown ----------------------------------------------------------------------------
+    def _end_by_signal(self, signum: int) -> None:
+        """SIGTERM, SIGHUP, SIGINT, SIGQUIT: quit as Ctrl+Q does (Textual restores the terminal)."""
+        self.ended_by_signal = signum
+        self.exit()
+
     def on_unmount(self) -> None:
-        """Stop the worker at its next step, then free the models (never under a running decode)."""
+        """Stop the workers at their next step, then free the models (never under a running decode)."""
+        self._uninstall_signals()
         self.workers.cancel_group(self, "engine")
         if self.session is not None and self.session.close(timeout=30):
             self.engine = self.session = None

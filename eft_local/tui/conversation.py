@@ -20,10 +20,26 @@ class Turn:
 
 @dataclass
 class Conversation:
-    system_prompt: str = ""
+    system_prompt: str = ""  # the one in effect: every answer from now on gets it first
     turns: list[Turn] = field(default_factory=list)
     chat_id: int | None = None  # row in the history database once saved
     created: str = field(default_factory=lambda: datetime.now().isoformat(timespec="seconds"))
+    # (number of turns before it, text) for every change of the system prompt: export shows each where it was set
+    system_log: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.system_log and self.system_prompt.strip():
+            self.system_log = [(0, self.system_prompt)]
+
+    def set_system_prompt(self, text: str) -> None:
+        """Change the system prompt before the next turn (two changes in a row: the last counts)."""
+        at = len(self.turns)
+        if self.system_log and self.system_log[-1][0] == at:
+            self.system_log.pop()
+        before = self.system_log[-1][1] if self.system_log else ""
+        if text != before:
+            self.system_log.append((at, text))
+        self.system_prompt = text
 
     @property
     def title(self) -> str:
@@ -44,14 +60,27 @@ class Conversation:
 
     def to_markdown(self) -> str:
         lines = [f"# {self.title}", "", f"_Exported from eft-local, chat started {self.created}._", ""]
-        if self.system_prompt.strip():
-            lines += ["## System", "", self.system_prompt.strip(), ""]
-        for t in self.turns:
-            head = "## User" if t.role == "user" else "## Assistant"
-            if t.info:
-                head += f" ({t.info})"
-            lines += [head, "", t.content.rstrip() + (" *[stopped]*" if t.stopped else ""), ""]
+        for i in range(len(self.turns) + 1):
+            lines += self._system_markdown(i)
+            if i < len(self.turns):
+                t = self.turns[i]
+                head = "## User" if t.role == "user" else "## Assistant"
+                if t.info:
+                    head += f" ({t.info})"
+                lines += [head, "", t.content.rstrip() + (" *[stopped]*" if t.stopped else ""), ""]
         return "\n".join(lines)
+
+    def _system_markdown(self, at: int) -> list[str]:
+        """The system prompt changes made before turn ``at`` (0-based), where they were made."""
+        lines: list[str] = []
+        for where, text in self.system_log:
+            if where != at:
+                continue
+            if text.strip():
+                lines += ["## System", "", text.strip(), ""]
+            else:
+                lines += ["## System", "", "_(system prompt cleared)_", ""]
+        return lines
 
 
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1\s*$", re.S | re.M)

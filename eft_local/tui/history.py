@@ -12,14 +12,15 @@ from pathlib import Path
 
 from eft_local.tui.conversation import Conversation, Turn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chats.system_log (where each system prompt was set)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chats (
     id INTEGER PRIMARY KEY,
     title TEXT NOT NULL,
     created TEXT NOT NULL,
     updated TEXT NOT NULL DEFAULT (datetime('now')),
-    system_prompt TEXT NOT NULL DEFAULT ''
+    system_prompt TEXT NOT NULL DEFAULT '',
+    system_log TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS turns (
     chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
@@ -43,6 +44,10 @@ def default_path() -> Path:
     return data_dir() / "history.sqlite"
 
 
+class HistoryError(Exception):
+    """The history file can't be read or written (corrupt, replaced, permissions, disk full)."""
+
+
 @dataclass
 class ChatSummary:
     chat_id: int
@@ -52,7 +57,10 @@ class ChatSummary:
 
 
 class HistoryStore:
-    """Small synchronous store; every call opens its own connection (safe from any thread)."""
+    """Small synchronous store; every call opens its own connection (safe from any thread).
+
+    Every failure of the file (corrupted while the app runs, deleted folder, disk full) is a
+    ``HistoryError`` with one line that names the file: the app shows it and goes on."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
@@ -62,18 +70,24 @@ class HistoryStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer eft-local (schema {version})")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(chats)")}
+            if "system_log" not in columns:  # schema 1: the log starts empty (the prompt counts from the top)
+                db.execute("ALTER TABLE chats ADD COLUMN system_log TEXT NOT NULL DEFAULT '[]'")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """One transaction on a fresh connection, committed and closed afterwards."""
-        db = sqlite3.connect(self.path)
         try:
-            db.execute("PRAGMA foreign_keys = ON")
-            with db:
-                yield db
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path)
+            try:
+                db.execute("PRAGMA foreign_keys = ON")
+                with db:
+                    yield db
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError) as e:
+            raise HistoryError(f"chat history {self.path} is unusable ({e}); move the file away to start a new history") from e
 
     def save(self, conv: Conversation) -> int:
         """Insert or replace ``conv`` (all turns); sets and returns ``conv.chat_id``."""
@@ -82,8 +96,8 @@ class HistoryStore:
                 cur = db.execute("INSERT INTO chats (title, created) VALUES (?, ?)", (conv.title, conv.created))
                 conv.chat_id = cur.lastrowid
             db.execute(
-                "UPDATE chats SET title = ?, system_prompt = ?, updated = datetime('now') WHERE id = ?",
-                (conv.title, conv.system_prompt, conv.chat_id),
+                "UPDATE chats SET title = ?, system_prompt = ?, system_log = ?, updated = datetime('now') WHERE id = ?",
+                (conv.title, conv.system_prompt, json.dumps(conv.system_log), conv.chat_id),
             )
             db.execute("DELETE FROM turns WHERE chat_id = ?", (conv.chat_id,))
             db.executemany(
@@ -106,18 +120,22 @@ class HistoryStore:
 
     def load(self, chat_id: int) -> Conversation:
         with self._connect() as db:
-            row = db.execute("SELECT created, system_prompt FROM chats WHERE id = ?", (chat_id,)).fetchone()
+            row = db.execute("SELECT created, system_prompt, system_log FROM chats WHERE id = ?", (chat_id,)).fetchone()
             if row is None:
                 raise KeyError(chat_id)
             turns = db.execute(
                 "SELECT role, content, spans, stopped, info FROM turns WHERE chat_id = ? ORDER BY idx", (chat_id,)
             ).fetchall()
-        return Conversation(
-            system_prompt=row[1],
-            created=row[0],
-            chat_id=chat_id,
-            turns=[Turn(r, c, [tuple(s) for s in json.loads(sp)], bool(st), info) for r, c, sp, st, info in turns],
-        )
+        try:
+            return Conversation(
+                system_prompt=row[1],
+                system_log=[(int(at), str(text)) for at, text in json.loads(row[2])],
+                created=row[0],
+                chat_id=chat_id,
+                turns=[Turn(r, c, [tuple(s) for s in json.loads(sp)], bool(st), info) for r, c, sp, st, info in turns],
+            )
+        except (ValueError, TypeError) as e:  # a row written by something else
+            raise HistoryError(f"chat {chat_id} in {self.path} is damaged ({e})") from e
 
     def delete(self, chat_id: int) -> None:
         with self._connect() as db:

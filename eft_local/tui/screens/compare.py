@@ -8,9 +8,22 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Label
 
+from eft_local.mix.params import SamplingParams
 from eft_local.tui.conversation import Turn
+from eft_local.tui.settings import ChatSettings
 from eft_local.tui.stream import GenerationFinished, StatsUpdated
 from eft_local.tui.widgets.chat_view import AssistantMessage
+
+
+def compare_variants(settings: ChatSettings) -> list[tuple[str, SamplingParams]]:
+    """Compare columns: base alone, chat alone, each further delta alone (on the base), EFT."""
+    s = settings.sampling
+    out = [("base alone  α=0 β=1", settings.corner(0.0, 1.0)), ("chat alone  α=1 β=0", settings.corner(1.0, 0.0))]
+    for name in settings.deltas:
+        w = s.weights.get(name, 1.0)
+        out.append((f"{name} alone  β={s.beta:g} {name}={w:g}", settings.corner(0.0, s.beta, only=name)))
+    out.append((f"EFT  {settings.mix()}", s))
+    return out
 
 
 class CompareColumn(VerticalScroll):
@@ -36,10 +49,11 @@ class CompareColumn(VerticalScroll):
 class CompareScreen(Screen[None]):
     BINDINGS = [("escape", "stop_or_close", "Stop / close"), ("q", "close", "Close")]
 
-    def __init__(self, prompt: str, columns: list[tuple[str, Turn]], delta_view: bool) -> None:
+    def __init__(self, prompt: str, settings: ChatSettings, delta_view: bool) -> None:
         super().__init__()
         self.prompt = prompt
-        self.columns = [CompareColumn(title, turn, delta_view) for title, turn in columns]
+        self.variants = compare_variants(settings)
+        self.columns = [CompareColumn(title, Turn("assistant", ""), delta_view) for title, _ in self.variants]
 
     def compose(self) -> ComposeResult:
         text = " ".join(self.prompt.split())
@@ -51,6 +65,10 @@ class CompareScreen(Screen[None]):
     @property
     def answers(self) -> list[AssistantMessage]:
         return [c.answer for c in self.columns]
+
+    def runs(self) -> list[tuple[SamplingParams, AssistantMessage]]:
+        """Each column's sampling and the widget its answer streams into."""
+        return [(sampling, column.answer) for (_, sampling), column in zip(self.variants, self.columns)]
 
     def action_stop_or_close(self) -> None:
         if getattr(self.app, "generating", False):

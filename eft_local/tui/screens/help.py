@@ -12,6 +12,7 @@ from eft_local.tui.keys import EDITING, KEYS
 ABOUT = """
 ## EFT in one line
 `z = reference + α·(chat − reference) + β·(base − reference)`
+
 **α** scales the *behaviour* learnt by fine-tuning (the small chat model), **β** the *knowledge*
 of the large base model. α=1, β=1 is EFT up-scaling; α=1, β=0 the small chat model alone;
 α=0, β=1 the base model alone. Changes apply to the next answer — no reload.

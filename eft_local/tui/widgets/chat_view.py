@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
@@ -14,6 +16,25 @@ from eft_local.tui.conversation import Conversation, Turn
 from eft_local.tui.stream import GenerationFinished, TokensArrived
 
 
+def _keep_line_breaks(state: StateCore) -> None:
+    for token in state.tokens:
+        for child in token.children or ():
+            if child.type == "softbreak":
+                child.type = "hardbreak"
+
+
+def chat_markdown_parser() -> MarkdownIt:
+    """Markdown as a chat shows it: a single line break stays a line break (a poem, an
+    address, a list of steps without bullets), as in the delta view and the export."""
+    parser = MarkdownIt("gfm-like")
+    parser.core.ruler.push("keep_line_breaks", _keep_line_breaks)
+    return parser
+
+
+def chat_markdown(text: str) -> Markdown:
+    return Markdown(text, classes="body", parser_factory=chat_markdown_parser)
+
+
 class UserMessage(Vertical):
     def __init__(self, turn: Turn) -> None:
         super().__init__(classes="message user")
@@ -21,7 +42,7 @@ class UserMessage(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("you", classes="who")
-        yield Markdown(self.turn.content, classes="body")
+        yield chat_markdown(self.turn.content)
 
 
 class AssistantMessage(Vertical):
@@ -38,7 +59,7 @@ class AssistantMessage(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label(Content(self._title()), classes="who")  # Content: info/errors are never markup
-        yield Markdown(self.turn.content, classes="body")
+        yield chat_markdown(self.turn.content)
         yield Static(delta.render(self.turn.spans), classes="delta")
         yield Label(Content(self._footer()), classes="note")
 
