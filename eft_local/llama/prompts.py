@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from pathlib import PurePath
 from typing import Protocol
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from eft_local.errors import UserError
+from eft_local.llama import template_sandbox
+from eft_local.llama.template_sandbox import TemplateFailed
 from eft_local.settings import PROMPT_STYLES
 
-__all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript"]
-# A chat template adds a few tokens of markup per message; one that renders far more than the
-# messages it was given (a loop, a runaway macro) is refused before it eats memory or time.
-TEMPLATE_OVERHEAD_CHARS = 1_000_000
+__all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript", "template_name"]
 Message = Mapping[str, str]
 
 
@@ -36,56 +32,28 @@ class PromptModel(Protocol):
     def token_text(self, token: int) -> bytes: ...
 
 
-class _TemplateEnv(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox, plus: ``'x' * n`` and ``a ** b`` can't build a gigantic value in one step."""
-
-    intercepted_binops = frozenset(("*", "**"))
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple)):
-            left, right = right, left
-        if operator == "*" and isinstance(left, (str, list, tuple)) and isinstance(right, int):
-            if len(left) * right > TEMPLATE_OVERHEAD_CHARS:
-                raise TemplateError(f"a repetition of {len(left) * right:,} items is too large")
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
-            raise TemplateError("an exponent above 1000 is too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _raise(message: str) -> None:
-    raise TemplateError(message)
+def template_name(model: PromptModel) -> str:
+    """How errors name a model's template: its file name (never a directory of this machine)."""
+    return PurePath(str(model.path)).name or "the model"
 
 
 def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """Render ``messages`` with the model's own Jinja chat template."""
+    """Render ``messages`` with the model's own Jinja chat template, bounded in time, size and
+    memory (``template_sandbox``): a template that misbehaves is a ``UserError`` naming it."""
     template = model.chat_template
+    name = template_name(model)
     if not template:
-        raise UserError(f"{model.path} has no chat template; use --raw to send prompts as plain text")
-    env = _TemplateEnv(trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    n_in = sum(len(str(m.get("content", ""))) + len(str(m.get("role", ""))) for m in messages)
-    cap = 2 * n_in + TEMPLATE_OVERHEAD_CHARS  # twice the messages' text plus a fixed allowance
-    parts: list[str] = []
-    size = 0
+        raise UserError(f"{name} has no chat template; use --raw to send prompts as plain text")
     try:
-        for part in env.from_string(template).generate(
-            messages=list(messages),
+        return template_sandbox.render(
+            template,
+            messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=_text(model, model.bos),
             eos_token=_text(model, model.eos),
-        ):
-            size += len(part)
-            if size > cap:
-                raise UserError(
-                    f"chat template of {model.path} rendered more than {cap:,} characters for "
-                    f"{n_in:,} characters of messages; refusing (a broken template?)"
-                )
-            parts.append(part)
-    except TemplateError as e:
-        raise UserError(f"chat template of {model.path} failed: {e}") from None
-    except RecursionError:
-        raise UserError(f"chat template of {model.path} failed: recursion too deep") from None
-    return "".join(parts)
+        )
+    except TemplateFailed as e:
+        raise UserError(f"chat template of {name} failed: {e}") from None
 
 
 def _text(model: PromptModel, token: int) -> str:
@@ -168,7 +136,7 @@ def _tokenize_with_contents(model: PromptModel, text: str, messages: Sequence[Me
     pieces = _SENTINEL.split(text)  # template, index, template, index, ..., template
     if sorted(int(i) for i in pieces[1::2]) != list(range(len(messages))):
         raise UserError(
-            f"the chat template of {model.path} rewrites message contents, so they can't be kept as "
+            f"the chat template of {template_name(model)} rewrites message contents, so they can't be kept as "
             "plain text; serve without plain-text content"
         )
     ids = tokenize_templated(model, pieces[0]) if pieces[0] else ([model.bos] if model.add_bos else [])
