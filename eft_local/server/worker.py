@@ -19,11 +19,16 @@ from eft_local.engine.events import FinishedEvent, TokenEvent
 from eft_local.engine.scheduler import Scheduler, Ticket
 from eft_local.engine.session import PromptTooLong, Session, rng_for
 from eft_local.errors import UserError
+from eft_local.server import redact
 from eft_local.server.request import ApiError, GenRequest
 
 
 class QueueFull(Exception):
     pass
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry later", type="server_error", code="server_shutting_down")
 
 
 @dataclass
@@ -123,6 +128,7 @@ class EngineWorker:
 
     def __init__(self, session: Session, max_queue: int = 16, parallel: int = 1) -> None:
         self.session = session
+        redact.protect(m.path for m in session.engine.models.values())  # error text never shows where they live
         self.max_queue = max_queue
         self.scheduler = Scheduler(session.engine, parallel) if parallel > 1 else None
         self._live: dict[Ticket, Job] = {}
@@ -138,16 +144,24 @@ class EngineWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything, wait for the engine thread (so the models can be freed safely)."""
+        """End every request (each waiting or running one answers 503 "shutting down": a stream
+        gets a final error event), then wait for the engine thread so the models can be freed."""
         with self._cond:
             self._stopping = True
-            for job in self._jobs:
-                job.cancel()
+            queued = list(self._jobs)
+            self._jobs.clear()
             if self.running is not None:
                 self.running.cancel()
             self._cond.notify_all()
+        for job in queued:
+            job.cancel()
+            job.channel.put(Failed(shutting_down()), last=True)
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def waiting(self) -> int:
@@ -229,7 +243,7 @@ class EngineWorker:
                 self._forward()
         for ticket, job in list(self._live.items()):  # shutting down: every open request ends now
             ticket.cancel()
-            job.channel.put(Failed(ApiError(503, "the server is shutting down", type="server_error")), last=True)
+            job.channel.put(Failed(shutting_down()), last=True)
             self._retire(ticket)
 
     def _admit(self, job: Job) -> None:
@@ -250,7 +264,7 @@ class EngineWorker:
             while not ticket.events.empty():
                 ev = ticket.events.get_nowait()
                 if isinstance(ev, FinishedEvent):
-                    job.channel.put(ev, last=True)
+                    job.channel.put(Failed(shutting_down()) if ev.reason == "cancelled" and self._stopping else ev, last=True)
                     self._retire(ticket)
                 elif job.tokens and isinstance(ev, TokenEvent):
                     job.channel.put(ev)
@@ -280,7 +294,7 @@ class EngineWorker:
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
                     if isinstance(ev, FinishedEvent):
-                        put_last(ev)
+                        put_last(Failed(shutting_down()) if ev.reason == "cancelled" and self._stopping else ev)
                     elif job.tokens and isinstance(ev, TokenEvent):
                         put(ev)
             except Exception as e:  # noqa: BLE001 - llama.cpp refused a batch: this request fails, the server goes on
