@@ -107,32 +107,45 @@ def test_run_turns_a_looping_template_into_an_error_row(spinning_family, tmp_pat
     assert rows[1]["finish_reason"] in ("stop", "length")
 
 
-def test_serve_answers_400_and_stays_responsive_while_a_template_spins(spinning_family, short_bound):
+def test_serve_answers_400_and_a_spinning_template_never_holds_up_the_engine(spinning_family, short_bound):
     from eft_local.engine.decoder import EftEngine
     from eft_local.engine.session import Session
     from eft_local.server.app import ServerOptions, create_app
 
     from .test_server import ServerThread, server_settings
 
-    engine = EftEngine.load(spinning_family.paths(), n_ctx=256, n_threads=1)
+    engine = EftEngine.load(spinning_family.paths(), n_ctx=1024, n_threads=1)
     session = Session(engine)
     srv = ServerThread(create_app(session, ServerOptions(model_name="m", settings=server_settings(max_tokens=3))))
     try:
-        spin = {"messages": [{"role": "user", "content": "SPIN"}]}
-        with httpx.Client(timeout=30) as http:
-            box: dict = {}
-            t = threading.Thread(target=lambda: box.update(r=http.post(srv.url + "/v1/chat/completions", json=spin)))
-            t.start()
-            time.sleep(0.3)
-            health = httpx.get(srv.url + "/health", timeout=2)
-            assert health.status_code == 200 and health.json()["running"]
-            t.join(10)
-            r = box["r"]
-            assert r.status_code == 400, r.text
-            err = r.json()["error"]
-            assert "chat template of chat.gguf failed: took longer" in err["message"] and "/" not in err["message"]
-            ok = httpx.post(srv.url + "/v1/chat/completions", json={"messages": HELLO}, timeout=30)
-            assert ok.status_code == 200
+        arrivals: list[float] = []
+        first = threading.Event()
+
+        def stream() -> None:  # a long answer, generating while the template spins
+            body = {"prompt": "a long story", "max_tokens": 900, "stream": True, "temperature": 0}
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        arrivals.append(time.monotonic())
+                        first.set()
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        assert first.wait(30)
+        t0 = time.monotonic()
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "SPIN"}]}, timeout=30)
+        t1 = time.monotonic()
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert "chat template of chat.gguf failed: took longer" in err["message"] and "/" not in err["message"]
+        assert httpx.get(srv.url + "/health", timeout=2).status_code == 200
+        streamer.join(60)
+        during = [t for t in arrivals if t0 <= t <= t1]
+        gaps = [b - a for a, b in zip(during, during[1:])]
+        assert len(during) > 5 and max(gaps) < 0.5, (len(during), max(gaps or [0]))  # the stream kept flowing
+        assert t1 < arrivals[-1]  # refused while the engine was still busy with the stream: it rendered elsewhere
+        ok = httpx.post(srv.url + "/v1/chat/completions", json={"messages": HELLO}, timeout=30)
+        assert ok.status_code == 200
     finally:
         srv.stop()
         session.close()

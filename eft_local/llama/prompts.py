@@ -7,7 +7,10 @@ the same templated text (style ``template``, default) or a plain transcript (sty
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Protocol
@@ -17,7 +20,7 @@ from eft_local.llama import template_sandbox
 from eft_local.llama.template_sandbox import TemplateFailed
 from eft_local.settings import PROMPT_STYLES
 
-__all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript", "template_name"]
+__all__ = ["PROMPT_STYLES", "role_prompts", "prerender", "render_chat", "transcript", "template_name"]
 Message = Mapping[str, str]
 
 
@@ -106,10 +109,8 @@ def role_prompts(
         raise ValueError("role_prompts needs messages or raw text")
     if style not in PROMPT_STYLES:
         raise UserError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
-    chats = [r for r in chat_roles if r in models]
-    plain_content = plain_content and any(_has_control_text(models[chats[0]], m["content"]) for m in messages)
-    shown = _stand_ins(messages) if plain_content else messages
-    rendered = {r: render_chat(models[r], shown) for r in chats}
+    chats, plain_content, shown = _templated(models, messages, chat_roles, plain_content)
+    rendered = {r: _take_prerendered(models[r], shown) for r in chats}
     plain_text = rendered[chats[0]] if style == "template" else transcript(messages)
     out = {}
     for role, model in models.items():
@@ -119,6 +120,56 @@ def role_prompts(
         else:
             out[role] = model.tokenize(plain_text, add_bos=model.add_bos, special=False)
     return out
+
+
+def _templated(
+    models: Mapping[str, PromptModel], messages: Sequence[Message], chat_roles: Sequence[str], plain_content: bool
+) -> tuple[list[str], bool, Sequence[Message]]:
+    """(the roles that render their own template, whether contents stay plain text, what the templates see)."""
+    chats = [r for r in chat_roles if r in models]
+    plain_content = plain_content and any(_has_control_text(models[chats[0]], m["content"]) for m in messages)
+    return chats, plain_content, _stand_ins(messages) if plain_content else messages
+
+
+# -- rendering ahead of time ----------------------------------------------------------------------
+# A server renders each request's templates on a thread of its own (``prerender``) before the
+# request reaches the engine, so a slow template never holds the engine up; ``role_prompts``
+# then takes the text from here instead of rendering again. A few entries at most: one not
+# taken (its request was cancelled) is pushed out by newer ones.
+PRERENDER_KEEP = 32
+_prerendered: OrderedDict[tuple, str] = OrderedDict()
+_prerendered_lock = threading.Lock()
+
+
+def prerender(
+    models: Mapping[str, PromptModel],
+    *,
+    messages: Sequence[Message],
+    chat_roles: Sequence[str] = ("chat",),
+    plain_content: bool = False,
+) -> None:
+    """Render the chat templates ``role_prompts`` will need for ``messages`` (same arguments),
+    now, on the calling thread; a template that fails is the same ``UserError`` here."""
+    chats, _plain, shown = _templated(models, messages, chat_roles, plain_content)
+    for r in chats:
+        text = render_chat(models[r], shown)
+        with _prerendered_lock:
+            _prerendered[_render_key(models[r], shown)] = text
+            while len(_prerendered) > PRERENDER_KEEP:
+                _prerendered.popitem(last=False)
+
+
+def _render_key(model: PromptModel, shown: Sequence[Message]) -> tuple:
+    return (model.chat_template, model.bos, model.eos, json.dumps([dict(m) for m in shown], sort_keys=True))
+
+
+def _take_prerendered(model: PromptModel, shown: Sequence[Message]) -> str:
+    if _prerendered:
+        with _prerendered_lock:
+            text = _prerendered.pop(_render_key(model, shown), None)
+        if text is not None:
+            return text
+    return render_chat(model, shown)
 
 
 def _has_control_text(model: PromptModel, text: str) -> bool:
