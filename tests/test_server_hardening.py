@@ -383,12 +383,12 @@ def test_a_client_that_half_closes_after_its_request_gets_the_answer(serve):
 
 
 # -- 4: stopping with requests in flight -------------------------------------------------------------------------------
-def start_serve(family, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+def start_serve(family, *extra: str, env: dict | None = None, preexec_fn=None) -> tuple[subprocess.Popen, int]:
     p = family.paths()
     proc = subprocess.Popen(
         [sys.executable, "-m", "eft_local", "serve", "--base", str(p["base"]), "--chat", str(p["chat"]),
          "--reference", str(p["reference"]), "--port", "0", "--threads", "1", "--n-ctx", "1024", "--gpu-layers", "0", *extra],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
     )  # fmt: skip
     for line in proc.stderr:
         if "serving" in line:
@@ -441,3 +441,28 @@ def test_a_signal_with_requests_in_flight_ends_every_answer_cleanly(family, sig)
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_flood_beyond_the_file_limit_leaves_the_command_serving(family):
+    """1,100 never-finished requests against `serve` under a 1024-descriptor limit."""
+    import resource
+
+    proc, port = start_serve(family, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
+    socks = []
+    try:
+        for _ in range(1100):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never: ")
+            socks.append(s)
+        t0 = time.monotonic()
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 200 and time.monotonic() - t0 < 10
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        code = proc.wait(30)
+        proc.kill()
+    assert code == 0 and "Too many open files" not in rest and "Traceback" not in rest, rest

@@ -149,3 +149,28 @@ def test_serve_answers_400_and_a_spinning_template_never_holds_up_the_engine(spi
     finally:
         srv.stop()
         session.close()
+
+
+async def test_the_chat_app_shows_a_notice_and_goes_on(spinning_family, short_bound, monkeypatch, tmp_path):
+    from eft_local.tui.app import EftChatApp
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    notices: list[str] = []
+    app = EftChatApp(paths=spinning_family.paths(), n_ctx=512, max_tokens=4, seed=1, n_threads=1)
+    real_notify = app.notify
+    monkeypatch.setattr(app, "notify", lambda message, **kw: (notices.append(str(message)), real_notify(message, **kw)))
+    async with app.run_test(size=(110, 36)) as pilot:
+        end = time.monotonic() + 30
+        while app.engine is None and not app.load_error:
+            assert time.monotonic() < end
+            await pilot.pause(0.05)
+        for text in ("SPIN", "hello"):
+            await pilot.press(*text, "enter")
+            end = time.monotonic() + 15
+            await pilot.pause(0.1)
+            while app.generating:
+                assert time.monotonic() < end, "the app stayed busy"
+                await pilot.pause(0.05)
+        assert any("chat template of chat.gguf failed: took longer" in n for n in notices), notices
+        assert app.conv.turns[-1].role == "assistant" and app.conv.turns[-1].content  # the next answer came
