@@ -174,3 +174,33 @@ async def test_the_chat_app_shows_a_notice_and_goes_on(spinning_family, short_bo
                 await pilot.pause(0.05)
         assert any("chat template of chat.gguf failed: took longer" in n for n in notices), notices
         assert app.conv.turns[-1].role == "assistant" and app.conv.turns[-1].content  # the next answer came
+
+
+def test_no_renderer_outlives_a_killed_parent_mid_render():
+    import subprocess
+    import sys
+
+    code = (
+        "from eft_local.llama import template_sandbox as ts\n"
+        "ts.RENDER_SECONDS = 1.0\n"
+        "ts.warm(); print(ts._renderer._proc.pid, flush=True)\n"
+        f"ts.render({SPIN!r}, [], add_generation_prompt=True, bos_token='', eos_token='')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(parent.stdout.readline())
+    time.sleep(0.3)  # mid-render
+    parent.kill()
+    parent.wait()
+
+    def running() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+
+    end = time.monotonic() + 8
+    while running():
+        assert time.monotonic() < end, "the template renderer kept spinning after its parent died"
+        time.sleep(0.1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import selectors
 import signal
@@ -104,8 +105,11 @@ class _Renderer:
                     pass
 
     def close(self) -> None:
-        with self._lock:
-            self._kill()
+        """At exit: end the child without waiting for a render in progress (that thread then
+        sees the child gone and fails its render)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
 
 _CHILD_MAIN = "from eft_local.llama.template_sandbox import child_main; child_main()"
@@ -125,9 +129,11 @@ def render(
     """``template`` rendered with these variables, or ``TemplateFailed`` (never a hang, never
     an exhausted memory)."""
     _n_in, cap = output_cap(messages)
+    timeout = RENDER_SECONDS if timeout is None else timeout
     request = {
         "template": template,
         "cap": cap,
+        "seconds": timeout,
         "vars": {
             "messages": [dict(m) for m in messages],
             "add_generation_prompt": add_generation_prompt,
@@ -135,7 +141,7 @@ def render(
             "eos_token": eos_token,
         },
     }
-    return _renderer.render(request, RENDER_SECONDS if timeout is None else timeout)
+    return _renderer.render(request, timeout)
 
 
 def warm() -> None:
@@ -207,6 +213,8 @@ def child_main() -> None:
         if len(head) < _FRAME.size:
             return
         request = json.loads(stdin.read(_FRAME.unpack(head)[0]))
+        # A watchdog of its own: should the parent die mid-render, no orphan spins on (SIGALRM ends the process).
+        signal.alarm(math.ceil(request["seconds"]) + 2)
         try:
             reply({"text": _render(env, compiled, request)})
         except MemoryError:
@@ -216,6 +224,8 @@ def child_main() -> None:
             reply({"error": "recursion too deep"})
         except Exception as e:  # noqa: BLE001 - any template failure is an answer, not a crash
             reply({"error": f"{type(e).__name__}: {str(e)[:300]}" if not _is_template_error(e) else str(e)[:300]})
+        finally:
+            signal.alarm(0)
 
 
 def _is_template_error(e: Exception) -> bool:
