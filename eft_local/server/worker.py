@@ -174,14 +174,16 @@ class EngineWorker:
 
     @property
     def waiting(self) -> int:
-        return len(self._jobs) + len(self._preparing) + (self._rendering is not None)
+        """Requests not generating yet (in batched mode the scheduler queues those beyond its slots)."""
+        queued_in_scheduler = max(0, len(self._live) - self.scheduler.n_seq) if self.scheduler else 0
+        return len(self._jobs) + len(self._preparing) + (self._rendering is not None) + queued_in_scheduler
 
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            generating = len(self._live) or (self.running is not None)
-            waiting = self.waiting
+            generating = len(self._live) or (self.running is not None)  # (live: in the scheduler, generating or not)
+            waiting = len(self._jobs) + len(self._preparing) + (self._rendering is not None)
             if waiting + generating > self.max_queue + (self.scheduler.n_seq - 1 if self.scheduler else 0):
                 raise QueueFull(f"{generating} request(s) generating and {waiting} waiting")
             (self._jobs if job.request.messages is None else self._preparing).append(job)
