@@ -28,9 +28,6 @@ def protect(paths: Iterable[str | os.PathLike[str]]) -> None:
             for form in {str(p), str(Path(p).resolve())}:
                 if form.startswith(("/", "\\")) or (len(form) > 2 and form[1] == ":"):
                     _known[form] = Path(form).name
-        home = str(Path.home())
-        if len(home) > 1:
-            _known.setdefault(home, "~")
 
 
 def scrub(text: str) -> str:
