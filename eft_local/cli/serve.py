@@ -194,8 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServerOptions(model_name=name, settings=settings, api_key=key, max_queue=args.max_queue, parallel=parallel)
     app = create_app(session, options)
     template_sandbox.warm()  # the template renderer's process starts now, not on the first request
-    limits = ConnectionLimits()
-    limits = ConnectionLimits(max_connections=connection_cap(limits.max_connections))
+    limits = ConnectionLimits(max_connections=connection_cap(ConnectionLimits.max_connections))
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -212,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = _Server(uv_config, ready, app.state.worker)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl+C it caught
+    except KeyboardInterrupt:  # a Ctrl+C that came before uvicorn's own handlers were in place
         pass
     finally:
         sock.close()
