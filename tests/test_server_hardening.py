@@ -350,7 +350,7 @@ def test_every_field_of_every_json_type_is_a_400_or_accepted_never_a_crash():
         try:
             parse(kind, body, settings, n_ctx=512)
         except ApiError as e:
-            assert e.status in (400, 413) and e.param is None or isinstance(e.param, str)
+            assert e.status in (400, 413) and (e.param is None or isinstance(e.param, str)), e.message
 
 
 # -- 6: no paths of this machine in anything a client gets ------------------------------------------------------
