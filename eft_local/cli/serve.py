@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
+import os
+import signal
 import socket
+import string
 import sys
 from pathlib import Path
 
@@ -21,6 +25,9 @@ from eft_local.errors import UserError
 from eft_local.settings import parse_variant
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+API_KEY_ENV = "EFT_LOCAL_API_KEY"
+MAX_KEY_FILE_BYTES = 4096
+SHUTDOWN_GRACE_SECONDS = 10  # after the engine stopped, answers still being written may take this long
 
 
 def register(sub) -> None:
@@ -28,7 +35,27 @@ def register(sub) -> None:
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 = every interface)")
     g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
-    g.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 requests")
+    keys = g.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' on /v1 requests (or set {API_KEY_ENV})"
+    )
+    keys.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file (keeps it out of `ps`)")
+    g.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests whose Host header is NAME (repeatable; '*' = any). Default: localhost, "
+        "loopback addresses and the address the server is bound to",
+    )
+    g.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:3000; '*' = any) call the API: CORS for them "
+        "(repeatable). Default: requests from any web page are refused",
+    )
     g.add_argument(
         "--model-name", metavar="NAME", help="model id clients use (default: the profile name, or one made from the files)"
     )
@@ -106,18 +133,68 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_key(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str | None:
+    """The key from --api-key, --api-key-file or $EFT_LOCAL_API_KEY (in that order), checked:
+    a key given but empty (an unset shell variable) must not silently turn authentication off."""
+    environ = os.environ if environ is None else environ
+    if args.api_key is not None:
+        key, where = args.api_key, "--api-key"
+    elif args.api_key_file is not None:
+        key, where = _read_key_file(args.api_key_file), f"--api-key-file {args.api_key_file}"
+    elif API_KEY_ENV in environ:
+        key, where = environ[API_KEY_ENV], API_KEY_ENV
+    else:
+        return None
+    if not key.strip():
+        raise UserError(f"{where} is empty: give a key, or leave it out to serve without authentication")
+    allowed = set(string.ascii_letters + string.digits + string.punctuation)
+    if not set(key) <= allowed:
+        raise UserError(f"{where}: the key must be printable ASCII without spaces (it travels in an HTTP header)")
+    return key
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read --api-key-file {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        raise UserError(f"--api-key-file {path} is larger than {MAX_KEY_FILE_BYTES} bytes: is it the right file?")
+    try:
+        return raw.decode("utf-8").strip()  # (a trailing newline is not part of the key)
+    except UnicodeDecodeError:
+        raise UserError(f"--api-key-file {path}: the key must be printable ASCII without spaces") from None
+
+
+def access(args: argparse.Namespace):
+    """The Host/Origin policy of ``guard`` for these flags (a bad --allow-origin is a UserError)."""
+    from eft_local.server.guard import access_policy, check_origin_option
+
+    try:
+        origins = [check_origin_option(o) for o in args.allow_origin]
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return access_policy(args.host, args.allowed_host, origins)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_queue < 0:
         raise UserError(f"--max-queue must be >= 0, got {args.max_queue}")
+    key = api_key(args)
     try:
         import uvicorn
 
         from eft_local.engine.session import Session
+        from eft_local.llama import template_sandbox
         from eft_local.server.app import ServerOptions, create_app
+        from eft_local.server.connections import ConnectionLimits, connection_cap, guarded_protocol
+        from eft_local.server.guard import Guard
     except ImportError as e:  # pragma: no cover - broken install
         raise UserError(f"eft-local serve needs fastapi and uvicorn ({e}); reinstall eft-local") from None
+    policy = access(args)
 
     paths, settings, profile = prepare(args)
     name = args.model_name or model_name(profile, paths)
@@ -126,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--variant {name}: the mix itself is served as {name!r}; name the variant differently")
     parallel = settings["parallel"] or default_parallel(settings)
     sock = bind(args.host, args.port)
-    if not is_loopback(args.host) and not args.api_key:
+    if not is_loopback(args.host) and not key:
         print(
             f"eft-local: warning: listening on {args.host} without --api-key: anyone who can reach this port can use the models",
             file=sys.stderr,
@@ -146,23 +223,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     options = ServerOptions(
-        model_name=name, settings=settings, api_key=args.api_key, max_queue=args.max_queue, parallel=parallel, variants=variants
+        model_name=name, settings=settings, api_key=key, max_queue=args.max_queue, parallel=parallel, variants=variants
     )
     app = create_app(session, options)
+    template_sandbox.warm()  # the template renderer's process starts now, not on the first request
+    limits = ConnectionLimits(max_connections=connection_cap(ConnectionLimits.max_connections))
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     uv_config = uvicorn.Config(
-        app,
+        Guard(app, policy),
+        http=guarded_protocol(limits),
         log_level="info" if args.verbose else "warning",
         access_log=bool(args.verbose),
-        timeout_graceful_shutdown=3,
+        timeout_keep_alive=int(limits.keep_alive_seconds),
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         lifespan="on",
     )
-    server = _Server(uv_config, f"eft-local: serving {name} at http://{shown}:{port}/v1 (OpenAI-compatible; Ctrl+C stops)")
+    ready = f"eft-local: serving {name} at http://{shown}:{port}/v1 (OpenAI-compatible; Ctrl+C stops)"
+    server = _Server(uv_config, ready, app.state.worker)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl+C it caught
+    except KeyboardInterrupt:  # a Ctrl+C that came before uvicorn's own handlers were in place
         pass
     finally:
         sock.close()
@@ -176,19 +258,36 @@ def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, plus one readiness line once the socket accepts requests."""
+        """uvicorn, plus: one readiness line once the socket accepts requests; SIGINT and SIGTERM
+        both stop it cleanly (every running answer ends with a 503 or a final error event, the
+        engine thread stops, the command returns 0: the signal is not re-raised)."""
 
-        def __init__(self, config, ready_line: str) -> None:
+        def __init__(self, config, ready_line: str, worker) -> None:
             super().__init__(config)
             self.ready_line = ready_line
+            self.worker = worker
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started:
                 print(self.ready_line, file=sys.stderr, flush=True)
 
+        def handle_exit(self, sig: int, frame) -> None:
+            if self.should_exit and sig in (signal.SIGINT, signal.SIGTERM):
+                self.force_exit = True  # a second signal: stop waiting for answers
+            self.should_exit = True
+
+        async def shutdown(self, sockets=None) -> None:
+            for server in self.servers:  # no new connections while the answers end
+                server.close()
+            for conn in list(self.server_state.connections):
+                if getattr(conn, "receiving", lambda: False)():  # still sending its request: nothing to answer
+                    conn.drop()
+            await asyncio.to_thread(self.worker.stop)
+            await super().shutdown(sockets)
+
     return Server
 
 
-def _Server(config, ready_line: str):
-    return _server_class()(config, ready_line)
+def _Server(config, ready_line: str, worker):
+    return _server_class()(config, ready_line, worker)

@@ -7,21 +7,20 @@ the same templated text (style ``template``, default) or a plain transcript (sty
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from pathlib import PurePath
 from typing import Protocol
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from eft_local.errors import UserError
+from eft_local.llama import template_sandbox
+from eft_local.llama.template_sandbox import TemplateFailed
 from eft_local.settings import PROMPT_STYLES
 
-__all__ = ["PROMPT_STYLES", "role_prompts", "render_chat", "transcript"]
-# A chat template adds a few tokens of markup per message; one that renders far more than the
-# messages it was given (a loop, a runaway macro) is refused before it eats memory or time.
-TEMPLATE_OVERHEAD_CHARS = 1_000_000
+__all__ = ["PROMPT_STYLES", "role_prompts", "prerender", "render_chat", "transcript", "template_name"]
 Message = Mapping[str, str]
 
 
@@ -36,56 +35,28 @@ class PromptModel(Protocol):
     def token_text(self, token: int) -> bytes: ...
 
 
-class _TemplateEnv(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox, plus: ``'x' * n`` and ``a ** b`` can't build a gigantic value in one step."""
-
-    intercepted_binops = frozenset(("*", "**"))
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple)):
-            left, right = right, left
-        if operator == "*" and isinstance(left, (str, list, tuple)) and isinstance(right, int):
-            if len(left) * right > TEMPLATE_OVERHEAD_CHARS:
-                raise TemplateError(f"a repetition of {len(left) * right:,} items is too large")
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
-            raise TemplateError("an exponent above 1000 is too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _raise(message: str) -> None:
-    raise TemplateError(message)
+def template_name(model: PromptModel) -> str:
+    """How errors name a model's template: its file name (never a directory of this machine)."""
+    return PurePath(str(model.path)).name or "the model"
 
 
 def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """Render ``messages`` with the model's own Jinja chat template."""
+    """Render ``messages`` with the model's own Jinja chat template, bounded in time, size and
+    memory (``template_sandbox``): a template that misbehaves is a ``UserError`` naming it."""
     template = model.chat_template
+    name = template_name(model)
     if not template:
-        raise UserError(f"{model.path} has no chat template; use --raw to send prompts as plain text")
-    env = _TemplateEnv(trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    n_in = sum(len(str(m.get("content", ""))) + len(str(m.get("role", ""))) for m in messages)
-    cap = 2 * n_in + TEMPLATE_OVERHEAD_CHARS  # twice the messages' text plus a fixed allowance
-    parts: list[str] = []
-    size = 0
+        raise UserError(f"{name} has no chat template; use --raw to send prompts as plain text")
     try:
-        for part in env.from_string(template).generate(
-            messages=list(messages),
+        return template_sandbox.render(
+            template,
+            messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=_text(model, model.bos),
             eos_token=_text(model, model.eos),
-        ):
-            size += len(part)
-            if size > cap:
-                raise UserError(
-                    f"chat template of {model.path} rendered more than {cap:,} characters for "
-                    f"{n_in:,} characters of messages; refusing (a broken template?)"
-                )
-            parts.append(part)
-    except TemplateError as e:
-        raise UserError(f"chat template of {model.path} failed: {e}") from None
-    except RecursionError:
-        raise UserError(f"chat template of {model.path} failed: recursion too deep") from None
-    return "".join(parts)
+        )
+    except TemplateFailed as e:
+        raise UserError(f"chat template of {name} failed: {e}") from None
 
 
 def _text(model: PromptModel, token: int) -> str:
@@ -138,10 +109,8 @@ def role_prompts(
         raise ValueError("role_prompts needs messages or raw text")
     if style not in PROMPT_STYLES:
         raise UserError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
-    chats = [r for r in chat_roles if r in models]
-    plain_content = plain_content and any(_has_control_text(models[chats[0]], m["content"]) for m in messages)
-    shown = _stand_ins(messages) if plain_content else messages
-    rendered = {r: render_chat(models[r], shown) for r in chats}
+    chats, plain_content, shown = _templated(models, messages, chat_roles, plain_content)
+    rendered = {r: _take_prerendered(models[r], shown) for r in chats}
     plain_text = rendered[chats[0]] if style == "template" else transcript(messages)
     out = {}
     for role, model in models.items():
@@ -151,6 +120,56 @@ def role_prompts(
         else:
             out[role] = model.tokenize(plain_text, add_bos=model.add_bos, special=False)
     return out
+
+
+def _templated(
+    models: Mapping[str, PromptModel], messages: Sequence[Message], chat_roles: Sequence[str], plain_content: bool
+) -> tuple[list[str], bool, Sequence[Message]]:
+    """(the roles that render their own template, whether contents stay plain text, what the templates see)."""
+    chats = [r for r in chat_roles if r in models]
+    plain_content = plain_content and any(_has_control_text(models[chats[0]], m["content"]) for m in messages)
+    return chats, plain_content, _stand_ins(messages) if plain_content else messages
+
+
+# -- rendering ahead of time ----------------------------------------------------------------------
+# A server renders each request's templates on a thread of its own (``prerender``) before the
+# request reaches the engine, so a slow template never holds the engine up; ``role_prompts``
+# then takes the text from here instead of rendering again. A few entries at most: one not
+# taken (its request was cancelled) is pushed out by newer ones.
+PRERENDER_KEEP = 32
+_prerendered: OrderedDict[tuple, str] = OrderedDict()
+_prerendered_lock = threading.Lock()
+
+
+def prerender(
+    models: Mapping[str, PromptModel],
+    *,
+    messages: Sequence[Message],
+    chat_roles: Sequence[str] = ("chat",),
+    plain_content: bool = False,
+) -> None:
+    """Render the chat templates ``role_prompts`` will need for ``messages`` (same arguments),
+    now, on the calling thread; a template that fails is the same ``UserError`` here."""
+    chats, _plain, shown = _templated(models, messages, chat_roles, plain_content)
+    for r in chats:
+        text = render_chat(models[r], shown)
+        with _prerendered_lock:
+            _prerendered[_render_key(models[r], shown)] = text
+            while len(_prerendered) > PRERENDER_KEEP:
+                _prerendered.popitem(last=False)
+
+
+def _render_key(model: PromptModel, shown: Sequence[Message]) -> tuple:
+    return (model.chat_template, model.bos, model.eos, json.dumps([dict(m) for m in shown], sort_keys=True))
+
+
+def _take_prerendered(model: PromptModel, shown: Sequence[Message]) -> str:
+    if _prerendered:
+        with _prerendered_lock:
+            text = _prerendered.pop(_render_key(model, shown), None)
+        if text is not None:
+            return text
+    return render_chat(model, shown)
 
 
 def _has_control_text(model: PromptModel, text: str) -> bool:
@@ -168,7 +187,7 @@ def _tokenize_with_contents(model: PromptModel, text: str, messages: Sequence[Me
     pieces = _SENTINEL.split(text)  # template, index, template, index, ..., template
     if sorted(int(i) for i in pieces[1::2]) != list(range(len(messages))):
         raise UserError(
-            f"the chat template of {model.path} rewrites message contents, so they can't be kept as "
+            f"the chat template of {template_name(model)} rewrites message contents, so they can't be kept as "
             "plain text; serve without plain-text content"
         )
     ids = tokenize_templated(model, pieces[0]) if pieces[0] else ([model.bos] if model.add_bos else [])

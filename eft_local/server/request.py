@@ -19,6 +19,7 @@ from typing import Any
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
 from eft_local.errors import UserError
 from eft_local.mix.mixture import check_known_deltas
+from eft_local.server.redact import scrub
 from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check_weights
 
 Prompt = str | list[int]  # a completion prompt: text, or token ids of the shared vocabulary
@@ -50,7 +51,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": scrub(self.message), "type": self.type, "param": self.param, "code": self.code}}
 
 
 def bad(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
@@ -186,7 +187,7 @@ def parse_messages(v: Any) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise bad(where, f"'{where}' must be an object with role and content", "invalid_type")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}")
         out.append({"role": ROLES[role], "content": _content(f"{where}.content", m.get("content"))})
     return out

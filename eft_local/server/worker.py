@@ -1,10 +1,12 @@
 """One engine thread, a bounded queue in front of it, and a channel back to the event loop.
 
-llama.cpp contexts are not thread-safe, so every call that touches the models (chat
-template, tokenizing, decoding) runs on the one ``EngineWorker`` thread, one request at a
-time. Requests wait in a bounded queue (``QueueFull`` when it is full). Each job has a
-cancel flag the decoder checks before every speculative round: a client that goes away
-frees the engine within one round, and a job cancelled while still queued never starts.
+llama.cpp contexts are not thread-safe, so every call that decodes runs on the one
+``EngineWorker`` thread. Chat templates render before that, on a thread of their own (a
+template is untrusted code, bounded in time: it must not hold up the engine); tokenizing
+there only reads the vocabulary, as llama.cpp's own server does from its HTTP threads.
+Requests wait in a bounded queue (``QueueFull`` when it is full). Each job has a cancel flag
+the decoder checks before every speculative round: a client that goes away frees the engine
+within one round, and a job cancelled while still queued never starts.
 """
 
 from __future__ import annotations
@@ -17,14 +19,20 @@ from typing import Any
 
 from eft_local.engine.events import FinishedEvent, TokenEvent
 from eft_local.engine.scheduler import Scheduler, Ticket
-from eft_local.engine.session import PromptTooLong, Session, rng_for
+from eft_local.engine.session import PromptTooLong, Session, rng_for, with_system
 from eft_local.errors import Cancelled, UserError
+from eft_local.llama.prompts import prerender
+from eft_local.server import redact
 from eft_local.server.answers import answer_prompts
 from eft_local.server.request import ApiError, GenRequest
 
 
 class QueueFull(Exception):
     pass
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry later", type="server_error", code="server_shutting_down")
 
 
 @dataclass
@@ -124,45 +132,101 @@ class EngineWorker:
 
     def __init__(self, session: Session, max_queue: int = 16, parallel: int = 1) -> None:
         self.session = session
+        redact.protect(m.path for m in session.engine.models.values())  # error text never shows where they live
         self.max_queue = max_queue
         self.scheduler = Scheduler(session.engine, parallel) if parallel > 1 else None
         self._live: dict[Ticket, Job] = {}
         self._jobs: deque[Job] = deque()
+        self._preparing: deque[Job] = deque()  # chat requests whose templates render first (``_prepare_main``)
+        self._rendering: Job | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self.running: Job | None = None
         self.completed = 0
         main = self._main if self.scheduler is None else self._main_batched
         self._thread = threading.Thread(target=main, name="eft-engine", daemon=True)
+        self._prep_thread = threading.Thread(target=self._prepare_main, name="eft-templates", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._prep_thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything, wait for the engine thread (so the models can be freed safely)."""
+        """End every request (each waiting or running one answers 503 "shutting down": a stream
+        gets a final error event), then wait for the engine thread so the models can be freed."""
         with self._cond:
             self._stopping = True
-            for job in self._jobs:
-                job.cancel()
+            queued = [*self._preparing, *([self._rendering] if self._rendering else []), *self._jobs]
+            self._jobs.clear()
+            self._preparing.clear()
             if self.running is not None:
                 self.running.cancel()
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for job in queued:
+            job.cancel()
+            job.channel.put(Failed(shutting_down()), last=True)
+        for thread in (self._thread, self._prep_thread):  # (a render ends within its time bound)
+            if thread.is_alive():
+                thread.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def waiting(self) -> int:
-        return len(self._jobs)
+        """Requests not generating yet (in batched mode the scheduler queues those beyond its slots)."""
+        queued_in_scheduler = max(0, len(self._live) - self.scheduler.n_seq) if self.scheduler else 0
+        return len(self._jobs) + len(self._preparing) + (self._rendering is not None) + queued_in_scheduler
 
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            generating = len(self._live) or (self.running is not None)
-            if len(self._jobs) + generating > self.max_queue + (self.scheduler.n_seq - 1 if self.scheduler else 0):
-                raise QueueFull(f"{generating} request(s) generating and {len(self._jobs)} waiting")
-            self._jobs.append(job)
-            self._cond.notify()
+            generating = len(self._live) or (self.running is not None)  # (live: in the scheduler, generating or not)
+            waiting = len(self._jobs) + len(self._preparing) + (self._rendering is not None)
+            if waiting + generating > self.max_queue + (self.scheduler.n_seq - 1 if self.scheduler else 0):
+                raise QueueFull(f"{generating} request(s) generating and {waiting} waiting")
+            (self._jobs if job.request.messages is None else self._preparing).append(job)
+            self._cond.notify_all()
+
+    # -- chat templates render on their own thread, never on the engine's ---------------------------
+    def _prepare_main(self) -> None:
+        """Render each chat request's templates before it queues for the engine: a template that
+        is slow (up to its time bound) or fails holds up only its own request."""
+        while True:
+            with self._cond:
+                while not self._preparing and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._rendering = self._preparing.popleft()
+            error = None if job.cancelled.is_set() else self._prerender(job)
+            with self._cond:
+                self._rendering = None
+                if job.cancelled.is_set():  # the client left (or stop() answered it)
+                    self.completed += 1
+                elif error is not None:
+                    job.channel.put(Failed(error), last=True)
+                    self.completed += 1
+                else:
+                    self._jobs.append(job)
+                    self._cond.notify_all()
+
+    def _prerender(self, job: Job) -> ApiError | None:
+        engine, req = self.session.engine, job.request
+        try:
+            prerender(
+                engine.models,
+                messages=with_system(req.messages or [], self.session.system_prompt),
+                chat_roles=[engine.model_of[d.chat] for d in engine.deltas],
+                plain_content=self.session.plain_content,
+            )
+        except UserError as e:
+            return ApiError(400, str(e), code="invalid_prompt")
+        except Exception as e:  # noqa: BLE001 - a tokenizer failure ends this request only
+            return ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")
+        return None
 
     def _main(self) -> None:
         while True:
@@ -234,7 +298,7 @@ class EngineWorker:
                 self._forward()
         for ticket, job in list(self._live.items()):  # shutting down: every open request ends now
             ticket.cancel()
-            job.channel.put(Failed(ApiError(503, "the server is shutting down", type="server_error")), last=True)
+            job.channel.put(Failed(shutting_down()), last=True)
             self._retire(ticket)
 
     def _take_jobs(self) -> tuple[list[Job], list[Job]]:
@@ -276,7 +340,7 @@ class EngineWorker:
             while not ticket.events.empty():
                 ev = ticket.events.get_nowait()
                 if isinstance(ev, FinishedEvent):
-                    job.channel.put(ev, last=True)
+                    job.channel.put(Failed(shutting_down()) if ev.reason == "cancelled" and self._stopping else ev, last=True)
                     self._retire(ticket)
                 elif job.tokens and isinstance(ev, TokenEvent):
                     job.channel.put(ev)
@@ -319,7 +383,7 @@ class EngineWorker:
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
                     if isinstance(ev, FinishedEvent):
-                        put_last(ev)
+                        put_last(Failed(shutting_down()) if ev.reason == "cancelled" and self._stopping else ev)
                     elif job.tokens and isinstance(ev, TokenEvent):
                         put(ev)
             except Exception as e:  # noqa: BLE001 - llama.cpp refused a batch: this request fails, the server goes on
