@@ -260,7 +260,7 @@ def drive_serve(world: World, spy: Spy, folder: Path, *, flag=None, profile=None
     request = {"messages": [{"role": "user", "content": PROMPT}], **{k: json_value(v) for k, v in (body or {}).items()}}
 
     def serve(server, sockets=None) -> None:
-        with TestClient(server.config.app) as client:
+        with TestClient(server.config.app, base_url="http://127.0.0.1") as client:
             answers.append(client.post("/v1/chat/completions", json=request))
 
     with pytest.MonkeyPatch.context() as mp:
@@ -519,7 +519,7 @@ def test_http_request_refuses_settings_fixed_for_the_server(world, tmp_path):
     answers = {}
 
     def serve(server, sockets=None) -> None:
-        with TestClient(server.config.app) as client:
+        with TestClient(server.config.app, base_url="http://127.0.0.1") as client:
             for name in fixed:
                 body = {"messages": [{"role": "user", "content": PROMPT}], name: json_value(ROWS[name].value)}
                 answers[name] = client.post("/v1/chat/completions", json=body)
