@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from eft_local.batch.prompt_file import json_safe
 from eft_local.errors import UserError
 
 _FD_ALIASES = {"/dev/stdout": 1, "/dev/stderr": 2, "/proc/self/fd/1": 1, "/proc/self/fd/2": 2}
@@ -212,6 +213,15 @@ def _partial_then_rename(target: Target) -> Iterator[IO[str]]:
     if mode is not None:
         os.chmod(partial, mode)  # the replaced file's permissions carry over
     os.replace(partial, final)
+
+
+def row_json(row: dict) -> str:
+    """One row as strict JSON (RFC 8259: no NaN/Infinity, which ``json.dumps`` writes by
+    default); raw non-ASCII (U+2028 included) is valid JSON and stays readable."""
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False)
 
 
 def _silence_stdout() -> None:

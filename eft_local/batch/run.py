@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eft_local.batch.output import open_output
+from eft_local.batch.output import open_output, row_json
 from eft_local.batch.prompt_file import PromptItem
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
 from eft_local.engine.decoder import EftEngine
@@ -156,7 +155,7 @@ def run_batch(
     with open_output(out) as f:
 
         def write(row: dict[str, Any], fin: FinishedEvent) -> None:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(row_json(row) + "\n")
             f.flush()
             summary.add(fin)
             if progress:
