@@ -178,7 +178,7 @@ def test_endless_stdin_is_bounded_too(tmp_path):
 
 
 # -- 16: nesting ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("depth", [100, 100_000])
+@pytest.mark.parametrize("depth", [100, 100_000], ids=["deep", "past-the-recursion-limit"])
 def test_deeply_nested_jsonl_names_the_line(tmp_path, depth, capsys):
     pf = tmp_path / "p.jsonl"
     pf.write_text('{"prompt": "a"}\n{"prompt": "b", "x": ' + "[" * depth + "]" * depth + "}\n")
@@ -186,3 +186,247 @@ def test_deeply_nested_jsonl_names_the_line(tmp_path, depth, capsys):
     assert rc == 2
     line = last_line(capsys.readouterr().err)
     assert "line 2" in line and "nested" in line
+
+
+@pytest.mark.parametrize(
+    "value, where",
+    [
+        ("[" * 5000 + "]" * 5000, "line 5"),
+        ("{ a = " * 3000 + "1" + " }" * 3000, "line 5"),
+        ("[" * 40 + "]" * 40, "'profiles.p.defaults.stop'"),
+    ],
+    ids=["arrays", "inline-tables", "under-the-recursion-limit"],
+)
+def test_deeply_nested_models_toml_names_the_line_or_key(tmp_path, value, where):
+    from eft_local.cli import main as cli_main
+
+    f = tmp_path / "m.toml"
+    files = "\n".join(f'{r} = {{ repo_id = "o/n", filename = "{r}.gguf" }}' for r in ("base", "chat", "reference"))
+    f.write_text(f"[profiles.p]\n{files}\ndefaults.stop = {value}\n")
+    with pytest.raises(UserError, match="nested deeper") as e:
+        from eft_local.models.profiles import load_profiles
+
+        load_profiles(f)
+    assert where in str(e.value)
+    assert cli_main(["models", "--models-file", str(f)]) == 2
+
+
+# -- 15: a cap on grid points × prompts --------------------------------------------------------
+def test_enormous_grid_is_refused_before_building_it(tmp_path, capsys):
+    pf = tmp_path / "p.txt"
+    pf.write_text("a\nb\n")
+    axis = ",".join(str(i / 1000) for i in range(1000))
+    grid = ["--grid", f"alpha={axis}", "--grid", f"beta={axis}", "--grid", f"temperature={axis}"]
+    rc = main(["run", "--prompt-file", str(pf), *grid, "--base", str(pf), "--chat", str(pf), "--reference", str(pf)])
+    assert rc == 2
+    line = last_line(capsys.readouterr().err)
+    assert "1000 × 1000 × 1000" in line and "rows" in line and "loading" not in line
+
+
+def test_grid_cap_counts_prompts():
+    from eft_local.batch.grid import MAX_ROWS, parse_grid
+
+    assert len(parse_grid(["alpha=0,1"], {}, prompts=MAX_ROWS // 2)) == 2
+    with pytest.raises(UserError, match="rows"):
+        parse_grid(["alpha=0,1,2"], {}, prompts=MAX_ROWS // 2)
+
+
+# -- 13: two runs, one --output -------------------------------------------------------------------
+def cli(*args: str, stdin=None, stdout=None):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "eft_local", *args],
+        stdin=stdin,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("alias", ["same", "symlink", "dotted"])
+def test_second_run_on_the_same_output_fails_before_loading(tmp_path, family, alias):
+    from eft_local.batch.output import claim_output
+
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    out = tmp_path / "out.jsonl"
+    other = {"same": out, "symlink": tmp_path / "link.jsonl", "dotted": tmp_path / "." / "out.jsonl"}[alias]
+    if alias == "symlink":
+        other.symlink_to(out)
+    with claim_output(out, pf) as first, first.rows() as rows:  # a run in progress
+        rows.write('{"id": 0, "token_ids": [], "finish_reason": "stop"}\n')
+        r = cli(
+            "run",
+            "--prompt-file",
+            str(pf),
+            "--output",
+            str(other),
+            "--base",
+            str(family.base),
+            "--chat",
+            str(family.chat),
+            "--reference",
+            str(family.reference),
+        )
+        assert r.returncode == 2
+        line = last_line(r.stderr)
+        assert "another eft-local run is writing" in line and "loading" not in r.stderr
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [0]  # the first run's output, whole
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_a_claim_follows_a_partial_renamed_under_it(tmp_path):
+    """The lock holder renamed OUT.partial to OUT between our open and our lock."""
+    import os
+
+    from eft_local.batch.output import _lock_partial, check_output
+
+    target = check_output(tmp_path / "o.jsonl")
+    target.partial.write_text("")
+    stale = os.open(target.partial, os.O_RDONLY)
+    os.replace(target.partial, target.path)
+    fd, _ = _lock_partial(target)
+    assert os.fstat(fd).st_ino == target.partial.stat().st_ino != os.fstat(stale).st_ino
+    os.close(fd)
+    os.close(stale)
+
+
+def test_failed_start_leaves_no_partial(tmp_path):
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    r = cli(
+        "run",
+        "--prompt-file",
+        str(pf),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        "--base",
+        "nope.gguf",
+        "--chat",
+        "x",
+        "--reference",
+        "y",
+    )
+    assert r.returncode == 2 and not list(tmp_path.glob("*.partial"))
+
+
+# -- 14: the output is never the prompt file ----------------------------------------------------
+@pytest.mark.parametrize(
+    "prompt_arg, out_arg",
+    [
+        ("-", "p.txt"),
+        ("-", "/dev/stdin"),
+        ("p.txt", "/dev/stdin"),
+        ("-", "/proc/self/fd/0"),
+        ("-", "/dev/fd/0"),
+        ("-", "hardlink.txt"),
+        ("p.txt", "hardlink.txt"),
+        ("/dev/stdin", "p.txt"),
+    ],
+)
+def test_output_is_never_the_prompt_file(tmp_path, monkeypatch, prompt_arg, out_arg):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\nworld\n")
+    os.link(pf, tmp_path / "hardlink.txt")
+    with open(pf) as stdin:
+        r = cli(
+            "run", "--prompt-file", prompt_arg, "--output", out_arg, "--base", "b", "--chat", "c", "--reference", "r", stdin=stdin
+        )
+    assert r.returncode == 2, r.stderr
+    assert "prompt file" in last_line(r.stderr) or "reading only" in last_line(r.stderr)
+    assert pf.read_text() == "hello\nworld\n" and not list(tmp_path.glob("*.partial"))
+
+
+def test_stdout_appending_to_the_prompt_file_is_refused(tmp_path):
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    with open(pf, "a") as out:
+        r = cli("run", "--prompt-file", str(pf), "--base", "b", "--chat", "c", "--reference", "r", stdout=out)
+    assert r.returncode == 2 and "standard output is the prompt file" in last_line(r.stderr)
+    assert pf.read_text() == "hello\n"
+
+
+def test_prompts_from_a_pipe_may_go_to_a_file(tmp_path):
+    from eft_local.batch.output import check_output
+
+    assert check_output(tmp_path / "o.jsonl", "-").kind == "file"
+
+
+# -- 16: disk full while writing --output --------------------------------------------------------
+def test_disk_full_on_a_device_is_one_line(family, tmp_path):
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    r = cli(
+        "run",
+        "--prompt-file",
+        str(pf),
+        "--output",
+        "/dev/full",
+        "--base",
+        str(family.base),
+        "--chat",
+        str(family.chat),
+        "--reference",
+        str(family.reference),
+        "--max-tokens",
+        "2",
+    )
+    assert r.returncode == 2 and "disk full" in last_line(r.stderr) and "unexpected" not in r.stderr
+
+
+def test_disk_full_keeps_whole_rows_in_the_partial(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from eft_local.batch import output
+
+    real_write, calls = os.write, []
+
+    def filling(fd, data):  # the third row: half of it fits, then the disk is full
+        calls.append(1)
+        if len(calls) == 3:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(output.os, "write", filling)
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(output.WriteFailed, match="disk full") as e:
+        with output.open_output(out) as f:
+            for i in range(5):
+                f.write(json.dumps({"id": i, "token_ids": [], "finish_reason": "stop"}) + "\n")
+    assert "2 whole row(s)" in str(e.value) and "\n" not in str(e.value)
+    partial = tmp_path / "o.jsonl.partial"
+    assert [json.loads(x)["id"] for x in partial.read_text().split("\n") if x] == [0, 1]
+    assert partial.read_text().endswith("\n") and not out.exists()
+
+
+def test_file_size_limit_mid_row_keeps_whole_rows(tmp_path):
+    """A real short write from the kernel (RLIMIT_FSIZE), not a simulated one."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.jsonl"
+    code = f"""
+import json, resource, signal
+from eft_local.batch.output import open_output, WriteFailed
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (250, 250))
+try:
+    with open_output({str(out)!r}) as f:
+        for i in range(20):
+            f.write(json.dumps({{"id": i, "token_ids": [], "finish_reason": "stop", "pad": "x" * 20}}) + "\\n")
+except WriteFailed as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "file size limit" in r.stdout, r.stderr
+    kept = (tmp_path / "o.jsonl.partial").read_text()
+    assert kept.endswith("\n") and all(json.loads(x) for x in kept.splitlines()) and len(kept) <= 250

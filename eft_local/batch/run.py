@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eft_local.batch.output import open_output, row_json
+from eft_local.batch.output import Claim, claim_output, row_json
 from eft_local.batch.prompt_file import PromptItem
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
 from eft_local.engine.decoder import EftEngine
@@ -141,7 +141,7 @@ def run_batch(
     engine: EftEngine,
     items: list[PromptItem],
     opts: BatchOptions,
-    out: str | Path | None,
+    out: Claim | str | Path | None,
     progress: Callable[[int, int, Summary], None] | None = None,
     parallel: int = 1,
 ) -> Summary:
@@ -149,10 +149,12 @@ def run_batch(
 
     ``parallel`` > 1 runs that many generations at once (``scheduler.Scheduler``; the engine
     must hold that many sequences); rows finishing early wait in memory for their turn.
+    ``out``: a ``Claim`` taken before the models loaded, or a path (claimed now).
     """
     summary = Summary()
     total = len(items) * len(opts.grid)
-    with open_output(out) as f:
+    claim = out if isinstance(out, Claim) else claim_output(out)
+    with claim, claim.rows() as f:
 
         def write(row: dict[str, Any], fin: FinishedEvent) -> None:
             f.write(row_json(row) + "\n")

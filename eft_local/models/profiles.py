@@ -104,6 +104,9 @@ def builtin_models_file() -> Path:
 # ---------------------------------------------------------------- parsing
 
 
+MAX_TOML_DEPTH = 32  # a profile is 4 tables deep; nothing legitimate comes near this
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -112,9 +115,50 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read models file {path}: {exc}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array/inline table
+        raise UserError(f"{path}: line {_deep_line(text)}: nested deeper than {MAX_TOML_DEPTH} levels") from None
+    key = _too_deep(data)
+    if key is not None:
+        raise UserError(f"{path}: '{key}' is nested deeper than {MAX_TOML_DEPTH} levels")
+    return data
+
+
+def _too_deep(data: dict[str, Any]) -> str | None:
+    """The dotted key of the first value nested deeper than MAX_TOML_DEPTH, without recursion."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        key, value, depth = stack.pop()
+        if depth > MAX_TOML_DEPTH:
+            return key.split("[", 1)[0] or "(top level)"
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), v, depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v, depth + 1) for i, v in enumerate(value))
+    return None
+
+
+def _deep_line(text: str) -> int:
+    """The line where brackets (outside strings and comments) first nest past MAX_TOML_DEPTH."""
+    depth, quote = 0, ""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        for ch in line:
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "[{":
+                depth += 1
+                if depth > MAX_TOML_DEPTH:
+                    return lineno
+            elif ch in "]}":
+                depth -= 1
+        quote = ""
+    return 1
 
 
 def _parse_file(where: str, role: str, raw: object) -> ModelFile:
