@@ -37,21 +37,31 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One GGUF file on the hub."""
+    """One GGUF file: on the hub (``repo_id``/``filename``), or a local file the profile
+    names with ``path`` (then ``local`` is that path and nothing is downloaded)."""
 
     repo_id: str
     filename: str
     revision: str | None = None
     sha256: str | None = None
     size: int | None = None
+    local: Path | None = None
+
+    @classmethod
+    def at(cls, path: Path) -> ModelFile:
+        return cls(repo_id="", filename=path.name, local=path)
+
+    @property
+    def is_local(self) -> bool:
+        return self.local is not None
 
     @property
     def key(self) -> str:
-        """Where the file lives relative to the models dir (``repo_id/filename``)."""
-        return f"{self.repo_id}/{self.filename}"
+        """Where the file lives relative to the models dir (``repo_id/filename``), or its local path."""
+        return str(self.local) if self.local is not None else f"{self.repo_id}/{self.filename}"
 
     def local_path(self, models_dir: str | Path) -> Path:
-        return Path(models_dir) / self.repo_id / self.filename
+        return self.local if self.local is not None else Path(models_dir) / self.repo_id / self.filename
 
 
 @dataclass(frozen=True)
@@ -161,13 +171,19 @@ def _deep_line(text: str) -> int:
     return 1
 
 
-def _parse_file(where: str, role: str, raw: object) -> ModelFile:
+def _parse_file(where: str, role: str, raw: object, toml_dir: Path) -> ModelFile:
     if not isinstance(raw, dict):
-        raise UserError(f'{where}: \'{role}\' must be a table like {{ repo_id = "owner/name", filename = "model.gguf" }}')
+        raise UserError(
+            f'{where}: \'{role}\' must be a table like {{ repo_id = "owner/name", filename = "model.gguf" }} '
+            'or { path = "/models/model.gguf" }'
+        )
+    if "path" in raw:
+        return _parse_local(where, role, raw, toml_dir)
     unknown = set(raw) - _FILE_KEYS
     if unknown:
         raise UserError(
-            f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FILE_KEYS))})"
+            f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(_FILE_KEYS))}, or path alone)"
         )
     repo, fname = raw.get("repo_id"), raw.get("filename")
     if not isinstance(repo, str) or not _REPO_RE.match(repo):
@@ -184,6 +200,18 @@ def _parse_file(where: str, role: str, raw: object) -> ModelFile:
     return ModelFile(repo, fname, rev, sha.lower() if sha else None, size)
 
 
+def _parse_local(where: str, role: str, raw: dict, toml_dir: Path) -> ModelFile:
+    """``{ path = "..." }``: a GGUF of the user's own, absolute or relative to the models.toml."""
+    if set(raw) != {"path"}:
+        extra = ", ".join(sorted(set(raw) - {"path"}))
+        raise UserError(f"{where}: '{role}' names a local path, so it takes no {extra} (those are for hub files)")
+    value = raw["path"]
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise UserError(f"{where}: '{role}.path' must be a file path (absolute, or relative to {toml_dir}), got {value!r}")
+    path = Path(value).expanduser()
+    return ModelFile.at(path if path.is_absolute() else toml_dir / path)
+
+
 def _parse_defaults(where: str, raw: object) -> dict[str, object]:
     """Every key must be a setting (``settings.SETTINGS``) and is checked like its CLI flag."""
     if raw is None:
@@ -193,7 +221,7 @@ def _parse_defaults(where: str, raw: object) -> dict[str, object]:
     return check_mapping(raw, PROFILE_KEYS, f"{where}:", fmt=lambda k: f" defaults.{k}")
 
 
-def _parse_deltas(where: str, raw: object) -> tuple[dict[str, ModelFile], dict[str, float]]:
+def _parse_deltas(where: str, raw: object, toml_dir: Path) -> tuple[dict[str, ModelFile], dict[str, float]]:
     """``[profiles.X.deltas.NAME]`` tables: chat file, optional reference file, default weight."""
     if raw is None:
         return {}, {}
@@ -212,9 +240,9 @@ def _parse_deltas(where: str, raw: object) -> tuple[dict[str, ModelFile], dict[s
         unknown = set(table) - _DELTA_KEYS
         if unknown:
             raise UserError(f"{at} has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_DELTA_KEYS))})")
-        files[name] = _parse_file(at, "chat", table["chat"])
+        files[name] = _parse_file(at, "chat", table["chat"], toml_dir)
         if "reference" in table:
-            files[name + REF_SUFFIX] = _parse_file(at, "reference", table["reference"])
+            files[name + REF_SUFFIX] = _parse_file(at, "reference", table["reference"], toml_dir)
         weights[name] = check_weight(name, table.get("weight", 1.0), f"{at}: weight")
     return files, weights
 
@@ -235,8 +263,9 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{where}: 'description' must be a string")
-    files = {role: _parse_file(where, role, raw[role]) for role in ROLES}
-    delta_files, weights = _parse_deltas(where, raw.get("deltas"))
+    toml_dir = path.parent.absolute()
+    files = {role: _parse_file(where, role, raw[role], toml_dir) for role in ROLES}
+    delta_files, weights = _parse_deltas(where, raw.get("deltas"), toml_dir)
     defaults = _parse_defaults(where, raw.get("defaults"))
     if "rpc" in raw:  # rpc = { base = "10.0.0.5:50052" } (or a list): carried to the loader with the defaults
         defaults["rpc"] = _parse_rpc(where, raw["rpc"])
@@ -350,12 +379,17 @@ def resolve_profile(
     profile = get_profile(load_profiles(models_file), name)
     root = Path(models_dir).expanduser() if models_dir else default_models_dir()
     paths = {r: _check_override(r, p) for r, p in (overrides or {}).items() if p}
-    missing = []
+    missing, missing_local = [], []
     for role, mf in profile.files.items():
         if role not in paths:
             paths[role] = mf.local_path(root)
             if not paths[role].is_file():
-                missing.append(f"{role} ({mf.key})")
+                (missing_local if mf.is_local else missing).append(f"{role} ({mf.key})")
+    if missing_local:
+        raise UserError(
+            f"profile '{profile.name}': no such file for {', '.join(missing_local)}; "
+            "fix its path in models.toml or pass --base/--chat/--reference"
+        )
     if missing:
         raise UserError(
             f"profile '{profile.name}': missing {', '.join(missing)} in {root}; "
