@@ -430,3 +430,16 @@ except WriteFailed as e:
     assert "file size limit" in r.stdout, r.stderr
     kept = (tmp_path / "o.jsonl.partial").read_text()
     assert kept.endswith("\n") and all(json.loads(x) for x in kept.splitlines()) and len(kept) <= 250
+
+
+def test_huge_file_size_in_models_toml_is_refused(tmp_path):
+    from eft_local.models.profiles import load_profiles
+
+    f = tmp_path / "m.toml"
+    files = "\n".join(
+        f'{r} = {{ repo_id = "o/n", filename = "{r}.gguf"{", size = " + str(HUGE) if r == "chat" else ""} }}'
+        for r in ("base", "chat", "reference")
+    )
+    f.write_text(f"[profiles.p]\n{files}\n")
+    with pytest.raises(UserError, match=r"'chat.size' must be a positive integer"):
+        load_profiles(f)

@@ -33,6 +33,7 @@ _PROFILE_KEYS = {"description", "defaults", "deltas", "rpc", *ROLES}
 _DELTA_KEYS = {"chat", "reference", "weight"}
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_FILE_SIZE = 2**60  # bytes; a bigger `size` (TOML allows 400 digits) is a typo, not a file
 
 
 @dataclass(frozen=True)
@@ -195,8 +196,8 @@ def _parse_file(where: str, role: str, raw: object, toml_dir: Path) -> ModelFile
         raise UserError(f"{where}: '{role}.revision' must be a non-empty string")
     if sha is not None and (not isinstance(sha, str) or not _SHA_RE.match(sha.lower())):
         raise UserError(f"{where}: '{role}.sha256' must be 64 hex digits")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise UserError(f"{where}: '{role}.size' must be a positive integer (bytes)")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_FILE_SIZE):
+        raise UserError(f"{where}: '{role}.size' must be a positive integer of bytes, at most 2**60")
     return ModelFile(repo, fname, rev, sha.lower() if sha else None, size)
 
 
