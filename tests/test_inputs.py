@@ -443,3 +443,9 @@ def test_huge_file_size_in_models_toml_is_refused(tmp_path):
     f.write_text(f"[profiles.p]\n{files}\n")
     with pytest.raises(UserError, match=r"'chat.size' must be a positive integer"):
         load_profiles(f)
+
+
+@pytest.mark.parametrize("dev, expect", [("/dev/zero", "larger than 4 MiB"), ("/dev/urandom", "not UTF-8")])
+def test_endless_models_file_fails_fast(dev, expect, capsys):
+    assert main(["models", "--models-file", dev]) == 2
+    assert expect in last_line(capsys.readouterr().err)

@@ -115,16 +115,25 @@ def builtin_models_file() -> Path:
 # ---------------------------------------------------------------- parsing
 
 
+MAX_TOML_BYTES = 4 << 20
 MAX_TOML_DEPTH = 32  # a profile is 4 tables deep; nothing legitimate comes near this
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOML_BYTES + 1)  # bounded: --models-file /dev/zero must not eat the memory
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"models file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read models file {path}: {exc}") from None
+    except IsADirectoryError:
+        raise UserError(f"models file is a directory: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read models file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"models file is not UTF-8 text: {path}") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise UserError(f"models file {path} is larger than {MAX_TOML_BYTES >> 20} MiB; is it the right file?")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
