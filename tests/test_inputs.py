@@ -449,3 +449,14 @@ def test_huge_file_size_in_models_toml_is_refused(tmp_path):
 def test_endless_models_file_fails_fast(dev, expect, capsys):
     assert main(["models", "--models-file", dev]) == 2
     assert expect in last_line(capsys.readouterr().err)
+
+
+def test_numbers_past_pythons_digit_limit_name_the_line(tmp_path, capsys):
+    pf = tmp_path / "p.jsonl"
+    pf.write_text('{"prompt": "a"}\n{"prompt": "b", "seed": ' + "9" * 5000 + "}\n")
+    assert main(["run", "--prompt-file", str(pf), "--base", "b", "--chat", "c", "--reference", "r"]) == 2
+    assert "line 2" in last_line(capsys.readouterr().err)
+    toml = tmp_path / "m.toml"
+    toml.write_text("default = 1\nx = " + "9" * 5000 + "\n")
+    assert main(["models", "--models-file", str(toml)]) == 2
+    assert "too many digits" in last_line(capsys.readouterr().err)

@@ -162,6 +162,8 @@ def _load_row(name: str, lineno: int, line: str) -> Any:
         raise UserError(too_deep) from None
     except json.JSONDecodeError as e:
         raise UserError(f"{name} line {lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's int parsing limit)
+        raise UserError(f"{name} line {lineno}: a number with too many digits") from None
     if json_depth(obj) > MAX_DEPTH:
         raise UserError(too_deep)
     return obj

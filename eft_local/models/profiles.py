@@ -138,6 +138,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's int parsing limit)
+        raise UserError(f"{path}: a number with too many digits") from None
     except RecursionError:  # tomllib recurses once per nested array/inline table
         raise UserError(f"{path}: line {_deep_line(text)}: nested deeper than {MAX_TOML_DEPTH} levels") from None
     key = _too_deep(data)
