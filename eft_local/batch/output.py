@@ -173,7 +173,8 @@ def _check_partial(partial: Path) -> None:
     if st is not None:
         if stat.S_ISREG(st.st_mode) and _locked(partial):
             raise UserError(
-                f"another eft-local run is writing {partial.name.removesuffix('.partial')} ({partial.name} is locked); "
+                f"another eft-local run is writing {partial.with_name(partial.name.removesuffix('.partial'))} "
+                f"({partial.name} is locked); "
                 "wait for it to finish or choose another --output"
             )
         if not stat.S_ISREG(st.st_mode) or not _looks_like_our_rows(partial):
