@@ -460,3 +460,15 @@ def test_numbers_past_pythons_digit_limit_name_the_line(tmp_path, capsys):
     toml.write_text("default = 1\nx = " + "9" * 5000 + "\n")
     assert main(["models", "--models-file", str(toml)]) == 2
     assert "too many digits" in last_line(capsys.readouterr().err)
+
+
+def test_disk_full_on_standard_output_is_one_line(family, tmp_path):
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n")
+    with open("/dev/full", "w") as full:
+        r = cli(
+            "run", "--prompt-file", str(pf), "--base", str(family.base), "--chat", str(family.chat),
+            "--reference", str(family.reference), "--max-tokens", "2", stdout=full,
+        )  # fmt: skip
+    assert r.returncode == 2 and "disk full while writing standard output" in last_line(r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
