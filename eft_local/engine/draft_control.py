@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The longest block adaptive drafting chooses. A fixed ``--draft-tokens`` may go up to its
+# own bound in ``settings`` (a user's explicit choice); adaptive k stops here because beyond
+# ~16 drafts even 0.99 acceptance gains little and a rejection wastes the whole block.
+K_MAX = 16
+
 
 @dataclass
 class DraftController:
@@ -21,7 +26,7 @@ class DraftController:
     draft_cost: float = 1.0
     verify_cost: float = 10.0
     verify_growth: float = 0.05
-    k_max: int = 16
+    k_max: int = K_MAX
     decay: float = 0.8
     accepted: float = 3.0  # prior: acceptance 0.75
     rejected: float = 1.0
