@@ -269,7 +269,11 @@ class Generation:
         self.prompt = {name: list(prompt[name]) for name in self.active}
         check_prompt(self.prompt, {name: engine.models[name] for name in self.active})
         self.stats.prompt_tokens = {name: len(t) for name, t in self.prompt.items()}
-        self.controller = DraftController(draft_cost=self._size([self.drafter]), verify_cost=self._size(self.verifiers))
+        self.controller = DraftController(
+            draft_cost=self._size([self.drafter]),
+            verify_cost=self._size(self.verifiers),
+            direct_cost=None if self.drafter in self.names else self._size(self.verifiers),
+        )
         self._block_length = block_length or self.controller.next_k
         # the caches: each model's not yet evaluated tokens, and the logits row the prompt left
         self.pending: dict[str, list[int]] = {name: [] for name in self.active}
@@ -368,9 +372,11 @@ class Generation:
             room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.active)
             if left <= 0 or room < 0:
                 return "length"
-            k = self._next_k() if speculative else 0
-            k = max(0, min(k, left - 1, room))
-            accepted, deltas = yield from self._round(k)
+            if self.adaptive and self.controller.direct():
+                accepted, deltas = yield from self._direct_round()
+            else:
+                k = max(0, min(self._next_k() if speculative else 0, left - 1, room))
+                accepted, deltas = yield from self._round(k)
             if self._emit(accepted, deltas):
                 return "stop"
             self._maybe_stats()
@@ -409,6 +415,26 @@ class Generation:
             self.models[name].rollback(n0[name] + len(self.pending[name]) + len(accepted) - 1)
             self.pending[name] = [accepted[-1]]
         return accepted, deltas
+
+    def _direct_round(self) -> Generator[list[Eval], list[np.ndarray], tuple[list[int], list[float | None]]]:
+        """One token from the mixture's own models, the drafter skipped (drafting does not pay).
+
+        The drafter is not in the mixture, so p needs only the verifiers; the token is drawn
+        from p directly. The drafter's cache falls behind: its pending tokens grow and are
+        evaluated in one batch when drafting resumes.
+        """
+        pos = len(self.token_ids)
+        reqs = [Eval(name, self.pending[name], 1) for name in self.verifiers if self.pending[name]]
+        got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
+        rows = {name: [got[name][0] if name in got else self.held.pop(name)] for name in self.verifiers}
+        tok = sample(self._target(rows, 0), self.u[pos, 0])
+        delta = self._delta(rows, 0, tok)
+        self.held.pop(self.drafter, None)  # its prompt row is stale once a token passes it by
+        self.pending[self.drafter].append(tok)
+        for name in self.verifiers:
+            self.pending[name] = [tok]
+        self.stats.draft_tokens = 0
+        return [tok], [delta]
 
     def _draft_and_verify(
         self, k: int, pos: int
