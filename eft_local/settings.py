@@ -76,16 +76,16 @@ class Setting:
 
     def _check_str(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {value!r}")
+            raise UserError(f"{where} must be a string, got {_show(value)}")
         if self.choices and value not in self.choices:
-            raise UserError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
+            raise UserError(f"{where} must be one of {', '.join(self.choices)}, got {_show(value)}")
         return value
 
     def _check_list(self, value: Any, where: str) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise UserError(f"{where} must be a string or a list of non-empty strings, got {value!r}")
+            raise UserError(f"{where} must be a string or a list of non-empty strings, got {_show(value)}")
         return tuple(value)
 
     def _check_range(self, x: float, where: str) -> None:
@@ -106,11 +106,19 @@ class Setting:
 
 
 def _number(value: Any, kind: type, where: str) -> float | int:
-    """Accept ints for floats and integral floats for ints; never bools, never nan/inf."""
+    """Accept ints for floats and integral floats for ints; never bools, never nan/inf.
+
+    An integer too large for a float (JSON and TOML allow 400 digits) is refused here like
+    any out-of-range number, never converted (``float(10**400)`` raises OverflowError).
+    """
     if isinstance(value, str):
         value = _parse_number(value, kind, where)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {_show(value)}")
+    if isinstance(value, int):
+        if abs(value) > _MAX_EXACT:
+            raise UserError(f"{where} is too large: {_show(value)}")
+        return value if kind is int else float(value)
     if not math.isfinite(value):
         raise UserError(f"{where} must be a finite number, got {value}")
     if kind is int:
@@ -120,11 +128,27 @@ def _number(value: Any, kind: type, where: str) -> float | int:
     return float(value)
 
 
+# Larger than any setting's range (and than a float64's exact integers), far below float overflow.
+_MAX_EXACT = 2**64
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` for a message, kept short: a 400-digit number, a long string or a deeply
+    nested list stays one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"{str(value)[:12]}… ({len(str(abs(value)))} digits)"
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a too deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _parse_number(text: str, kind: type, where: str) -> float | int:
     try:
         return int(text) if kind is int else float(text)
     except ValueError:
-        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {_show(text)}") from None
 
 
 def _max_threads() -> int:
@@ -303,7 +327,7 @@ def check_weights(raw: Any, where: str) -> dict[str, float]:
     """An object NAME → weight (JSONL ``weights``, HTTP ``weights``, profile defaults); which
     names exist is the mixture's to say (``mixture.check_known_deltas``)."""
     if not isinstance(raw, Mapping):
-        raise UserError(f"{where} must be an object mapping delta names to numbers, got {raw!r}")
+        raise UserError(f"{where} must be an object mapping delta names to numbers, got {_show(raw)}")
     return {str(name): check_weight(name, value, f"{where}.{name}") for name, value in raw.items()}
 
 

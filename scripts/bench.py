@@ -42,7 +42,8 @@ import gguf
 import numpy as np
 
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.decoder import MAX_DRAFT, EftEngine
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.draft_control import K_MAX
 from eft_local.engine.events import FinishedEvent
 from eft_local.llama.adapter import LlamaModel
 from eft_local.llama.synthetic import BOS, CHATML_TEMPLATE, EOS, IM_END, UNK, ModelSpec, build_vocab, write_family
@@ -461,7 +462,7 @@ def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: 
     ns = sorted({int(x) for x in args.parallel.split(",") if x.strip()})
     temps = [float(t) for t in args.temperature.split(",") if t.strip()]
     levels = [lv for lv in shape.agreement if lv[0] in args.parallel_levels.split(",")]
-    n_ctx = (64 + 80 + args.tokens + MAX_DRAFT + 32 + 255) // 256 * 256
+    n_ctx = (64 + 80 + args.tokens + K_MAX + 32 + 255) // 256 * 256
     echo(
         f"parallel benchmark: {args.prompts} prompts x {args.tokens} tokens, N = {', '.join(map(str, ns))} "
         f"(plain = one after another, today's path), threads {threads}, best of {args.repeat}"
@@ -564,7 +565,7 @@ def main() -> None:
         levels = [(f"base_shift={args.base_shift:g}", args.base_shift)]
     else:
         levels = [lv for lv in shape.agreement if args.agreement in ("all", lv[0])]
-    n_ctx = 64 + args.tokens + MAX_DRAFT + 32
+    n_ctx = 64 + args.tokens + K_MAX + 32
     n_ctx = (n_ctx + 255) // 256 * 256
 
     t_start = time.perf_counter()

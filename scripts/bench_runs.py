@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.decoder import MAX_DRAFT, EftEngine
-from eft_local.engine.draft_control import DraftController
+from eft_local.engine.decoder import EftEngine
 from eft_local.engine.events import FinishedEvent
 from eft_local.llama.adapter import LlamaModel
 from eft_local.mix.params import SamplingParams
@@ -47,8 +46,6 @@ def plain_run(
 
 
 def eft_run(engine: EftEngine, prompt: dict, n: int, params: SamplingParams, k: int | None, seed: int) -> Result:
-    if k is None and hasattr(engine, "controller"):  # older engines kept one controller per engine
-        engine.controller = DraftController(k_max=MAX_DRAFT)
     cfg = GenerationConfig(sampling=params, max_tokens=n, draft_tokens=k, stats_interval=1e9)
     fin = None
     for ev in engine.generate(prompt, cfg, np.random.default_rng(seed)):

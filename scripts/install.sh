@@ -6,7 +6,8 @@
 #   2. creates .venv (if absent) and installs llama-cpp-python built that way: a prebuilt wheel
 #      from ../shared/wheels when one matches, else one from the wheelhouse
 #      (~/.cache/eft-local/wheelhouse, keyed by version + flags, because pip's own wheel cache
-#      ignores CMAKE_ARGS), else a fresh build (minutes) that is kept there;
+#      ignores CMAKE_ARGS), else a fresh build (minutes: it says the expected time, then its
+#      progress once a minute, EFT_PROGRESS_SECONDS to change) that is kept there;
 #   3. installs eft-local itself (editable).
 # Then:  .venv/bin/eft-local
 #
@@ -120,6 +121,45 @@ say "backend $BACKEND ($OS $ARCH); llama-cpp-python $LLAMA_VERSION with CMAKE_AR
 [ -n "$SHARED_WHEEL" ] && say "prebuilt wheel available: $SHARED_WHEEL"
 [ -n "$DRY_RUN" ] && exit 0
 
+# -- compiling llama.cpp, with progress --------------------------------------------------------
+expected_time() {  # measured: ~7-8 min for the CPU build on 2 cores; CUDA kernels take far longer
+  case "$BACKEND" in
+    cuda) echo "expect 15-40 minutes" ;;
+    *) echo "expect about $(( 14 / JOBS + 1 )) minutes" ;;
+  esac
+}
+
+build_progress() {  # the build's latest "[12/180]" (ninja) or "[ 45%]" (make) step, as "45% (step 12/180)"
+  local step
+  step=$(grep -oE '^ *\[ *[0-9]+(/[0-9]+|%)\]' "$1" 2>/dev/null | tail -n1 | tr -d ' []' || true)
+  case "$step" in
+    */*) echo "$(( 100 * ${step%/*} / ${step#*/} ))% (step $step)" ;;
+    *%) echo "$step" ;;
+    *) echo "configuring" ;;
+  esac
+}
+
+build_with_progress() {  # LOG COMMAND...: run it with its output in LOG; a progress line every minute
+  local log="$1" every="${EFT_PROGRESS_SECONDS:-60}" start=$SECONDS next pid rc=0
+  shift
+  "$@" >"$log" 2>&1 &
+  pid=$!
+  next=$(( start + every ))
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if [ "$SECONDS" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
+      say "  still compiling: $(build_progress "$log"), $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s so far"
+      next=$(( next + every ))
+    fi
+  done
+  wait "$pid" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    tail -n 25 "$log" | sed 's/^/  | /' >&2
+    return "$rc"
+  fi
+  say "  compiled in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
+}
+
 # -- the virtual environment ------------------------------------------------------------------
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (Python >= 3.10 is needed; set PYTHON=...)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -141,11 +181,13 @@ else
   WHEEL=$(ls "$WHEELHOUSE"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$WHEEL" ]; then
     JOBS=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
-    say "building llama-cpp-python $LLAMA_VERSION (several minutes; kept in $WHEELHOUSE)"
     mkdir -p "$WHEELHOUSE"
+    say "building llama.cpp (llama-cpp-python $LLAMA_VERSION): $(expected_time) on $JOBS cores, once;"
+    say "  the wheel is kept in $WHEELHOUSE, the full build log in $WHEELHOUSE/build.log"
     CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$JOBS}" \
-      "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION" \
-      || die "building llama-cpp-python failed (a C/C++ compiler and CMake are needed; see the output above)"
+      build_with_progress "$WHEELHOUSE/build.log" \
+      "$PY" -m pip wheel -v --no-deps --no-cache-dir -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION" \
+      || die "building llama-cpp-python failed (a C/C++ compiler and CMake are needed; the end of $WHEELHOUSE/build.log is above)"
     WHEEL=$(ls "$WHEELHOUSE"/llama_cpp_python-*.whl | head -n1)
   else
     say "wheel from the wheelhouse: $WHEEL"

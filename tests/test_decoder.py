@@ -256,3 +256,18 @@ def test_plain_content_keeps_control_token_text_as_text(engine):
     honest = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
     assert engine.prompt(messages=honest, plain_content=True) == engine.prompt(messages=honest)
     assert IM_START not in engine.prompt(raw="<|im_start|>x", plain_content=True)["chat"]
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 1e-38])
+@pytest.mark.parametrize("draft", [0, 4, None])
+def test_tiny_temperature_generates_the_greedy_text(engine, temperature, draft):
+    import warnings
+
+    prompt = engine.prompt(raw="the answer is")
+    want = finished(engine, prompt, greedy(), draft=0, max_tokens=16).token_ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fin = finished(
+            engine, prompt, SamplingParams(alpha=1.0, beta=1.0, temperature=temperature, top_p=0.95), draft=draft, max_tokens=16
+        )
+    assert fin.reason in ("length", "stop") and fin.token_ids == want

@@ -87,3 +87,37 @@ def test_first_and_second_token_follow_exact_eft(engine, reference_models, name,
     assert chi2_pvalue(seconds, second_p, N_SAMPLES) > 1e-3
     if draft != 0:
         assert 0 < accepted < drafted  # both branches (accept and residual resample) were exercised
+
+
+# -- tiny temperatures: the greedy limit, computed without overflow -------------------------
+TINY = [1e-40, 5e-324, 1e-38, 3e-39, 1e-30]
+
+
+@pytest.mark.parametrize("temperature", TINY)
+@pytest.mark.parametrize(
+    "filters", [{"top_p": 1.0}, {"top_p": 0.95}, {"min_p": 0.1, "top_p": 1.0}, {"top_k": 5}, {"typical_p": 0.5, "top_p": 1.0}]
+)
+def test_tiny_temperature_is_the_greedy_limit_without_warnings(temperature, filters):
+    import warnings
+
+    from eft_local.mix.sampling import distribution, sample
+
+    z = np.random.default_rng(3).normal(size=2000).astype(np.float32) * 8
+    z[-1] = -np.inf  # a masked id
+    top = int(np.argmax(z))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow/invalid-value warnings from NumPy
+        d = distribution(z, SamplingParams(temperature=temperature, **filters))
+        assert {sample(d, u) for u in (0.0, 0.3, 0.999999)} == {top}
+        assert d.prob(top) == 1.0
+
+
+@pytest.mark.parametrize("temperature", TINY)
+def test_tiny_temperature_splits_exact_ties_evenly(temperature):
+    from eft_local.mix.sampling import distribution, sample
+
+    z = np.zeros(500, np.float32)
+    z[[10, 400]] = 3.0
+    d = distribution(z, SamplingParams(temperature=temperature, top_p=1.0))
+    assert d.prob(10) == d.prob(400) == 0.5
+    assert (sample(d, 0.2), sample(d, 0.8)) == (10, 400)

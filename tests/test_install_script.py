@@ -92,3 +92,65 @@ def test_ci_runs_the_two_readme_commands():
     assert "scripts/install.sh" in ci and "scripts/test.sh" in ci
     readme = (ROOT / "README.md").read_text()
     assert "scripts/install.sh" in readme and "scripts/test.sh" in readme
+
+
+# -- a build that compiles: progress while it runs --------------------------------------------
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# Stands in for python3 and .venv/bin/python: `pip wheel` prints build steps like ninja, slowly.
+case "$1" in
+  -c) case "$2" in *llama_cpp*) echo yes ;; esac; exit 0 ;;
+  -V) echo "Python 3.12.0"; exit 0 ;;
+esac
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; exit 0; fi
+if [ "$1 $2 $3" = "-m pip wheel" ]; then
+  while [ $# -gt 0 ]; do [ "$1" = -w ] && out="$2"; shift; done
+  echo "-- Configuring done"
+  for i in 1 2 3 4; do sleep "${FAKE_STEP_SECONDS:-1}"; echo "[$((i * 20))/80] Building C object ggml-$i.c.o"; done
+  [ -n "${FAKE_BUILD_FAILS:-}" ] && { echo "error: no C compiler"; exit 1; }
+  touch "$out/llama_cpp_python-0.3.36-cp312-cp312-linux_x86_64.whl"; exit 0
+fi
+exit 0  # pip install: nothing to do
+"""
+
+
+def fake_install(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """install.sh in a copy of the repo layout, with a fake Python whose build takes ~4 s."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "install.sh", repo / "scripts" / "install.sh")
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra="avx avx2 fma f16c"))
+    full_env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHON": str(python),
+        "EFT_CPUINFO": str(cpuinfo),
+        "EFT_SHARED_WHEELS": str(tmp_path / "none"),
+        "EFT_BACKEND": "cpu",
+        "EFT_PROGRESS_SECONDS": "1",
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(repo / "scripts" / "install.sh")], capture_output=True, text=True, env=full_env, timeout=60
+    )
+
+
+def test_build_says_the_expected_time_and_shows_progress(tmp_path):
+    r = fake_install(tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "expect about" in out and "minutes on" in out
+    progress = [line for line in out.splitlines() if "still compiling" in line]
+    assert len(progress) >= 2 and "% (step" in progress[-1] and "s so far" in progress[-1]
+    assert "compiled in" in out and "done: llama.cpp for cpu" in out
+    assert "Building C object" not in out  # the build's own chatter stays in the log
+    assert "[80/80]" in next((tmp_path / ".cache" / "eft-local" / "wheelhouse").glob("*/build.log")).read_text()
+
+
+def test_failed_build_shows_the_end_of_its_log(tmp_path):
+    r = fake_install(tmp_path, FAKE_BUILD_FAILS="1", FAKE_STEP_SECONDS="0")
+    assert r.returncode == 1
+    assert "| error: no C compiler" in r.stderr and "building llama-cpp-python failed" in r.stderr

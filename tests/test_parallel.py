@@ -11,7 +11,7 @@ import pytest
 from eft_local.batch.run import rng_for
 from eft_local.cli import main
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.decoder import MAX_DRAFT, EftEngine
+from eft_local.engine.decoder import EftEngine, uniforms
 from eft_local.engine.events import FinishedEvent, TokenEvent
 from eft_local.engine.scheduler import Scheduler
 from eft_local.llama.adapter import LlamaModel
@@ -123,7 +123,7 @@ def decision_margin(
     if cfg.sampling.temperature == 0:
         return abs(float(z[a]) - float(z[b]))
     edges = [nucleus_margin(z[np.isfinite(z)], cfg.sampling), nucleus_margin(chat, cfg.sampling)]
-    u = rng_for(seed, i).random((cfg.max_tokens + MAX_DRAFT + 2, 3))[len(prefix)]
+    u = uniforms(rng_for(seed, i), cfg.max_tokens)[len(prefix)]
     x = sample(q, u[0])
     margins = [*edges, cdf_margin(q, u[0]), abs(u[1] * q.prob(x) - p.prob(x))]
     if not accept(p, q, x, u[1]):

@@ -12,6 +12,7 @@ import pytest
 from eft_local.errors import UserError
 from eft_local.models.profiles import (
     ROLES,
+    Profile,
     default_models_dir,
     default_profile_name,
     load_profiles,
@@ -285,3 +286,115 @@ def test_profile_seed_and_gpu_layers_take_effect(tmp_path):
     assert (settings["seed"], settings["gpu_layers"], settings["threads"], settings["n_ctx"]) == (9, 0, 1, 512)
     settings = resolve_settings(argparse.Namespace(seed="3"), defaults)
     assert settings["seed"] == 3
+
+
+# ---------------------------------------------------------------- local files: { path = "..." }
+def local_profile(tmp_path: Path, family) -> Path:
+    """base by absolute path, chat relative to the models.toml, reference by ~, plus a delta."""
+    conf = tmp_path / "conf"
+    (conf / "gguf").mkdir(parents=True)
+    (conf / "gguf" / "chat.gguf").symlink_to(family.chat)
+    return write(
+        conf / "models.toml",
+        f"""
+[profiles.mine]
+description = "my own files"
+base = {{ path = "{family.base}" }}
+chat = {{ path = "gguf/chat.gguf" }}
+reference = {{ path = "{family.reference}" }}
+[profiles.mine.deltas.style]
+chat = {{ path = "./gguf/chat.gguf" }}
+reference = {{ path = "{family.reference}" }}
+weight = 0.5
+[profiles.mixed]
+base = {{ path = "{family.base}" }}
+chat = {{ repo_id = "org/Chat-GGUF", filename = "chat.gguf" }}
+reference = {{ path = "nowhere/ref.gguf" }}
+""",
+    )
+
+
+def test_profile_may_name_local_files(tmp_path, family, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths are relative to the models.toml, not the cwd
+    f = local_profile(tmp_path, family)
+    r = resolve_profile("mine", models_file=f)
+    assert r.paths["base"] == family.base
+    assert r.paths["chat"] == f.parent / "gguf" / "chat.gguf" and r.paths["chat"].is_file()
+    assert r.paths["style"] == r.paths["chat"] and r.paths["style.reference"] == family.reference
+    assert r.weights == {"style": 0.5}
+
+
+def test_missing_local_file_says_fix_the_path_not_download(tmp_path, family):
+    f = local_profile(tmp_path, family)
+    with pytest.raises(UserError, match=r"no such file for reference .*nowhere/ref.gguf.*fix its path") as e:
+        resolve_profile("mixed", models_file=f)
+    assert "download" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "entry, expect",
+    [
+        ('{ path = "" }', "must be a file path"),
+        ("{ path = 3 }", "must be a file path"),
+        ('{ path = "a.gguf", repo_id = "o/n" }', "takes no repo_id"),
+        ('{ path = "a.gguf", sha256 = "x" }', "takes no sha256"),
+        ('{ pth = "a.gguf" }', "or path alone"),
+    ],
+)
+def test_bad_local_entries_fail_in_one_line(tmp_path, entry, expect):
+    f = write(tmp_path / "m.toml", TINY.replace('{ repo_id = "org/Chat-GGUF", filename = "chat.gguf" }', entry))
+    with pytest.raises(UserError, match=expect):
+        load_profiles(f)
+
+
+def test_models_lists_local_files_as_local(tmp_path, family, capsys):
+    from eft_local.cli import main
+
+    f = local_profile(tmp_path, family)
+    assert main(["models", "--models-file", str(f)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and len(line.split()) > 2}
+    assert " local " in lines["base"] and str(family.base) in lines["base"]
+    assert " local " in lines["style.reference"]
+    assert " missing " in out and "nowhere/ref.gguf" in out
+
+
+def test_download_skips_local_files(tmp_path, family):
+    import io
+
+    from eft_local.models.download import run_download
+
+    profiles = load_profiles(local_profile(tmp_path, family))
+    said = io.StringIO()
+    assert run_download([profiles["mine"]], tmp_path / "models", out=said) == 0
+    assert f"local file {family.base}" in said.getvalue() and "0 downloaded" in said.getvalue()
+    missing = Profile("gone", "", {"reference": profiles["mixed"].files["reference"]})  # no hub file: no network
+    said = io.StringIO()
+    assert run_download([missing], tmp_path / "models", out=said) == 1
+    assert "nowhere/ref.gguf: no such file" in said.getvalue()
+
+
+def test_run_with_a_local_file_profile(tmp_path, family):
+    from eft_local.cli import main
+
+    f = local_profile(tmp_path, family)
+    pf = write(tmp_path / "p.txt", "hello\n")
+    out = tmp_path / "o.jsonl"
+    rc = main(
+        [
+            "run",
+            "--profile",
+            "mine",
+            "--models-file",
+            str(f),
+            "--prompt-file",
+            str(pf),
+            "--output",
+            str(out),
+            "--max-tokens",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
+    assert rc == 0 and out.read_text().count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,11 +14,16 @@ from eft_local.settings import GRID_KEYS, check, check_weight
 Point = dict[str, Any]  # setting name -> value; delta weights under "weights"
 
 
-def parse_grid(items: Sequence[str], settings: dict[str, Any]) -> list[Point]:
+# Rows one run may make (grid points × prompts), checked before the points are built.
+MAX_ROWS = 1_000_000
+
+
+def parse_grid(items: Sequence[str], settings: dict[str, Any], prompts: int = 1) -> list[Point]:
     """The grid's points, first key varying slowest; ``[{}]`` without ``--grid``.
 
     Known delta names come from ``settings["weights"]`` and the model set (checked by the
-    caller); values are checked by each setting's one definition.
+    caller); values are checked by each setting's one definition. More than ``MAX_ROWS``
+    points × ``prompts`` is refused before anything is built.
     """
     axes: list[tuple[str, list[Any]]] = []
     for item in items:
@@ -28,6 +34,7 @@ def parse_grid(items: Sequence[str], settings: dict[str, Any]) -> list[Point]:
         if key in (k for k, _ in axes):
             raise UserError(f"--grid {key} given twice")
         axes.append((key, [_value(key, v.strip()) for v in values.split(",")]))
+    _check_size([len(values) for _, values in axes], prompts)
     points = []
     for combo in itertools.product(*(values for _, values in axes)):
         point: Point = {}
@@ -35,6 +42,16 @@ def parse_grid(items: Sequence[str], settings: dict[str, Any]) -> list[Point]:
             _set(point, key, value)
         points.append(point)
     return points or [{}]
+
+
+def _check_size(axis_lengths: list[int], prompts: int) -> None:
+    points = math.prod(axis_lengths)
+    if points * max(prompts, 1) > MAX_ROWS:
+        shape = " × ".join(map(str, axis_lengths))
+        raise UserError(
+            f"--grid makes {shape} = {points:,} points × {prompts:,} prompt(s) = {points * prompts:,} rows; "
+            f"at most {MAX_ROWS:,} per run: split the grid or the prompts into several runs"
+        )
 
 
 def _value(key: str, text: str) -> Any:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eft_local.batch.output import open_output
+from eft_local.batch.output import Claim, claim_output, row_json
 from eft_local.batch.prompt_file import PromptItem
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
 from eft_local.engine.decoder import EftEngine
@@ -142,7 +141,7 @@ def run_batch(
     engine: EftEngine,
     items: list[PromptItem],
     opts: BatchOptions,
-    out: str | Path | None,
+    out: Claim | str | Path | None,
     progress: Callable[[int, int, Summary], None] | None = None,
     parallel: int = 1,
 ) -> Summary:
@@ -150,13 +149,15 @@ def run_batch(
 
     ``parallel`` > 1 runs that many generations at once (``scheduler.Scheduler``; the engine
     must hold that many sequences); rows finishing early wait in memory for their turn.
+    ``out``: a ``Claim`` taken before the models loaded, or a path (claimed now).
     """
     summary = Summary()
     total = len(items) * len(opts.grid)
-    with open_output(out) as f:
+    claim = out if isinstance(out, Claim) else claim_output(out)
+    with claim, claim.rows() as f:
 
         def write(row: dict[str, Any], fin: FinishedEvent) -> None:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(row_json(row) + "\n")
             f.flush()
             summary.add(fin)
             if progress:

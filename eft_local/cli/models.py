@@ -105,7 +105,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows = [(role, *file_status(root, mf, records), mf) for role, mf in profile.files.items()]
         mark = " (default)" if name == default else ""
         print(f"\n{name}{mark}: {profile.description}")
-        print(f"  {'role':<18} {'status':<10} {'size':>9}  repo_id/filename")
+        print(f"  {'role':<18} {'status':<10} {'size':>9}  repo_id/filename (or local path)")
         rpc = profile.defaults.get("rpc") or {}
         for role, status, size, mf in rows:
             shown = human_size(size if size is not None else mf.size) if (size or mf.size) else "-"

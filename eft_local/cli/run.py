@@ -46,16 +46,21 @@ def register(sub) -> None:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from eft_local.batch.grid import grid_deltas, parse_grid
-    from eft_local.batch.output import check_output
+    from eft_local.batch.output import claim_output
     from eft_local.batch.prompt_file import read_prompt_file
-    from eft_local.batch.run import BatchOptions, run_batch
 
     refuse_unused_with_raw(args)
     items = read_prompt_file(args.prompt_file)
-    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after the run
+    with claim_output(args.output, args.prompt_file) as claim:  # checked and locked before any model loads
+        return _generate(args, items, claim)
+
+
+def _generate(args: argparse.Namespace, items: list, claim) -> int:
+    from eft_local.batch.grid import grid_deltas, parse_grid
+    from eft_local.batch.run import BatchOptions, run_batch
+
     paths, settings, _ = prepare(args)
-    grid = parse_grid(args.grid, settings)
+    grid = parse_grid(args.grid, settings, prompts=len(items))
     check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
     total = len(items) * len(grid)
     parallel = min(settings["parallel"] or default_parallel(settings), max(total, 1))
@@ -65,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"{paths['chat']} has no chat template; pass --raw to send the prompts as plain text")
     opts = BatchOptions(settings=settings, raw=args.raw, grid=grid)
     try:
-        summary = run_batch(engine, items, opts, args.output, progress=_progress_printer(total), parallel=parallel)
+        summary = run_batch(engine, items, opts, claim, progress=_progress_printer(total), parallel=parallel)
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)

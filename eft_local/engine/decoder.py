@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.draft_control import DraftController
+from eft_local.engine.draft_control import K_MAX, DraftController
 from eft_local.engine.events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
+from eft_local.engine.prompt_check import check_prompt
 from eft_local.engine.textstream import TextStream
 from eft_local.errors import Cancelled, EngineBusy, UserError
 from eft_local.llama.adapter import LlamaModel
@@ -36,9 +37,7 @@ from eft_local.llama.vocab import SharedVocab, check_vocab
 from eft_local.mix.logprobs import TokenLogprob, token_logprobs
 from eft_local.mix.mixture import BASE, Delta, check_known_deltas, check_roles, coefficients, deltas_of, pick_drafter, role_order
 from eft_local.mix.params import SamplingParams
-from eft_local.mix.sampling import Dist, accept, base_nucleus, combine, distribution, residual, sample, token_logprob
-
-MAX_DRAFT = 16
+from eft_local.mix.sampling import Dist, accept, base_nucleus_needed, combine, eft_distribution, residual, sample, token_logprob
 
 
 class EftEngine:
@@ -180,7 +179,12 @@ class EftEngine:
         if not self._running.acquire(blocking=False):
             raise EngineBusy("the engine is already generating (one generation at a time)")
         try:
-            yield from _Run(self, prompt, config, rng, cancel or (lambda: False)).events()
+            try:
+                run = Generation(self, prompt, config, rng, cancel)
+            except UserError as e:
+                yield FinishedEvent("error", "", [], GenStats(), str(e))
+                return
+            yield from run.events()
         finally:
             self._running.release()
 
@@ -205,61 +209,86 @@ class Eval:
 Steps = Generator[list[Eval], list[np.ndarray], None]
 
 
-class _Run:
-    """State of one generation (kept off EftEngine so the engine stays reusable).
+class Generation:
+    """One generation over an EftEngine's models: the plan, the caches' bookkeeping, the output.
 
-    Only the models that matter run: those with a nonzero weight for this generation's
-    settings, the drafter, and the base when its nucleus restricts sampling (DExperts).
+    Kept off EftEngine so the engine stays reusable. Everything it holds is created here;
+    settings that cannot run (unknown delta weights, a bad drafter, a prompt that does not
+    fit) raise UserError from the constructor, before any model is touched.
 
-    The generation is written as a coroutine (``steps``) that yields the evaluations it needs
-    and receives their logit rows, and pushes its events onto ``out``: ``events`` drives it
-    one evaluation at a time on sequence 0 (the plain path), ``scheduler.Scheduler`` drives
-    many at once, batching every sequence's requests per model. ``models`` maps each model
-    name to what holds this generation's cache (``n_past``, ``n_ctx``, ``rollback``): the
-    engine's models themselves, or one sequence of them.
+    Only the models that matter run: those with a nonzero weight for these settings, the
+    drafter, and the base when its nucleus restricts sampling (DExperts).
+
+    The generation is a coroutine (``steps``) that yields the evaluations it needs and
+    receives their logit rows, and pushes its events onto an outbox (``drain``): ``events``
+    drives it one evaluation at a time on sequence 0 (the plain path), ``scheduler.Scheduler``
+    drives many at once, batching every sequence's requests per model. ``models`` maps each
+    model name to what holds this generation's cache (``n_past``, ``n_ctx``, ``rollback``):
+    the engine's models themselves, or one sequence of them. ``block_length``: where an
+    adaptive generation takes each round's k (a scheduler's shared choice); default, its
+    own ``controller``.
     """
 
-    def __init__(self, engine: EftEngine, prompt, config: GenerationConfig, rng, cancel, models: Mapping | None = None) -> None:
-        self.e = engine
+    def __init__(
+        self,
+        engine: EftEngine,
+        prompt: Mapping[str, list[int]],
+        config: GenerationConfig,
+        rng: np.random.Generator,
+        cancel: Callable[[], bool] | None = None,
+        models: Mapping | None = None,
+        block_length: Callable[[], int] | None = None,
+    ) -> None:
+        self.engine = engine
         self.models = engine.models if models is None else models
         self.cfg = config
         self.params = config.sampling
         self.draft_params = replace(config.sampling, top_p_mode="eft")
-        # Three uniforms per output position: draft draw, acceptance test, resample draw.
-        self.u = rng.random((config.max_tokens + MAX_DRAFT + 2, 3))
-        self.cancel = cancel
-        self.raw_prompt = prompt
+        self.u = uniforms(rng, config.max_tokens)
+        self.cancel = cancel or (lambda: False)
+        self.t0 = time.perf_counter()
         self.stats = GenStats()
         self.stream = TextStream(config.stop)
         self.token_ids: list[int] = []
-        self.out: list[Event] = []
-        self.k_source: Callable[[], int] | None = None  # adaptive block length from outside (a scheduler's round)
-        self.t0 = time.perf_counter()
+        self._out: list[Event] = []
         self._last_stats = self.t0
         self.n = engine.vocab.n
         self.mask = engine.vocab.masked
         self._z = engine._z
         self._lp_z = np.empty(self.n, np.float32) if config.logprobs is not None else None
         self._round_logprobs: list[TokenLogprob] = []  # this round's, in token order (config.logprobs only)
-
-    def _plan(self) -> None:
-        """Weights, drafter and the set of models to evaluate for these settings."""
-        e = self.e
-        e.check_weights(self.params)
-        coef = e.coefficients(self.params)
-        self.drafter = e.model_of[pick_drafter(e.deltas, self.params.weight, self.cfg.draft_with).chat]
-        self.base = e.model_of[BASE]
+        # the plan: which models run, with what weight, who drafts
+        engine.check_weights(self.params)
+        self.drafter = engine.model_of[pick_drafter(engine.deltas, self.params.weight, config.draft_with).chat]
+        self.base = engine.model_of[BASE]
+        self.weighted = [(name, w) for name, w in engine.coefficients(self.params).items() if w != 0.0]
+        self.names, self.weights = [n for n, _ in self.weighted], [w for _, w in self.weighted]
         dexperts = base_nucleus_needed(self.params)
-        self.weighted = [(name, w) for name, w in coef.items() if w != 0.0]
-        needed = {name for name, _ in self.weighted} | {self.drafter} | ({self.base} if dexperts else set())
-        self.active = [name for name in e.models if name in needed]
+        needed = {*self.names, self.drafter} | ({self.base} if dexperts else set())
+        self.active = [name for name in engine.models if name in needed]
         self.verifiers = [name for name in self.active if name != self.drafter]
         # The drafter alone at weight 1 (compare's "chat alone"): p is q, every draft stands.
         self.p_is_q = self.weighted == [(self.drafter, 1.0)] and not dexperts
-        self.prompt = {name: list(self.raw_prompt[name]) for name in self.active}
+        self.prompt = {name: list(prompt[name]) for name in self.active}
+        check_prompt(self.prompt, {name: engine.models[name] for name in self.active})
         self.stats.prompt_tokens = {name: len(t) for name, t in self.prompt.items()}
-        size = lambda names: sum(e.models[n].size_bytes for n in names)  # noqa: E731
-        self.controller = DraftController(draft_cost=size([self.drafter]), verify_cost=size(self.verifiers), k_max=MAX_DRAFT)
+        self.controller = DraftController(
+            draft_cost=self._size([self.drafter]),
+            verify_cost=self._size(self.verifiers),
+            direct_cost=None if self.drafter in self.names else self._size(self.verifiers),
+        )
+        self._block_length = block_length or self.controller.next_k
+        # the caches: each model's not yet evaluated tokens, and the logits row the prompt left
+        self.pending: dict[str, list[int]] = {name: [] for name in self.active}
+        self.held: dict[str, np.ndarray] = {}
+
+    def _size(self, names: list[str]) -> int:
+        return sum(self.engine.models[n].size_bytes for n in names)
+
+    @property
+    def adaptive(self) -> bool:
+        """The block length follows acceptance (``draft_tokens`` unset)."""
+        return self.cfg.draft_tokens is None
 
     # -- drivers ----------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
@@ -281,7 +310,8 @@ class _Run:
         yield from self.drain()
 
     def drain(self) -> list[Event]:
-        out, self.out = self.out, []
+        """The events pushed since the last call."""
+        out, self._out = self._out, []
         return out
 
     def steps(self, prefill_chunk: int | None = None, solo: bool = False) -> Steps:
@@ -293,8 +323,6 @@ class _Run:
         """
         reason, error = "length", None
         try:
-            self._plan()
-            self._check_prompt()
             if prefill_chunk is None:
                 self._prefill()
             else:
@@ -311,35 +339,18 @@ class _Run:
         """Push the held-back text and the FinishedEvent."""
         tail = self.stream.flush()
         if tail:
-            self.out.append(TokenEvent(-1, tail))
+            self._out.append(TokenEvent(-1, tail))
         self.stats.seconds = time.perf_counter() - self.t0
-        self.out.append(FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error))
+        self._out.append(FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error))
 
-    def _check_prompt(self) -> None:
-        for name, toks in self.prompt.items():
-            model = self.models[name]
-            if not toks:
-                raise UserError("empty prompt: nothing to generate from")
-            if len(toks) >= model.n_ctx:
-                raise UserError(
-                    f"prompt is {len(toks)} tokens for {name} but n_ctx is {model.n_ctx}; raise --n-ctx or shorten the prompt"
-                )
-            bad = [t for t in toks if not 0 <= t < self.e.models[name].n_vocab]
-            if bad:
-                raise UserError(f"prompt token id {bad[0]} is outside {name}'s vocabulary")
-
+    # -- the prompt -------------------------------------------------------------------------
     def _prefill(self) -> None:
         """Evaluate each model's prompt, reusing what its cache already holds; keep the last row."""
-        self.pending: dict[str, list[int]] = {}
-        self.held: dict[str, np.ndarray] = {}
         for name in self.active:
             self.held[name] = self.models[name].prefill(self.prompt[name], self.cancel).copy()
-            self.pending[name] = []
 
     def _prefill_steps(self, chunk: int, solo: bool) -> Steps:
         """The prompt from an empty cache in chunks (one request per model and chunk)."""
-        self.pending = {name: [] for name in self.active}
-        self.held = {}
         for name in self.active:
             self.models[name].rollback(0)
         longest = max(len(t) for t in self.prompt.values())
@@ -354,14 +365,9 @@ class _Run:
                 if start + chunk >= len(self.prompt[r.name]):
                     self.held[r.name] = rows[0].copy()
 
+    # -- rounds -----------------------------------------------------------------------------
     def _loop(self) -> Generator[list[Eval], list[np.ndarray], str]:
-        fixed = self.cfg.draft_tokens
-        can_rollback = self.e.can_rollback
-        if fixed and not can_rollback:
-            raise UserError(
-                "speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid); use --draft-tokens 0"
-            )
-        speculative = can_rollback and fixed != 0
+        speculative = self._speculative()
         while True:
             left = self.cfg.max_tokens - self.stats.n_tokens
             room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.active)
@@ -369,64 +375,123 @@ class _Run:
                 return "length"
             if self.cancel():
                 return "cancelled"
-            k = (fixed if fixed is not None else self._adaptive_k()) if speculative else 0
-            k = max(0, min(k, left - 1, room))
-            accepted, deltas = yield from self._round(k)
+            if self.adaptive and self.controller.direct():
+                accepted, deltas = yield from self._direct_round()
+            else:
+                k = max(0, min(self._next_k() if speculative else 0, left - 1, room))
+                accepted, deltas = yield from self._round(k)
             if self._emit(accepted, deltas):
                 return "stop"
-            now = time.perf_counter()
-            if now - self._last_stats >= self.cfg.stats_interval:
-                self._last_stats = now
-                self.stats.seconds = now - self.t0
-                self.out.append(StatsEvent(self.stats.snapshot()))
+            self._maybe_stats()
 
-    def _adaptive_k(self) -> int:
-        return self.k_source() if self.k_source is not None else self.controller.next_k()
+    def _speculative(self) -> bool:
+        fixed = self.cfg.draft_tokens
+        if fixed and not self.engine.can_rollback:
+            raise UserError(
+                "speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid); use --draft-tokens 0"
+            )
+        return self.engine.can_rollback and fixed != 0
 
-    # -- one round --------------------------------------------------------------------------
+    def _next_k(self) -> int:
+        return self._block_length() if self.adaptive else self.cfg.draft_tokens
+
+    def _maybe_stats(self) -> None:
+        now = time.perf_counter()
+        if now - self._last_stats >= self.cfg.stats_interval:
+            self._last_stats = now
+            self.stats.seconds = now - self.t0
+            self._out.append(StatsEvent(self.stats.snapshot()))
+
     def _round(self, k: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[int], list[float | None]]]:
-        drafter = self.e.models[self.drafter]
+        """Draft up to k tokens, verify them in one batch per model, keep the accepted prefix."""
         n0 = {name: self.models[name].n_past for name in self.active}
         pos = len(self.token_ids)  # index into the per-position uniforms
-        extra: list[Eval] = []
-        if k == 0 and self.pending[self.drafter]:  # naive round: the drafter's row joins the verify batch
-            chat_rows, drafts, qs = [], [], []
-            extra = [Eval(self.drafter, self.pending[self.drafter], 1)]
-        else:
-            chat_rows, drafts, qs = yield from self._draft(drafter, k, pos)
-        reqs = extra + [r for r in (self._verify_eval(name, drafts) for name in self.verifiers) if r is not None]
-        got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
-        if extra:
-            chat_rows = [got.pop(self.drafter)[0].copy()]
-        rows = {name: self._rows(name, drafts, got.get(name)) for name in self.verifiers}
-        rows[self.drafter] = chat_rows
-        accepted: list[int] = []
-        deltas: list[float | None] = []
-        self._round_logprobs = []
-        for i, x in enumerate(drafts):
-            tok = self._verify(rows, i, qs[i], x, pos + i)
+        rows, drafts, qs = yield from self._draft_and_verify(k, pos)
+        accepted, deltas, all_passed = self._accept_drafts(rows, drafts, qs, pos)
+        if all_passed:
+            tok, delta = yield from self._bonus(rows, drafts, pos)
             accepted.append(tok)
-            deltas.append(self._delta(rows, i, tok))
-            self._note_logprob(rows, i, tok)
-            if tok != x or drafter.is_eog(x):
-                break
-        else:  # every draft passed: one more token from the chat row after the last draft
-            i = len(drafts)
-            if drafts:
-                for name in self.verifiers:  # another sequence's step may reuse these views' buffer
-                    rows[name][i] = rows[name][i].copy()
-                chat_rows.append((yield [Eval(self.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
-            q = self._filtered(chat_rows[i], self.draft_params)
-            tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
-            accepted.append(tok)
-            deltas.append(self._delta(rows, i, tok))
-            self._note_logprob(rows, i, tok)
+            deltas.append(delta)
         if k:
             self._account(k, len(drafts), sum(a == d for a, d in zip(accepted, drafts)))
         for name in self.active:
             self.models[name].rollback(n0[name] + len(self.pending[name]) + len(accepted) - 1)
             self.pending[name] = [accepted[-1]]
         return accepted, deltas
+
+    def _direct_round(self) -> Generator[list[Eval], list[np.ndarray], tuple[list[int], list[float | None]]]:
+        """One token from the mixture's own models, the drafter skipped (drafting does not pay).
+
+        The drafter is not in the mixture, so p needs only the verifiers; the token is drawn
+        from p directly. The drafter's cache falls behind: its pending tokens grow and are
+        evaluated in one batch when drafting resumes.
+        """
+        pos = len(self.token_ids)
+        reqs = [Eval(name, self.pending[name], 1) for name in self.verifiers if self.pending[name]]
+        got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
+        rows = {name: [got[name][0] if name in got else self.held.pop(name)] for name in self.verifiers}
+        tok = sample(self._target(rows, 0), self.u[pos, 0])
+        delta = self._delta(rows, 0, tok)
+        self._note_logprob(rows, 0, tok)
+        self.held.pop(self.drafter, None)  # its prompt row is stale once a token passes it by
+        self.pending[self.drafter].append(tok)
+        for name in self.verifiers:
+            self.pending[name] = [tok]
+        self.stats.draft_tokens = 0
+        return [tok], [delta]
+
+    def _draft_and_verify(
+        self, k: int, pos: int
+    ) -> Generator[list[Eval], list[np.ndarray], tuple[dict[str, list[np.ndarray]], list[int], list[Dist]]]:
+        """The drafter's rows, drafts and q_i, and every verifier's rows for this round."""
+        extra: list[Eval] = []
+        if k == 0 and self.pending[self.drafter]:  # naive round: the drafter's row joins the verify batch
+            chat_rows, drafts, qs = [], [], []
+            extra = [Eval(self.drafter, self.pending[self.drafter], 1)]
+        else:
+            chat_rows, drafts, qs = yield from self._draft(k, pos)
+        reqs = extra + [r for r in (self._verify_eval(name, drafts) for name in self.verifiers) if r is not None]
+        got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
+        if extra:
+            chat_rows = [got.pop(self.drafter)[0].copy()]
+        rows = {name: self._rows(name, drafts, got.get(name)) for name in self.verifiers}
+        rows[self.drafter] = chat_rows
+        return rows, drafts, qs
+
+    def _accept_drafts(
+        self, rows: dict[str, list[np.ndarray]], drafts: list[int], qs: list[Dist], pos: int
+    ) -> tuple[list[int], list[float | None], bool]:
+        """Each draft in turn until the first rejection (its resampled token ends the list)
+        or an end token; the flag says every draft passed and none ended the text (a bonus
+        token follows)."""
+        accepted: list[int] = []
+        deltas: list[float | None] = []
+        for i, x in enumerate(drafts):
+            tok = self._verify(rows, i, qs[i], x, pos + i)
+            accepted.append(tok)
+            deltas.append(self._delta(rows, i, tok))
+            self._note_logprob(rows, i, tok)
+            if tok != x or self._is_eog(x):
+                return accepted, deltas, False
+        return accepted, deltas, True
+
+    def _bonus(
+        self, rows: dict[str, list[np.ndarray]], drafts: list[int], pos: int
+    ) -> Generator[list[Eval], list[np.ndarray], tuple[int, float | None]]:
+        """Every draft passed: one more token from the drafter's row after the last draft."""
+        i = len(drafts)
+        chat_rows = rows[self.drafter]
+        if drafts:
+            for name in self.verifiers:  # another sequence's step may reuse these views' buffer
+                rows[name][i] = rows[name][i].copy()
+            chat_rows.append((yield [Eval(self.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
+        q = self._filtered(chat_rows[i], self.draft_params)
+        tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
+        self._note_logprob(rows, i, tok)
+        return tok, self._delta(rows, i, tok)
+
+    def _is_eog(self, token: int) -> bool:
+        return self.engine.models[self.drafter].is_eog(token)
 
     def _verify_eval(self, name: str, drafts: list[int]) -> Eval | None:
         """What a verifier evaluates this round: pending + drafts (None: its held row is all)."""
@@ -454,9 +519,7 @@ class _Run:
             return x
         return sample(residual(p, q), self.u[pos, 2])
 
-    def _draft(
-        self, chat: LlamaModel, k: int, pos: int
-    ) -> Generator[list[Eval], list[np.ndarray], tuple[list[np.ndarray], list[int], list[Dist]]]:
+    def _draft(self, k: int, pos: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[np.ndarray], list[int], list[Dist]]]:
         """The drafter drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
         pending = self.pending[self.drafter]
         if pending:
@@ -470,25 +533,21 @@ class _Run:
             x = sample(q, self.u[pos + i, 0])
             drafts.append(x)
             qs.append(q)
-            if i == k - 1 or chat.is_eog(x):
+            if i == k - 1 or self._is_eog(x):
                 break
             rows.append((yield [Eval(self.drafter, [x], 1, light=True)])[0][0].copy())
         return rows, drafts, qs
 
     def _filtered(self, row: np.ndarray, params: SamplingParams) -> Dist:
-        z = self._z
-        np.copyto(z, row[: self.n])
-        if self.mask.size:
-            z[self.mask] = -np.inf
-        return distribution(z, params)
+        """The drafter's own distribution q (one model: its row, masked, filtered)."""
+        return eft_distribution([row], [1.0], params, self.n, self.mask, self._z)
 
     def _target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:
-        """The EFT distribution at position i of the round: Σ w_m · row_m, then filters."""
-        z = combine([rows[name][i] for name, _ in self.weighted], [w for _, w in self.weighted], self._z)
-        if self.mask.size:
-            z[self.mask] = -np.inf
-        allowed = base_nucleus(rows[self.base][i], self.n, self.params) if self.base in rows else None
-        return distribution(z, self.params, allowed)
+        """The EFT distribution p at position i of the round."""
+        base = rows[self.base][i] if self.base in rows else None
+        return eft_distribution(
+            [rows[name][i] for name in self.names], self.weights, self.params, self.n, self.mask, self._z, base
+        )
 
     def _delta(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> float | None:
         """How much the fine-tuning delta moved this token: log p_EFT − log p_base at T = 1."""
@@ -501,7 +560,7 @@ class _Run:
         from the rows this round's verification already holds (no extra model calls)."""
         if self._lp_z is None:
             return
-        z = combine([rows[name][i] for name, _ in self.weighted], [w for _, w in self.weighted], self._lp_z)
+        z = combine([rows[name][i] for name in self.names], self.weights, self._lp_z)
         if self.mask.size:
             z[self.mask] = -np.inf
         self._round_logprobs.append(token_logprobs(z, token, self.cfg.logprobs))
@@ -515,19 +574,23 @@ class _Run:
 
     def _emit(self, tokens: list[int], deltas: list[float | None]) -> bool:
         """Push the round's tokens as events; True when generation stops here."""
-        chat = self.e.chat
-        logprobs = self._round_logprobs or [None] * len(tokens)
+        chat = self.engine.chat
+        logprobs, self._round_logprobs = self._round_logprobs or [None] * len(tokens), []
         for tok, delta, logprob in zip(tokens, deltas, logprobs):
             if chat.is_eog(tok):
                 return True
             self.token_ids.append(tok)
             self.stats.n_tokens += 1
-            self.out.append(TokenEvent(tok, self.stream.feed(chat.piece(tok)), delta, logprob))
+            self._out.append(TokenEvent(tok, self.stream.feed(chat.piece(tok)), delta, logprob))
             if self.stream.stopped:
                 return True
         return False
 
 
-def base_nucleus_needed(params: SamplingParams) -> bool:
-    """The DExperts top-p mode samples inside the base model's own nucleus."""
-    return params.top_p_mode == "base" and params.top_p < 1.0 and params.temperature > 0
+def uniforms(rng: np.random.Generator, max_tokens: int) -> np.ndarray:
+    """Three uniforms per output position: draft draw, acceptance test, resample draw.
+
+    Positions never exceed ``max_tokens``; the table's size (a few spare rows) also fixes how
+    much of ``rng`` one generation consumes, so it stays as it was for seeded reruns.
+    """
+    return rng.random((max_tokens + K_MAX + 2, 3))

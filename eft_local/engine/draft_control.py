@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The longest block adaptive drafting chooses. A fixed ``--draft-tokens`` may go up to its
+# own bound in ``settings`` (a user's explicit choice); adaptive k stops here because beyond
+# ~16 drafts even 0.99 acceptance gains little and a rejection wastes the whole block.
+K_MAX = 16
+ACCEPTANCE_CAP = 0.995  # no text is predicted perfectly: keeps the expected block finite
+
 
 @dataclass
 class DraftController:
@@ -21,19 +27,50 @@ class DraftController:
     draft_cost: float = 1.0
     verify_cost: float = 10.0
     verify_growth: float = 0.05
-    k_max: int = 16
+    k_max: int = K_MAX
     decay: float = 0.8
     accepted: float = 3.0  # prior: acceptance 0.75
     rejected: float = 1.0
+    # Cost of one token without the drafter (the verifiers alone), or None when the drafter
+    # is part of the mixture itself (then every token needs it and drafting is free to try).
+    direct_cost: float | None = None
+    probe_every: int = 16  # one-model tokens between drafting rounds that re-measure acceptance
+    _direct_left: int = 0
 
     @property
     def acceptance(self) -> float:
         return self.accepted / max(self.accepted + self.rejected, 1e-9)
 
-    def next_k(self) -> int:
-        a = min(self.acceptance, 0.995)
+    def rate(self, k: int, acceptance: float | None = None) -> float:
+        """Expected tokens per unit cost of a round of k drafts."""
+        a = min(self.acceptance if acceptance is None else acceptance, ACCEPTANCE_CAP)
         c, v, g = self.draft_cost, self.verify_cost, self.verify_growth
-        return max(range(1, self.k_max + 1), key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (k * c + v * (1 + g * k)))
+        return (1 - a ** (k + 1)) / (1 - a) / (k * c + v * (1 + g * k))
+
+    def next_k(self) -> int:
+        return max(range(1, self.k_max + 1), key=self.rate)
+
+    def direct(self) -> bool:
+        """True: this token is cheaper from the mixture's own models, drafter skipped.
+
+        Drafting pays when its best round yields more tokens per cost than one token of the
+        verifiers alone. When even perfect acceptance could not pay (a drafter as dear as
+        the verifiers: one file in every role) that holds for good; otherwise a drafting
+        round every ``probe_every`` tokens re-measures acceptance. Decided from acceptance
+        and relative costs only, so a seeded rerun makes the same choices.
+        """
+        if self.direct_cost is None:
+            return False
+        if self._direct_left > 0:  # within a one-model stretch; its last call is the probe
+            self._direct_left -= 1
+            return self._direct_left > 0
+        direct_rate = 1.0 / self.direct_cost
+        if max(self.rate(k, ACCEPTANCE_CAP) for k in range(1, self.k_max + 1)) <= direct_rate:
+            return True
+        if self.rate(self.next_k()) >= direct_rate:
+            return False
+        self._direct_left = self.probe_every
+        return True
 
     def update(self, drafted: int, accepted: int) -> None:
         """A round drafted ``drafted`` tokens and the first ``accepted`` of them were kept."""
@@ -61,7 +98,7 @@ def batch_k(controllers: list[DraftController], growth: float, jump: float = 0.0
     if not controllers:
         return 1
     n = len(controllers)
-    accs = [min(ctl.acceptance, 0.995) for ctl in controllers]
+    accs = [min(ctl.acceptance, ACCEPTANCE_CAP) for ctl in controllers]
     c = sum(ctl.draft_cost for ctl in controllers) / n
     v = sum(ctl.verify_cost for ctl in controllers) / n
     k_max = max(ctl.k_max for ctl in controllers)

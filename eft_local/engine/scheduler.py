@@ -1,6 +1,6 @@
 """Many generations at once over one EftEngine: continuous batching of speculative EFT.
 
-Each generation (``decoder._Run``) is a coroutine that yields the evaluations it needs next
+Each generation (``decoder.Generation``) is a coroutine that yields the evaluations it needs next
 (``decoder.Eval``) and owns one sequence id in every context. A tick of the scheduler
 gathers the outstanding requests of all live sequences and runs them grouped by model, one
 ``eval_many`` (one ``llama_decode``) per model, then hands each sequence its rows back.
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.decoder import EftEngine, Eval, _Run
+from eft_local.engine.decoder import EftEngine, Eval, Generation
 from eft_local.engine.draft_control import batch_k
 from eft_local.engine.events import Event, FinishedEvent
 from eft_local.errors import UserError
@@ -104,7 +104,7 @@ class Ticket:
 class _Slot:
     seq: int
     ticket: Ticket
-    run: _Run
+    run: Generation
     gen: Any
     reqs: list[Eval]
 
@@ -231,8 +231,13 @@ class Scheduler:
                 ticket = self._waiting.popleft()
             seq = free[0]
             views = {name: SeqView(m, seq) for name, m in self.engine.models.items()}
-            run = _Run(self.engine, ticket.prompt, ticket.config, ticket.rng, ticket.cancelled, models=views)
-            run.k_source = lambda: self.round_k
+            try:
+                run = Generation(
+                    self.engine, ticket.prompt, ticket.config, ticket.rng, ticket.cancelled, views, lambda: self.round_k
+                )
+            except UserError as e:
+                self._finish_unstarted(ticket, str(e), done)
+                continue
             slot = _Slot(seq, ticket, run, run.steps(self.prefill_chunk, self.solo_prefill), [])
             self._advance(slot, None, None, done)
             if slot.seq in self._slots:
@@ -294,8 +299,7 @@ class Scheduler:
         """The block length of every adaptive sequence's next round (one for all: equal
         blocks verify in one pass). Set at a verify tick, before the sequences resume, from
         acceptance so far: no wall clock, so a rerun repeats every batch shape."""
-        runs = [s.run for s in self._slots.values()]
-        ctls = [r.controller for r in runs if hasattr(r, "controller") and r.cfg.draft_tokens is None]
+        ctls = [s.run.controller for s in self._slots.values() if s.run.adaptive]
         self.round_k = batch_k(ctls, self.growth, self.jump)
 
     def _advance(self, slot: _Slot, rows: list[np.ndarray] | None, exc: BaseException | None, done: list[Ticket]) -> None:
@@ -324,6 +328,13 @@ class Scheduler:
                 ticket.finished = _error_event("generation ended without a result")
                 ticket.events.put(ticket.finished)
             done.append(ticket)
+
+    @staticmethod
+    def _finish_unstarted(ticket: Ticket, message: str, done: list[Ticket]) -> None:
+        """A job whose settings or prompt cannot run ends as an error before taking a sequence."""
+        ticket.finished = _error_event(message)
+        ticket.events.put(ticket.finished)
+        done.append(ticket)
 
     def _release(self, slot: _Slot) -> None:
         del self._slots[slot.seq]

@@ -25,17 +25,11 @@ import numpy as np
 from eft_local.engine.config import GenerationConfig
 from eft_local.engine.decoder import EftEngine
 from eft_local.engine.events import Event
-from eft_local.errors import UserError
+from eft_local.engine.prompt_check import PromptTooLong, check_prompt
+
+__all__ = ["PromptTooLong", "Session", "rng_for", "with_system"]  # PromptTooLong: what the server catches
 
 Messages = Sequence[dict[str, Any]]
-
-
-class PromptTooLong(UserError):
-    """The prompt alone does not leave room for one generated token."""
-
-    def __init__(self, n_tokens: int, n_ctx: int, role: str) -> None:
-        super().__init__(f"the prompt is {n_tokens} tokens for {role} but the context holds {n_ctx}; shorten it or raise --n-ctx")
-        self.n_tokens, self.n_ctx, self.role = n_tokens, n_ctx, role
 
 
 def rng_for(seed: int | None, index: int) -> np.random.Generator:
@@ -77,11 +71,7 @@ class Session:
                 style=self.prompt_style,
                 plain_content=self.plain_content,
             )
-        for role, model in self.engine.models.items():
-            if not prompt[role]:
-                raise UserError("the prompt is empty: nothing to generate from")
-            if len(prompt[role]) >= model.n_ctx:
-                raise PromptTooLong(len(prompt[role]), model.n_ctx, role)
+        check_prompt(prompt, self.engine.models)
         return prompt
 
     # -- generation ------------------------------------------------------------------------

@@ -25,6 +25,8 @@ _DENSE_FRACTION = 0.5  # keep a dense row when more than this share of ids survi
 _THRESHOLDS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-13)  # weight floors tried to find a small nucleus head
 _SORT_LIMIT = 4096  # above this many top-p candidates, find the nucleus by histogram
 _TOP_K_STEPS = (2.0, 5.0, 10.0, 20.0)  # logit distances (× T) below the top tried for top-k
+_TINY_T = 1.0 / float(np.finfo(np.float32).max)  # below this, 1/T is not a float32
+_OVERFLOW_FREE_SCALE = 1e4  # logit gaps under FLT_MAX / 1e4 (every real model's) cannot overflow
 
 
 @dataclass
@@ -62,9 +64,12 @@ def candidates(z: np.ndarray, temperature: float, params: SamplingParams | None 
     ids more than ``T·(ln V + 20)`` below the top (below float precision). Without them the
     whole row is exponentiated: top-p needs the exact total mass, and on real models' rows
     most ids lie within the precision cut anyway (56–99.9% of SmolLM2's at T = 0.7–1), so a
-    cut would cost a pass and save little.
+    cut would cost a pass and save little. A temperature so small that 1/T overflows
+    float32 takes ``_tiny_temperature`` (the limit: the top logit's ties).
     """
     top = np.float32(z.max())
+    if temperature < _TINY_T:
+        return _tiny_temperature(z, float(top), temperature)
     scale = np.float32(1.0 / temperature)
     k = params.top_k if params is not None else 0
     min_p_value = params.min_p if params is not None else 0.0
@@ -74,13 +79,26 @@ def candidates(z: np.ndarray, temperature: float, params: SamplingParams | None 
         if min_p_value > 0:
             floor = max(floor, float(top) + temperature * (math.log(min_p_value) - 1e-3))
         keep = _upper_set(z, float(top), floor, temperature, k)
-    if keep is None:
-        e = z - top
+    e = z - top if keep is None else z[keep] - top
+    if scale < _OVERFLOW_FREE_SCALE:
         e *= scale
-        return Candidates(None, np.exp(e, out=e))
-    e = z[keep] - top
-    e *= scale
+    else:  # a far token's (z − top)/T may pass −FLT_MAX: −inf, weight 0, which is exact
+        with np.errstate(over="ignore"):
+            e *= scale
     return Candidates(keep, np.exp(e, out=e))
+
+
+def _tiny_temperature(z: np.ndarray, top: float, temperature: float) -> Candidates:
+    """Weights for 0 < T < ``_TINY_T``, in float64 without overflow.
+
+    Only ids within ``T·(ln V + 20)`` of the top can carry weight (in practice the top's
+    ties: T → 0 is greedy, with ties sharing the mass); their gaps are clipped to that cut
+    before dividing by T, so no quotient overflows even at T = 5e-324.
+    """
+    cut = temperature * (math.log(len(z)) + TAIL)
+    keep = np.flatnonzero(z >= np.float32(top - cut))
+    gaps = np.maximum(z[keep].astype(np.float64) - top, -cut)
+    return Candidates(keep, np.exp(gaps / temperature).astype(np.float32))
 
 
 def _upper_set(z: np.ndarray, top: float, floor: float, temperature: float, k: int) -> np.ndarray | None:

@@ -132,9 +132,14 @@ def _filtered(z: np.ndarray, params: SamplingParams) -> Dist:
     return Dist(None, c.w) if c.ids is None else Dist(c.ids, c.w.astype(np.float64))
 
 
+def base_nucleus_needed(params: SamplingParams) -> bool:
+    """The DExperts top-p mode samples inside the base model's own nucleus (so the base must run)."""
+    return params.top_p_mode == "base" and params.top_p < 1.0 and params.temperature > 0
+
+
 def base_nucleus(base: np.ndarray, n: int, params: SamplingParams) -> np.ndarray | None:
     """Sorted ids of the base model's top-p nucleus (DExperts mode), else None."""
-    if params.top_p_mode != "base" or params.top_p >= 1.0 or params.temperature == 0:
+    if not base_nucleus_needed(params):
         return None
     c = nucleus(candidates(base[:n], params.temperature), params.top_p)
     return np.sort(c.ids)

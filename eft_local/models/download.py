@@ -155,10 +155,13 @@ def is_verified(models_dir: Path, mf: ModelFile, records: dict | None = None) ->
 
 
 def file_status(models_dir: Path, mf: ModelFile, records: dict | None = None) -> tuple[str, int | None]:
-    """("present" | "unverified" | "missing", size on disk)."""
+    """("present" | "unverified" | "local" | "missing", size on disk); "local": the profile's
+    own ``path``, which is never downloaded or verified."""
     path = mf.local_path(models_dir)
     if not path.is_file():
         return "missing", None
+    if mf.is_local:
+        return "local", path.stat().st_size
     status = "present" if is_verified(models_dir, mf, records) else "unverified"
     return status, path.stat().st_size
 
@@ -386,13 +389,22 @@ def _explain_http(exc: HfHubHTTPError, mf: ModelFile, endpoint: str, final: Path
 
 
 def plan(profiles: Iterable[Profile]) -> list[tuple[ModelFile, list[str]]]:
-    """Unique files to fetch, each with the "profile:role" labels that need it."""
+    """Unique files to fetch (or, for local ``path`` files, to check), each with the
+    "profile:role" labels that need it."""
     seen: dict[tuple[str, str | None], tuple[ModelFile, list[str]]] = {}
     for profile in profiles:
         for role, mf in profile.files.items():
             entry = seen.setdefault((mf.key, mf.revision), (mf, []))
             entry[1].append(f"{profile.name}:{role}")
     return list(seen.values())
+
+
+def _local_outcome(mf: ModelFile) -> Outcome:
+    """A profile's own file: nothing to download; say whether it is there."""
+    assert mf.local is not None
+    if mf.local.is_file():
+        return Outcome(mf, mf.local, "present", f"local file {mf.local}")
+    return Outcome(mf, mf.local, "failed", f"{mf.local}: no such file (the profile names this local path; fix models.toml)")
 
 
 def run_download(profiles: list[Profile], models_dir: Path, out: IO[str] | None = None) -> int:
@@ -405,7 +417,7 @@ def run_download(profiles: list[Profile], models_dir: Path, out: IO[str] | None 
     outcomes = []
     for i, (mf, labels) in enumerate(files, 1):
         _say(f"[{i}/{len(files)}] {', '.join(labels)}: {mf.key}", out)
-        outcome = download_file(mf, models_dir, endpoint, out)
+        outcome = _local_outcome(mf) if mf.is_local else download_file(mf, models_dir, endpoint, out)
         _say(f"  {outcome.status}: {outcome.detail}" if outcome.status != "failed" else "  failed", out)
         outcomes.append(outcome)
     failed = [o for o in outcomes if o.status == "failed"]

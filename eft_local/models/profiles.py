@@ -33,25 +33,36 @@ _PROFILE_KEYS = {"description", "defaults", "deltas", "rpc", "variants", *ROLES}
 _DELTA_KEYS = {"chat", "reference", "weight"}
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_FILE_SIZE = 2**60  # bytes; a bigger `size` (TOML allows 400 digits) is a typo, not a file
 
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One GGUF file on the hub."""
+    """One GGUF file: on the hub (``repo_id``/``filename``), or a local file the profile
+    names with ``path`` (then ``local`` is that path and nothing is downloaded)."""
 
     repo_id: str
     filename: str
     revision: str | None = None
     sha256: str | None = None
     size: int | None = None
+    local: Path | None = None
+
+    @classmethod
+    def at(cls, path: Path) -> ModelFile:
+        return cls(repo_id="", filename=path.name, local=path)
+
+    @property
+    def is_local(self) -> bool:
+        return self.local is not None
 
     @property
     def key(self) -> str:
-        """Where the file lives relative to the models dir (``repo_id/filename``)."""
-        return f"{self.repo_id}/{self.filename}"
+        """Where the file lives relative to the models dir (``repo_id/filename``), or its local path."""
+        return str(self.local) if self.local is not None else f"{self.repo_id}/{self.filename}"
 
     def local_path(self, models_dir: str | Path) -> Path:
-        return Path(models_dir) / self.repo_id / self.filename
+        return self.local if self.local is not None else Path(models_dir) / self.repo_id / self.filename
 
 
 @dataclass(frozen=True)
@@ -104,26 +115,87 @@ def builtin_models_file() -> Path:
 # ---------------------------------------------------------------- parsing
 
 
+MAX_TOML_BYTES = 4 << 20
+MAX_TOML_DEPTH = 32  # a profile is 4 tables deep; nothing legitimate comes near this
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOML_BYTES + 1)  # bounded: --models-file /dev/zero must not eat the memory
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"models file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read models file {path}: {exc}") from None
+    except IsADirectoryError:
+        raise UserError(f"models file is a directory: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read models file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"models file is not UTF-8 text: {path}") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise UserError(f"models file {path} is larger than {MAX_TOML_BYTES >> 20} MiB; is it the right file?")
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError:  # an integer of more than 4300 digits (Python's int parsing limit)
+        raise UserError(f"{path}: a number with too many digits") from None
+    except RecursionError:  # tomllib recurses once per nested array/inline table
+        raise UserError(f"{path}: line {_deep_line(text)}: nested deeper than {MAX_TOML_DEPTH} levels") from None
+    key = _too_deep(data)
+    if key is not None:
+        raise UserError(f"{path}: '{key}' is nested deeper than {MAX_TOML_DEPTH} levels")
+    return data
 
 
-def _parse_file(where: str, role: str, raw: object) -> ModelFile:
+def _too_deep(data: dict[str, Any]) -> str | None:
+    """The dotted key of the first value nested deeper than MAX_TOML_DEPTH, without recursion."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        key, value, depth = stack.pop()
+        if depth > MAX_TOML_DEPTH:
+            return key.split("[", 1)[0] or "(top level)"
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), v, depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v, depth + 1) for i, v in enumerate(value))
+    return None
+
+
+def _deep_line(text: str) -> int:
+    """The line where brackets (outside strings and comments) first nest past MAX_TOML_DEPTH."""
+    depth, quote = 0, ""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        for ch in line:
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "[{":
+                depth += 1
+                if depth > MAX_TOML_DEPTH:
+                    return lineno
+            elif ch in "]}":
+                depth -= 1
+        quote = ""
+    return 1
+
+
+def _parse_file(where: str, role: str, raw: object, toml_dir: Path) -> ModelFile:
     if not isinstance(raw, dict):
-        raise UserError(f'{where}: \'{role}\' must be a table like {{ repo_id = "owner/name", filename = "model.gguf" }}')
+        raise UserError(
+            f'{where}: \'{role}\' must be a table like {{ repo_id = "owner/name", filename = "model.gguf" }} '
+            'or { path = "/models/model.gguf" }'
+        )
+    if "path" in raw:
+        return _parse_local(where, role, raw, toml_dir)
     unknown = set(raw) - _FILE_KEYS
     if unknown:
         raise UserError(
-            f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FILE_KEYS))})"
+            f"{where}: '{role}' has unknown key(s) {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(_FILE_KEYS))}, or path alone)"
         )
     repo, fname = raw.get("repo_id"), raw.get("filename")
     if not isinstance(repo, str) or not _REPO_RE.match(repo):
@@ -135,9 +207,21 @@ def _parse_file(where: str, role: str, raw: object) -> ModelFile:
         raise UserError(f"{where}: '{role}.revision' must be a non-empty string")
     if sha is not None and (not isinstance(sha, str) or not _SHA_RE.match(sha.lower())):
         raise UserError(f"{where}: '{role}.sha256' must be 64 hex digits")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise UserError(f"{where}: '{role}.size' must be a positive integer (bytes)")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= _MAX_FILE_SIZE):
+        raise UserError(f"{where}: '{role}.size' must be a positive integer of bytes, at most 2**60")
     return ModelFile(repo, fname, rev, sha.lower() if sha else None, size)
+
+
+def _parse_local(where: str, role: str, raw: dict, toml_dir: Path) -> ModelFile:
+    """``{ path = "..." }``: a GGUF of the user's own, absolute or relative to the models.toml."""
+    if set(raw) != {"path"}:
+        extra = ", ".join(sorted(set(raw) - {"path"}))
+        raise UserError(f"{where}: '{role}' names a local path, so it takes no {extra} (those are for hub files)")
+    value = raw["path"]
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise UserError(f"{where}: '{role}.path' must be a file path (absolute, or relative to {toml_dir}), got {value!r}")
+    path = Path(value).expanduser()
+    return ModelFile.at(path if path.is_absolute() else toml_dir / path)
 
 
 def _parse_defaults(where: str, raw: object) -> dict[str, object]:
@@ -149,7 +233,7 @@ def _parse_defaults(where: str, raw: object) -> dict[str, object]:
     return check_mapping(raw, PROFILE_KEYS, f"{where}:", fmt=lambda k: f" defaults.{k}")
 
 
-def _parse_deltas(where: str, raw: object) -> tuple[dict[str, ModelFile], dict[str, float]]:
+def _parse_deltas(where: str, raw: object, toml_dir: Path) -> tuple[dict[str, ModelFile], dict[str, float]]:
     """``[profiles.X.deltas.NAME]`` tables: chat file, optional reference file, default weight."""
     if raw is None:
         return {}, {}
@@ -168,9 +252,9 @@ def _parse_deltas(where: str, raw: object) -> tuple[dict[str, ModelFile], dict[s
         unknown = set(table) - _DELTA_KEYS
         if unknown:
             raise UserError(f"{at} has unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_DELTA_KEYS))})")
-        files[name] = _parse_file(at, "chat", table["chat"])
+        files[name] = _parse_file(at, "chat", table["chat"], toml_dir)
         if "reference" in table:
-            files[name + REF_SUFFIX] = _parse_file(at, "reference", table["reference"])
+            files[name + REF_SUFFIX] = _parse_file(at, "reference", table["reference"], toml_dir)
         weights[name] = check_weight(name, table.get("weight", 1.0), f"{at}: weight")
     return files, weights
 
@@ -191,8 +275,9 @@ def _parse_profile(path: Path, name: str, raw: object) -> Profile:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{where}: 'description' must be a string")
-    files = {role: _parse_file(where, role, raw[role]) for role in ROLES}
-    delta_files, weights = _parse_deltas(where, raw.get("deltas"))
+    toml_dir = path.parent.absolute()
+    files = {role: _parse_file(where, role, raw[role], toml_dir) for role in ROLES}
+    delta_files, weights = _parse_deltas(where, raw.get("deltas"), toml_dir)
     defaults = _parse_defaults(where, raw.get("defaults"))
     if "rpc" in raw:  # rpc = { base = "10.0.0.5:50052" } (or a list): carried to the loader with the defaults
         defaults["rpc"] = _parse_rpc(where, raw["rpc"])
@@ -310,12 +395,17 @@ def resolve_profile(
     profile = get_profile(load_profiles(models_file), name)
     root = Path(models_dir).expanduser() if models_dir else default_models_dir()
     paths = {r: _check_override(r, p) for r, p in (overrides or {}).items() if p}
-    missing = []
+    missing, missing_local = [], []
     for role, mf in profile.files.items():
         if role not in paths:
             paths[role] = mf.local_path(root)
             if not paths[role].is_file():
-                missing.append(f"{role} ({mf.key})")
+                (missing_local if mf.is_local else missing).append(f"{role} ({mf.key})")
+    if missing_local:
+        raise UserError(
+            f"profile '{profile.name}': no such file for {', '.join(missing_local)}; "
+            "fix its path in models.toml or pass --base/--chat/--reference"
+        )
     if missing:
         raise UserError(
             f"profile '{profile.name}': missing {', '.join(missing)} in {root}; "
