@@ -77,6 +77,8 @@ def test_score_rows_equal_the_server_echo(family, tmp_path, served):
 
 
 def test_score_grid_sweeps_beta(family, tmp_path):
+    # an interrupted score run's leftovers are ours to overwrite
+    (tmp_path / "out.jsonl.partial").write_text(json.dumps({"id": "sky", "continuations": []}) + "\n")
     rows, _ = score(family, tmp_path, "--grid", "beta=0.5,1.5", "--grid", "temperature=0.1,1", rows=ROWS[:1])
     assert [(r["beta"], r["temperature"]) for r in rows] == [(0.5, 0.1), (0.5, 1.0), (1.5, 0.1), (1.5, 1.0)]
     # log-probabilities are at T = 1 with no filters: the temperature does not change them

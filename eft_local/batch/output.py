@@ -218,7 +218,11 @@ def _looks_like_our_rows(path: Path) -> bool:
         row = json.loads(first)
     except ValueError:
         return False
-    return isinstance(row, dict) and "finish_reason" in row and "token_ids" in row
+    if not isinstance(row, dict):
+        return False
+    return (
+        ("finish_reason" in row and "token_ids" in row) or "continuations" in row or {"id", "error"} <= row.keys()
+    )  # run / score rows
 
 
 class WriteFailed(UserError):

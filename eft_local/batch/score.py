@@ -15,7 +15,6 @@ after messages it is tokenized on its own as plain text.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eft_local.batch.output import open_output
-from eft_local.batch.prompt_file import PromptItem, _decode, _item
+from eft_local.batch.output import Claim, claim_output, row_json
+from eft_local.batch.prompt_file import PromptItem, _item, _load_row, read_text, split_lines
 from eft_local.batch.run import BatchOptions, role_prompt
 from eft_local.engine.config import effective_settings, generation_config
 from eft_local.engine.decoder import EftEngine
@@ -56,36 +55,33 @@ class ScoreSummary:
 
 # -- the file ------------------------------------------------------------------------------------
 def read_score_file(path: str | Path) -> list[ScoreItem]:
-    """Every row, parsed up front (a malformed file fails before anything loads)."""
-    name = "standard input" if str(path) == "-" else str(path)
+    """Every row, parsed up front (a malformed file fails before anything loads), with the
+    bounds and JSON rules of ``run``'s prompt files."""
     if str(path) == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise UserError("--prompt-file -: pipe the rows in (e.g. `... --prompt-file - < rows.jsonl`)")
-        data = sys.stdin.buffer.read()
+        name, content = "stdin", read_text(sys.stdin.buffer, "standard input")
     else:
         p = Path(path)
-        if not p.is_file() and not p.exists():
-            raise UserError(f"prompt file not found: {p}")
         if p.is_dir():
             raise UserError(f"prompt file is a directory: {p}")
+        if not p.exists():
+            raise UserError(f"prompt file not found: {p}")
         try:
-            data = p.read_bytes()
+            with open(p, "rb") as f:
+                name, content = p.name, read_text(f, str(p))
         except OSError as e:
             raise UserError(f"cannot read prompt file {p}: {e.strerror}") from None
     items = []
-    for lineno, line in enumerate(_decode(data, name).splitlines(), 1):
+    for lineno, line in enumerate(split_lines(content), 1):
         if line.strip():
-            items.append(_row(line, len(items), lineno, Path(name).name))
+            items.append(_row(_load_row(name, lineno, line), len(items), lineno, name))
     if not items:
-        raise UserError(f"prompt file has no rows: {name}")
+        raise UserError(f"prompt file has no rows: {path}")
     return items
 
 
-def _row(line: str, index: int, lineno: int, name: str) -> ScoreItem:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{name} line {lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+def _row(obj: Any, index: int, lineno: int, name: str) -> ScoreItem:
     if not isinstance(obj, dict):
         raise UserError(f'{name} line {lineno}: expected a JSON object like {{"prompt": "...", "continuations": ["..."]}}')
     item = ScoreItem(_item(obj, index, lineno))
@@ -156,18 +152,19 @@ def run_score(
     engine: EftEngine,
     items: list[ScoreItem],
     opts: BatchOptions,
-    out: str | Path | None,
+    out: Claim | str | Path | None,
     progress: Callable[[int, int, ScoreSummary], None] | None = None,
-    prompt_file: str | Path | None = None,
 ) -> ScoreSummary:
-    """Every row at every grid point (row-major), written as they finish, in order."""
+    """Every row at every grid point (row-major), written as they finish, in order, under
+    ``run``'s output rules (``out``: a ``Claim`` taken before the models loaded, or a path)."""
     summary = ScoreSummary()
     total = len(items) * len(opts.grid)
-    with open_output(out, prompt_file) as f:
+    claim = out if isinstance(out, Claim) else claim_output(out)
+    with claim, claim.rows() as f:
         for item in items:
             for point in opts.grid:
                 row, n = score_row(engine, item, opts, point)
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(row_json(row) + "\n")
                 f.flush()
                 summary.rows += 1
                 summary.tokens += n

@@ -33,13 +33,19 @@ def register(sub) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from eft_local.batch.grid import grid_deltas, parse_grid
-    from eft_local.batch.output import check_output
-    from eft_local.batch.run import BatchOptions
-    from eft_local.batch.score import read_score_file, run_score
+    from eft_local.batch.output import claim_output
+    from eft_local.batch.score import read_score_file
 
     items = read_score_file(args.prompt_file)
-    check_output(args.output, args.prompt_file)  # a bad --output fails now, not after loading
+    with claim_output(args.output, args.prompt_file) as claim:  # checked and locked before any model loads
+        return _score(args, items, claim)
+
+
+def _score(args: argparse.Namespace, items: list, claim) -> int:
+    from eft_local.batch.grid import grid_deltas, parse_grid
+    from eft_local.batch.run import BatchOptions
+    from eft_local.batch.score import run_score
+
     paths, settings, _ = prepare(args)
     grid = parse_grid(args.grid, settings)
     check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
@@ -47,7 +53,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     opts = BatchOptions(settings=settings, raw=True, grid=grid)
     total = len(items) * len(grid)
     try:
-        summary = run_score(engine, items, opts, args.output, progress=_progress_printer(total), prompt_file=args.prompt_file)
+        summary = run_score(engine, items, opts, claim, progress=_progress_printer(total))
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
