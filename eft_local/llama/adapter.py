@@ -11,9 +11,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import llama_cpp as ll
 import numpy as np
@@ -22,6 +24,7 @@ from eft_local.errors import Cancelled, UserError
 from eft_local.llama import rpc
 
 log = logging.getLogger("eft_local.llama")
+T = TypeVar("T")
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = logging.DEBUG
@@ -150,15 +153,24 @@ class LlamaModel:
         self._devices = rpc.model_devices(self.rpc_servers)  # None: llama.cpp's default (no RPC in use)
         if self._devices is not None:
             params.devices = ctypes.addressof(self._devices)
-        if progress is not None:
+        self._load_moved = time.monotonic()  # last load progress: an RPC load is bounded by its silences
+        self._load_cancel = threading.Event()  # Ctrl+C during an RPC load: llama.cpp stops at the next tensor
+        if progress is not None or self.rpc_servers:
 
             def _cb(fraction: float, _user) -> bool:
-                progress(float(fraction))
-                return True
+                self._load_moved = time.monotonic()
+                if progress is not None:
+                    progress(float(fraction))
+                return not self._load_cancel.is_set()
 
             self._progress_cb = ll.llama_progress_callback(_cb)  # keep a reference
             params.progress_callback = self._progress_cb
-        model = ll.llama_model_load_from_file(os.fsencode(self.path), params)
+        model = self._call(
+            lambda: ll.llama_model_load_from_file(os.fsencode(self.path), params),
+            f"loading {self.path.name}",
+            last_progress=lambda: self._load_moved,
+            on_interrupt=self._load_cancel.set,
+        )
         if not model:
             raise UserError(
                 f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file; run with --verbose for details)"
@@ -176,7 +188,7 @@ class LlamaModel:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
-        ctx = ll.llama_init_from_model(self._model, params)
+        ctx = self._call(lambda: ll.llama_init_from_model(self._model, params), f"allocating the context of {self.path.name}")
         if not ctx:
             raise UserError(
                 f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory? try a smaller --n-ctx or fewer --gpu-layers)"
@@ -190,11 +202,18 @@ class LlamaModel:
             ll.llama_batch_free(self._batch)
             self._batch = None
         if getattr(self, "_ctx", None):
-            ll.llama_free(self._ctx)
-            self._ctx = None
+            ctx, self._ctx = self._ctx, None
+            self._call(lambda: ll.llama_free(ctx), f"freeing the context of {self.path.name}")
         if getattr(self, "_model", None):
-            ll.llama_model_free(self._model)
-            self._model = None
+            model, self._model = self._model, None
+            self._call(lambda: ll.llama_model_free(model), f"freeing {self.path.name}")
+
+    def _call(self, fn: Callable[[], T], what: str, timeout: float | None = None, **bounds) -> T:
+        """A llama.cpp call: bounded in time and interruptible when this model has RPC layers
+        (ggml's RPC client waits forever otherwise, see ``rpc.bounded``), else a plain call."""
+        if not getattr(self, "rpc_servers", None):
+            return fn()
+        return rpc.bounded(fn, self.rpc_servers, what, rpc.REPLY_TIMEOUT if timeout is None else timeout, **bounds)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -350,10 +369,14 @@ class LlamaModel:
         n_out = self._fill_batch(batch)
         if self.rpc_servers:
             rpc.check_alive(self.rpc_servers, self.path.name)
-        rc = ll.llama_decode(self._ctx, self._batch)
+        try:
+            what = f"decoding {size} token(s) of {self.path.name}"
+            rc = self._call(self._decode_and_wait, what, rpc.decode_timeout(size))
+        except BaseException:  # Ctrl+C while an RPC decode finished anyway
+            self._drop_uncommitted(batch)
+            raise
         if rc != 0:
-            for s in batch:  # drop whatever part of the batch did get cached
-                ll.llama_memory_seq_rm(self._mem, s.seq, len(self.seq_tokens[s.seq]), -1)
+            self._drop_uncommitted(batch)
             raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")
         logits = self._logits(n_out)
         rows, r = [], 0
@@ -362,6 +385,19 @@ class LlamaModel:
             rows.append(logits[r : r + s.n_logits])
             r += s.n_logits
         return rows
+
+    def _decode_and_wait(self) -> int:
+        """``llama_decode`` returns before the backends finish (an RPC server may still be
+        computing): wait for them here, inside the bounded call, not in ``llama_get_logits``."""
+        rc = ll.llama_decode(self._ctx, self._batch)
+        if rc == 0:
+            ll.llama_synchronize(self._ctx)
+        return rc
+
+    def _drop_uncommitted(self, batch: Sequence[Span]) -> None:
+        """Remove whatever part of a failed batch llama.cpp did cache."""
+        for s in batch:
+            ll.llama_memory_seq_rm(self._mem, s.seq, len(self.seq_tokens[s.seq]), -1)
 
     def _logits(self, n_rows: int) -> np.ndarray:
         """The last decode's logits rows: a zero-copy view that the next decode overwrites."""
@@ -419,14 +455,14 @@ class LlamaModel:
         if n >= len(toks):
             return
         if n == 0 and self.n_seq == 1:
-            ll.llama_memory_clear(self._mem, True)
+            self._call(lambda: ll.llama_memory_clear(self._mem, True), f"clearing the cache of {self.path.name}")
         elif not ll.llama_memory_seq_rm(self._mem, seq, n, -1):
             raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
         del toks[n:]
 
     def clear(self) -> None:
         """Empty the cache of every sequence (after a failed decode left it unknown)."""
-        ll.llama_memory_clear(self._mem, True)
+        self._call(lambda: ll.llama_memory_clear(self._mem, True), f"clearing the cache of {self.path.name}")
         for toks in self.seq_tokens:
             toks.clear()
 
