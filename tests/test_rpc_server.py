@@ -30,7 +30,9 @@ def crafted_crash(port: int) -> str:
     server dies with std::length_error. Returns our address as the server saw it."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(HELLO)
-        s.recv(8 + 28)
+        answer = b""
+        while len(answer) < 8 + 28:  # the HELLO answer: size, then version and capabilities
+            answer += s.recv(8 + 28 - len(answer))
         s.sendall(bytes([6]) + struct.pack("<Q", 2**64 - 1))
         me = "{}:{}".format(*s.getsockname())
         s.settimeout(5)

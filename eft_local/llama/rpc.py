@@ -29,6 +29,10 @@ Faults after loading. ggml's RPC client has no error path: a failed send/recv ca
   prints one line naming the lost server(s) and ends the process with ``EXIT_RPC_LOST``
   (rows already written by ``eft-local run`` stay in ``OUT.partial``). It never returns a
   token computed from a broken connection.
+- ggml's client also waits for every answer without a timeout and can't be cancelled (a
+  stopped or hung server, one that answers our probe and then falls silent). ``bounded`` runs
+  each such call (registering, loading, decoding, freeing) on a helper thread and keeps time:
+  past its bound, or 2 s after Ctrl+C, the process ends with one line. Bounds: docs/rpc.md.
 """
 
 from __future__ import annotations
