@@ -25,6 +25,7 @@ from eft_local.llama import rpc
 
 from .conftest import ROOT
 from .test_rpc import model_args, needs_rpc, start_server, stop
+from .test_rpc_server import children
 
 
 @contextlib.contextmanager
@@ -221,13 +222,15 @@ def test_sigstopped_server_mid_run(family, tmp_path, ctrl_c):
         while time.monotonic() < deadline and not (partial.exists() and partial.read_text().count("\n") >= 1):
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read()
-        os.kill(server.pid, signal.SIGSTOP)
+        (serving,) = children(server.pid)  # the process the supervising parent started
+        os.kill(serving, signal.SIGSTOP)
         if ctrl_c:
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
         code, err, elapsed = finish(proc)
     finally:
-        os.kill(server.pid, signal.SIGCONT)
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.kill(serving, signal.SIGCONT)
         stop(server)
     line = one_line(err)
     if ctrl_c:

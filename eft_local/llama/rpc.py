@@ -512,6 +512,8 @@ def bounded(
     ``on_interrupt`` (a way to cancel cleanly, if there is one), waits ``INTERRUPT_GRACE``
     seconds for the call, then re-raises; a call still stuck ends the process with one line.
     """
+    if sys.is_finalizing():  # helper threads no longer run at interpreter exit (a model freed by __del__)
+        return fn()
     call = _Call(fn)
     _submit(call)
     start = time.monotonic()
