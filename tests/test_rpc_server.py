@@ -146,3 +146,26 @@ def test_peers_reads_connections_to_the_port(tmp_path):
     )
     assert peers(0xC35C, table) == ["10.0.0.5:54321", "10.0.0.6:54322"]
     assert peers(0xC35C, tmp_path / "missing") == []
+
+
+@needs_rpc
+def test_ctrl_c_in_a_terminal_stops_parent_and_child_with_one_line():
+    """A terminal's Ctrl+C reaches the whole process group: the child leaves it to the parent."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eft_local", "rpc-server", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        answers_again_within(port, 30)
+        (child,) = children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0 and err.count("rpc-server stopped") == 1 and "crashed" not in err, err
+    assert "Traceback" not in err and not Path(f"/proc/{child}").exists()
