@@ -169,6 +169,24 @@ def test_ctrl_c_during_a_stuck_call_ends_within_the_grace():
     assert out.strip().count("\n") == 0 and elapsed < rpc.INTERRUPT_GRACE + 2
 
 
+def test_a_stuck_call_on_a_worker_thread_does_not_hold_up_the_exit():
+    """A front end (server, chat app) decodes on a worker thread; when its main thread ends
+    after Ctrl+C, the interpreter would wait for that worker forever."""
+    code, out, elapsed = run_script(
+        """
+        import threading, time
+        from eft_local.llama import rpc
+        worker = threading.Thread(target=rpc.bounded, args=(lambda: time.sleep(60), ["h:1"], "decoding", 60))
+        worker.start()
+        time.sleep(0.3)
+        print("main thread done", flush=True)
+        """
+    )
+    assert code == rpc.EXIT_INTERRUPTED and "main thread done" in out
+    assert "interrupted while waiting for RPC server h:1 (decoding)" in out
+    assert elapsed < rpc.INTERRUPT_GRACE + 3
+
+
 # -- against servers ------------------------------------------------------------------------------------
 @needs_rpc
 @pytest.mark.parametrize("trickle", [None, 1.0], ids=["silent", "trickling"])

@@ -511,14 +511,21 @@ def bounded(
     fine) ends the process with one line and ``EXIT_RPC_LOST``. Ctrl+C (main thread) calls
     ``on_interrupt`` (a way to cancel cleanly, if there is one), waits ``INTERRUPT_GRACE``
     seconds for the call, then re-raises; a call still stuck ends the process with one line.
+    On another thread the same happens once the main thread has ended (the process is exiting).
     """
     if sys.is_finalizing():  # helper threads no longer run at interpreter exit (a model freed by __del__)
         return fn()
     call = _Call(fn)
     _submit(call)
     start = time.monotonic()
+    on_main = threading.current_thread() is threading.main_thread()
     try:
         while not call.done.wait(0.05):
+            if not on_main and not threading.main_thread().is_alive():
+                # the main thread has ended (a front end shutting down after Ctrl+C) and the
+                # interpreter waits for this thread: treat it as Ctrl+C, don't hold the exit up
+                _interrupted(call, endpoints, what, on_interrupt)
+                continue
             since = max(start, last_progress()) if last_progress else start
             if time.monotonic() - since > timeout:
                 _give_up(
