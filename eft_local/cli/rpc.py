@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -70,7 +71,7 @@ def register(subparsers) -> None:
         help="serve in this process: a crash ends it (for systemd or another supervisor); "
         "by default a parent process restarts the server after a crash",
     )
-    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # the child a parent restarts
+    p.add_argument("--supervised", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)  # the child a parent restarts
     p.set_defaults(func=cmd_rpc_server)
 
 
@@ -78,6 +79,10 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
     from eft_local.llama import rpc
     from eft_local.llama.adapter import default_threads, init_backend
 
+    if args.supervised:
+        from eft_local.cli.rpc_supervisor import become_supervised_child
+
+        become_supervised_child(args.supervised)
     if not rpc.supports_rpc():
         raise UserError(rpc.BUILD_HINT)
     if not 1 <= args.port <= 65535:
@@ -123,7 +128,7 @@ def _supervise(host: str, port: int, threads: int, cache: str | None) -> int:
     from eft_local.cli.rpc_supervisor import Supervisor
 
     child = [sys.executable, "-m", "eft_local", "rpc-server", "--host", host, "--port", str(port)]
-    child += ["--threads", str(threads), *(["--cache", cache] if cache else []), "--supervised"]
+    child += ["--threads", str(threads), *(["--cache", cache] if cache else []), "--supervised", str(os.getpid())]
     return Supervisor(child, port).run()
 
 
@@ -156,8 +161,6 @@ def _serve(start, quiet: bool = False) -> int:
 
 def _exit_now(code: int) -> None:
     """Leave without running ggml's static destructors under the still-blocked server thread."""
-    import os
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -76,7 +76,6 @@ class Supervisor:
         self.port = port
         self.log = log
         self.crashes = 0
-        self._stopping = threading.Event()
         self._recent: collections.deque[str] = collections.deque(maxlen=4)
         self._seen: list[str] = []  # peers of the connection being served (from the accept line)
         self._stale: set[str] = set()  # connections closed before this child started (TIME_WAIT)
@@ -84,7 +83,8 @@ class Supervisor:
         self._listening = False
 
     def run(self) -> int:
-        """Serve until SIGINT/SIGTERM (exit 0), or until the child can't start (exit 1)."""
+        """Serve until SIGINT/SIGTERM (exit 0), or until the child can't start (exit 1; 2 when
+        the first child stopped on a usage error)."""
         failures, delay, child = 0, RESTART_DELAY, None
         with _stop_on(signal.SIGTERM):
             try:
@@ -121,7 +121,6 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_child_setup if sys.platform.startswith("linux") else None,
         )
         self._relay_thread = threading.Thread(target=self._relay, args=(child,), name="rpc-server-output", daemon=True)
         self._relay_thread.start()
@@ -196,12 +195,14 @@ def _stop_on(signum: int):
         signal.signal(signum, previous)
 
 
-def _child_setup() -> None:
-    """In the child before exec: Ctrl+C in a terminal reaches the whole process group, and the
-    parent decides what it means; the child dies with the parent, never outliving it."""
+def become_supervised_child(parent: int) -> None:
+    """In the serving child, first thing: Ctrl+C in a terminal reaches the whole process group
+    and the parent decides what it means; and the child dies with its parent, never outliving
+    it (Linux; elsewhere the parent's SIGTERM on stop still ends it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(0)
