@@ -59,7 +59,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 # -- the slow tests: `scripts/test.sh --fast` (pytest -m "not slow") skips them; CI runs everything.
 # Whole files (real weights, statistical distribution checks) and single tests that take seconds each.
-SLOW_FILES = {"test_real_weights.py", "test_real_gemma.py", "test_distribution.py", "test_rpc.py", "test_eval_harness.py"}
+SLOW_FILES = {
+    "test_real_weights.py",
+    "test_real_gemma.py",
+    "test_distribution.py",
+    "test_rpc.py",
+    "test_rpc_bounds.py",
+    "test_rpc_server.py",
+    "test_eval_harness.py",
+}
 SLOW_TESTS = {
     "test_sampled_first_token_follows_two_delta_mixture",
     "test_streams_before_end_and_esc_keeps_partial_answer",

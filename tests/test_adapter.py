@@ -71,3 +71,73 @@ def test_check_gguf_rejects_missing_and_non_gguf(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not a model")
     with pytest.raises(UserError, match="not a GGUF"):
         check_gguf(bad)
+
+
+@pytest.mark.parametrize("path", ["eval", "eval_many", "prefill"])
+def test_every_decode_of_a_model_with_rpc_layers_checks_its_servers(family, monkeypatch, path):
+    """rpc.py promises a liveness check before every decode of a model with RPC layers,
+    whichever public method decodes (one sequence or several)."""
+    from eft_local.llama import rpc
+
+    model = LlamaModel(family.base, n_ctx=64, n_seq=2)
+    checked: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(rpc, "check_alive", lambda eps, what="": checked.append((list(eps), what)))
+    model.rpc_servers = ["127.0.0.1:9"]  # as if loaded with --rpc (check_alive is faked)
+    try:
+        if path == "eval":
+            model.eval([1, 5, 6])
+        elif path == "eval_many":
+            model.eval_many([(0, [1, 5], 1), (1, [1, 6, 7], 2)])
+        else:
+            model.prefill([1, 5, 6, 7])
+    finally:
+        model.rpc_servers = []
+        model.close()
+    assert checked == [(["127.0.0.1:9"], "base.gguf")]
+
+
+def test_plan_batches_packs_whole_spans_and_cuts_long_ones():
+    from eft_local.llama.adapter import Span, plan_batches
+
+    spans = [Span(0, [1] * 3, 1), Span(1, [2] * 2, 2), Span(2, [3] * 9, 5)]
+    plan = plan_batches(spans, 4)
+    shapes = [[(j, len(p.tokens), p.n_logits) for j, p in batch] for batch in plan]
+    # 3 + 2 > 4: the second span opens a batch; the 9-token span goes 4 + 4 + 1 with its
+    # last 5 positions' logits split 0 + 4 + 1
+    assert shapes == [[(0, 3, 1)], [(1, 2, 2)], [(2, 4, 0)], [(2, 4, 4)], [(2, 1, 1)]]
+    assert all(sum(len(p.tokens) for _, p in b) <= 4 for b in plan)
+
+
+def test_long_eval_with_many_rows_equals_short_evals(family):
+    """More tokens and logits rows than n_batch: cut into decodes, earlier rows copied."""
+    long = LlamaModel(family.base, n_ctx=128, n_batch=8)
+    ids = [1, *range(300, 320)]
+    rows = long.eval(ids, 12).copy()
+    long.close()
+    one = LlamaModel(family.base, n_ctx=128, n_batch=8)
+    expect = np.concatenate([one.eval(ids[i : i + 7], 7).copy() for i in range(0, len(ids), 7)])[-12:]
+    one.close()
+    assert rows.shape == (12, 512)
+    np.testing.assert_allclose(rows, expect, atol=2e-3)
+
+
+def test_failed_decode_leaves_every_sequence_as_it_was(family, monkeypatch):
+    import llama_cpp as ll
+
+    from eft_local.llama import adapter
+
+    model = LlamaModel(family.base, n_ctx=128, n_batch=8)
+    model.eval([1, 300, 301])
+    real, calls = ll.llama_decode, {"n": 0}
+
+    def second_fails(ctx, batch):
+        calls["n"] += 1
+        return 1 if calls["n"] == 2 else real(ctx, batch)
+
+    monkeypatch.setattr(adapter.ll, "llama_decode", second_fails)
+    try:
+        with pytest.raises(RuntimeError, match="llama_decode failed"):
+            model.eval(list(range(302, 314)), 1)  # 12 tokens: two decodes; the second fails
+        assert model.tokens == [1, 300, 301] and model.seq_pos_max(0) == 2
+    finally:
+        model.close()

@@ -290,11 +290,11 @@ def test_llama_failure_on_one_prompt_is_an_error_row(tmp_path, models, monkeypat
     real_decode = LlamaModel._decode
     calls = {"n": 0}
 
-    def flaky(self, chunk, first_out):
+    def flaky(self, batch):
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("llama_decode failed (1) on base.gguf")
-        return real_decode(self, chunk, first_out)
+        return real_decode(self, batch)
 
     monkeypatch.setattr(LlamaModel, "_decode", flaky)
     pf = tmp_path / "p.txt"

@@ -122,9 +122,9 @@ def count_decodes(engine, monkeypatch) -> Counter:
     for name, model in engine.models.items():
         orig = model._decode
 
-        def counted(chunk, first_out, _orig=orig, _name=name):
-            counts[_name] += len(chunk)
-            return _orig(chunk, first_out)
+        def counted(batch, _orig=orig, _name=name):
+            counts[_name] += sum(len(span.tokens) for span in batch)
+            return _orig(batch)
 
         monkeypatch.setattr(model, "_decode", counted)
     return counts

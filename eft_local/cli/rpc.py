@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -64,6 +65,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--cache", metavar="DIR", help="cache received tensors in DIR, so a reload of the same model skips the transfer"
     )
+    p.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="serve in this process: a crash ends it (for systemd or another supervisor); "
+        "by default a parent process restarts the server after a crash",
+    )
+    p.add_argument("--supervised", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)  # the child a parent restarts
     p.set_defaults(func=cmd_rpc_server)
 
 
@@ -71,6 +79,10 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
     from eft_local.llama import rpc
     from eft_local.llama.adapter import default_threads, init_backend
 
+    if args.supervised:
+        from eft_local.cli.rpc_supervisor import become_supervised_child
+
+        become_supervised_child(args.supervised)
     if not rpc.supports_rpc():
         raise UserError(rpc.BUILD_HINT)
     if not 1 <= args.port <= 65535:
@@ -80,22 +92,44 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {threads}")
     host = rpc.check_bindable(args.host, args.port)
     cache = _cache_dir(args.cache)
-    init_backend()
-    devices = rpc.server_devices()
-    if not host.startswith("127."):
+    if not host.startswith("127.") and not args.supervised:
         print(
-            f"eft-local: warning: listening on {host}:{args.port}; llama.cpp RPC has no authentication or "
-            "encryption: anyone who can reach this port can use this machine. Use it on a trusted network only.",
+            f"eft-local: warning: listening on {host}:{args.port}. The llama.cpp RPC protocol has no authentication "
+            "and no encryption: anyone who can reach this port can run computations on this machine, read what "
+            "clients send, and crash the server. Use it only on a network where you trust every host.",
             file=sys.stderr,
             flush=True,
         )
+    if not args.supervised and not args.no_restart:
+        # the parent touches no device (a GPU context here would only take memory): the child lists them
+        print(
+            f"eft-local rpc-server on {host}:{args.port}, {threads} thread(s){', cache ' + cache if cache else ''}; "
+            "restarted after a crash; Ctrl+C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+        return _supervise(host, args.port, threads, cache)
+    init_backend()
+    devices = rpc.server_devices()
+    start = lambda: rpc.start_server(host, args.port, threads=threads, cache_dir=cache, devices=devices)  # noqa: E731
+    if args.supervised:  # the parent said everything and restarts this process after a crash
+        _line_buffered_stdout()
+        return _serve(start, quiet=True)
     print(
         f"eft-local rpc-server on {host}:{args.port}, {threads} thread(s), devices: {', '.join(rpc.device_names(devices))}"
-        f"{', cache ' + cache if cache else ''}; Ctrl+C stops it",
+        f"{', cache ' + cache if cache else ''}; a crash ends it; Ctrl+C stops it",
         file=sys.stderr,
         flush=True,
     )
-    return _serve(lambda: rpc.start_server(host, args.port, threads=threads, cache_dir=cache, devices=devices))
+    return _serve(start)
+
+
+def _supervise(host: str, port: int, threads: int, cache: str | None) -> int:
+    from eft_local.cli.rpc_supervisor import Supervisor
+
+    child = [sys.executable, "-m", "eft_local", "rpc-server", "--host", host, "--port", str(port)]
+    child += ["--threads", str(threads), *(["--cache", cache] if cache else []), "--supervised", str(os.getpid())]
+    return Supervisor(child, port).run()
 
 
 def _cache_dir(raw: str | None) -> str | None:
@@ -111,7 +145,7 @@ def _cache_dir(raw: str | None) -> str | None:
     return str(path)
 
 
-def _serve(start) -> int:
+def _serve(start, quiet: bool = False) -> int:
     """Run the blocking C server on a daemon thread so Ctrl+C reaches Python and exits cleanly."""
     thread = threading.Thread(target=start, name="rpc-server", daemon=True)
     thread.start()
@@ -119,15 +153,25 @@ def _serve(start) -> int:
         while thread.is_alive():
             thread.join(0.5)
     except KeyboardInterrupt:
-        print("eft-local: rpc-server stopped", file=sys.stderr, flush=True)
+        if not quiet:
+            print("eft-local: rpc-server stopped", file=sys.stderr, flush=True)
         _exit_now(0)
     raise UserError("the RPC server stopped: llama.cpp could not start it (see the lines above)")
 
 
 def _exit_now(code: int) -> None:
     """Leave without running ggml's static destructors under the still-blocked server thread."""
-    import os
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _line_buffered_stdout() -> None:
+    """llama.cpp prints "Accepted client connection" with printf: into a pipe that is block
+    buffered and lost on a crash. Line buffering lets the parent name each peer as it comes."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.setvbuf(ctypes.c_void_p.in_dll(libc, "stdout"), None, 1, 0)  # _IOLBF

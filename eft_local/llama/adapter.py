@@ -11,8 +11,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import llama_cpp as ll
 import numpy as np
@@ -21,6 +24,7 @@ from eft_local.errors import Cancelled, UserError
 from eft_local.llama import rpc
 
 log = logging.getLogger("eft_local.llama")
+T = TypeVar("T")
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = logging.DEBUG
@@ -75,6 +79,34 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+class Span(NamedTuple):
+    """Tokens appended to one sequence in a decode; its last ``n_logits`` positions get logits."""
+
+    seq: int
+    tokens: Sequence[int]
+    n_logits: int
+
+
+def plan_batches(spans: Sequence[Span], cap: int) -> list[list[tuple[int, Span]]]:
+    """Cut spans into decodes of at most ``cap`` tokens, in order: whole spans are packed
+    together while they fit; a span longer than ``cap`` goes in ``cap``-sized pieces, each
+    piece keeping the logits rows that fall inside it. Each entry is (span index, piece)."""
+    batches: list[list[tuple[int, Span]]] = [[]]
+    size = 0
+    for j, span in enumerate(spans):
+        n = len(span.tokens)
+        first_out = n - span.n_logits
+        for a in range(0, n, cap):
+            piece = span.tokens[a : a + cap]
+            wanted = max(0, a + len(piece) - max(a, first_out))
+            if batches[-1] and size + len(piece) > cap:
+                batches.append([])
+                size = 0
+            batches[-1].append((j, Span(span.seq, piece, wanted)))
+            size += len(piece)
+    return batches
+
+
 class LlamaModel:
     """One model and its context. Tracks the token ids held in its KV cache."""
 
@@ -121,15 +153,24 @@ class LlamaModel:
         self._devices = rpc.model_devices(self.rpc_servers)  # None: llama.cpp's default (no RPC in use)
         if self._devices is not None:
             params.devices = ctypes.addressof(self._devices)
-        if progress is not None:
+        self._load_moved = time.monotonic()  # last load progress: an RPC load is bounded by its silences
+        self._load_cancel = threading.Event()  # Ctrl+C during an RPC load: llama.cpp stops at the next tensor
+        if progress is not None or self.rpc_servers:
 
             def _cb(fraction: float, _user) -> bool:
-                progress(float(fraction))
-                return True
+                self._load_moved = time.monotonic()
+                if progress is not None:
+                    progress(float(fraction))
+                return not self._load_cancel.is_set()
 
             self._progress_cb = ll.llama_progress_callback(_cb)  # keep a reference
             params.progress_callback = self._progress_cb
-        model = ll.llama_model_load_from_file(os.fsencode(self.path), params)
+        model = self._call(
+            lambda: ll.llama_model_load_from_file(os.fsencode(self.path), params),
+            f"loading {self.path.name}",
+            last_progress=lambda: self._load_moved,
+            on_interrupt=self._load_cancel.set,
+        )
         if not model:
             raise UserError(
                 f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file; run with --verbose for details)"
@@ -147,7 +188,7 @@ class LlamaModel:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
-        ctx = ll.llama_init_from_model(self._model, params)
+        ctx = self._call(lambda: ll.llama_init_from_model(self._model, params), f"allocating the context of {self.path.name}")
         if not ctx:
             raise UserError(
                 f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory? try a smaller --n-ctx or fewer --gpu-layers)"
@@ -161,11 +202,18 @@ class LlamaModel:
             ll.llama_batch_free(self._batch)
             self._batch = None
         if getattr(self, "_ctx", None):
-            ll.llama_free(self._ctx)
-            self._ctx = None
+            ctx, self._ctx = self._ctx, None
+            self._call(lambda: ll.llama_free(ctx), f"freeing the context of {self.path.name}")
         if getattr(self, "_model", None):
-            ll.llama_model_free(self._model)
-            self._model = None
+            model, self._model = self._model, None
+            self._call(lambda: ll.llama_model_free(model), f"freeing {self.path.name}")
+
+    def _call(self, fn: Callable[[], T], what: str, timeout: float | None = None, **bounds) -> T:
+        """A llama.cpp call: bounded in time and interruptible when this model has RPC layers
+        (ggml's RPC client waits forever otherwise, see ``rpc.bounded``), else a plain call."""
+        if not getattr(self, "rpc_servers", None):
+            return fn()
+        return rpc.bounded(fn, self.rpc_servers, what, rpc.REPLY_TIMEOUT if timeout is None else timeout, **bounds)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -244,76 +292,137 @@ class LlamaModel:
             n = ll.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
         return self._piece_buf.raw[:n]
 
-    # -- evaluation -------------------------------------------------------------------------
+    # -- evaluation: one decode path; a single sequence is a batch of one span ----------------
     @property
     def n_past(self) -> int:
         return len(self.tokens)
 
     def eval(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
-        """Append ``tokens`` to the cache; return logits of the last ``n_logits`` positions.
+        """Append ``tokens`` to the cache (sequence 0); return logits of the last ``n_logits``
+        positions as a (n_logits, n_vocab) float32 array.
 
-        The result is a (n_logits, n_vocab) float32 view into llama.cpp's buffer: the next
-        ``eval`` on this model overwrites it.
+        Usually a view into llama.cpp's buffer: the next ``eval`` on this model overwrites it.
         """
         tokens = list(tokens)
         if not tokens:
             raise ValueError("eval needs at least one token")
-        if self.n_past + len(tokens) > self.n_ctx:
+        return self.eval_many([Span(0, tokens, n_logits)])[0]
+
+    def eval_many(self, items: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
+        """Append tokens to several sequences, all or nothing; each item is (seq_id, tokens,
+        n_logits) and gets the logits of its last ``n_logits`` positions.
+
+        The items go to llama.cpp in as few decodes as ``n_batch`` allows (see ``plan_batches``).
+        Rows are views into llama.cpp's buffer when they come from the last decode (the next
+        eval on this model overwrites them), copies otherwise. On any failure every sequence
+        is rolled back to where it was.
+        """
+        spans = [self._checked(Span(seq, list(toks), n)) for seq, toks, n in items]
+        if len({s.seq for s in spans}) < len(spans):
+            raise ValueError("eval_many: one item per sequence")
+        before = {s.seq: len(self.seq_tokens[s.seq]) for s in spans}
+        rows: list[list[np.ndarray]] = [[] for _ in spans]
+        batches = plan_batches(spans, self.n_batch)
+        try:
+            for k, batch in enumerate(batches):
+                out = self._decode([piece for _, piece in batch])
+                last = k == len(batches) - 1
+                for (j, _), r in zip(batch, out):
+                    if len(r):
+                        rows[j].append(r if last else r.copy())
+        except BaseException:
+            self._undo(before)
+            raise
+        return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in rows]
+
+    def _checked(self, span: Span) -> Span:
+        """The span with ``n_logits`` clamped to 1..len(tokens); refuses empty spans and a full context."""
+        n = len(span.tokens)
+        if n == 0:
+            raise ValueError(f"nothing to decode for sequence {span.seq}")
+        held = len(self.seq_tokens[span.seq])
+        if held + n > self.n_ctx:
             raise UserError(
-                f"context full: {self.n_past + len(tokens)} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)"
+                f"context full: {held + n} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)"
             )
-        n_logits = max(1, min(n_logits, len(tokens)))
-        parts: list[np.ndarray] = []  # copies of earlier chunks' rows when n_logits > n_batch
-        start = 0
-        while start < len(tokens):
-            chunk = tokens[start : start + self.n_batch]
-            first_out = len(tokens) - n_logits - start
-            n_out = self._decode(chunk, first_out)
-            start += len(chunk)
-            if n_out and start < len(tokens):  # the next decode overwrites these rows
-                parts.append(self._logits(n_out).copy())
-        rows = self._logits(n_out)
-        return np.concatenate([*parts, rows]) if parts else rows
+        return span._replace(n_logits=max(1, min(span.n_logits, n)))
 
-    def _logits(self, n_rows: int) -> np.ndarray:
-        ptr = ll.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+    def _undo(self, before: dict[int, int]) -> None:
+        """Put each sequence back to ``before[seq]`` tokens; a model that can't trim its cache
+        (recurrent) is cleared instead, so the recorded tokens always match the cache."""
+        try:
+            for seq, n in before.items():
+                self.rollback_seq(seq, n)
+        except UserError:
+            self.clear()
 
-    def _decode(self, chunk: list[int], first_out: int) -> int:
-        """Decode one chunk; positions at index >= first_out get logits. Returns #rows."""
-        if (
-            not 0 < len(chunk) <= self.n_batch
-        ):  # the batch buffer holds n_batch; never reach llama.cpp's GGML_ASSERT(n_tokens <= n_batch)
-            raise RuntimeError(f"batch of {len(chunk)} tokens for n_batch {self.n_batch}")
-        b = self._batch
-        pos0 = self.n_past
-        n_out = 0
-        for i, tok in enumerate(chunk):
-            b.token[i] = tok
-            b.pos[i] = pos0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            want = i >= first_out
-            b.logits[i] = want
-            n_out += want
-        b.n_tokens = len(chunk)
+    def _decode(self, batch: Sequence[Span]) -> list[np.ndarray]:
+        """The one ``llama_decode`` call: append each span to its sequence (at most ``n_batch``
+        tokens in all). Returns each span's logits rows, views into llama.cpp's buffer.
+
+        A model with RPC layers checks its servers first (a lost one raises RpcServerLost and
+        nothing is decoded). A failed decode leaves every sequence as it was.
+        """
+        size = sum(len(s.tokens) for s in batch)
+        if not 0 < size <= self.n_batch:  # never reach llama.cpp's GGML_ASSERT(n_tokens <= n_batch)
+            raise RuntimeError(f"batch of {size} tokens for n_batch {self.n_batch}")
+        n_out = self._fill_batch(batch)
         if self.rpc_servers:
             rpc.check_alive(self.rpc_servers, self.path.name)
-        rc = ll.llama_decode(self._ctx, b)
+        try:
+            what = f"decoding {size} token(s) of {self.path.name}"
+            rc = self._call(self._decode_and_wait, what, rpc.decode_timeout(size))
+        except BaseException:  # Ctrl+C while an RPC decode finished anyway
+            self._drop_uncommitted(batch)
+            raise
         if rc != 0:
+            self._drop_uncommitted(batch)
             raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")
-        self.tokens.extend(chunk)
-        return n_out
+        logits = self._logits(n_out)
+        rows, r = [], 0
+        for s in batch:
+            self.seq_tokens[s.seq].extend(s.tokens)
+            rows.append(logits[r : r + s.n_logits])
+            r += s.n_logits
+        return rows
 
-    def rollback(self, n: int) -> None:
-        """Keep only the first ``n`` cached tokens."""
-        if n >= self.n_past:
-            return
-        if n == 0 and self.n_seq == 1:
-            ll.llama_memory_clear(self._mem, True)
-        elif not ll.llama_memory_seq_rm(self._mem, 0, n, -1):
-            raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
-        del self.tokens[n:]
+    def _decode_and_wait(self) -> int:
+        """``llama_decode`` returns before the backends finish (an RPC server may still be
+        computing): wait for them here, inside the bounded call, not in ``llama_get_logits``."""
+        rc = ll.llama_decode(self._ctx, self._batch)
+        if rc == 0:
+            ll.llama_synchronize(self._ctx)
+        return rc
+
+    def _drop_uncommitted(self, batch: Sequence[Span]) -> None:
+        """Remove whatever part of a failed batch llama.cpp did cache."""
+        for s in batch:
+            ll.llama_memory_seq_rm(self._mem, s.seq, len(self.seq_tokens[s.seq]), -1)
+
+    def _logits(self, n_rows: int) -> np.ndarray:
+        """The last decode's logits rows: a zero-copy view that the next decode overwrites."""
+        if n_rows == 0:
+            return np.empty((0, self.n_vocab), np.float32)
+        return np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_rows, self.n_vocab))
+
+    def _fill_batch(self, batch: Sequence[Span]) -> int:
+        """Write the spans into the llama_batch; returns the number of logits rows asked for."""
+        b = self._batch
+        i = n_out = 0
+        for seq, toks, n_logits in batch:
+            pos0 = len(self.seq_tokens[seq])
+            first_out = len(toks) - n_logits
+            for t, tok in enumerate(toks):
+                want = t >= first_out
+                b.token[i] = tok
+                b.pos[i] = pos0 + t
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = want
+                n_out += want
+                i += 1
+        b.n_tokens = i
+        return n_out
 
     def prefill(self, tokens: Sequence[int], cancel: Callable[[], bool] | None = None) -> np.ndarray:
         """Make the cache hold exactly ``tokens``, reusing the common prefix; return the last
@@ -335,88 +444,27 @@ class LlamaModel:
             row = self.eval(rest[i : i + self.n_batch], 1)[0]
         return row
 
-    # -- many sequences (``n_seq`` > 1): batched evaluation, per-sequence rollback ------------------
-    def eval_many(self, items: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
-        """Append tokens to several sequences in one ``llama_decode``; each item is
-        (seq_id, tokens, n_logits) and gets the logits of its last ``n_logits`` positions.
-
-        Rows are views into llama.cpp's buffer (the next eval on this model overwrites them).
-        A batch over ``n_batch`` tokens is cut between items (rows of earlier parts copied);
-        one item must fit in ``n_batch``.
-        """
-        cap = min(self.n_batch, int(ll.llama_n_batch(self._ctx)))
-        parts: list[list[int]] = [[]]
-        size = 0
-        for j, (seq, toks, _) in enumerate(items):
-            n = len(toks)
-            if not 0 < n <= cap:
-                raise ValueError(f"eval_many item of {n} tokens (n_batch {cap})")
-            if len(self.seq_tokens[seq]) + n > self.n_ctx:
-                raise UserError(
-                    f"context full: {len(self.seq_tokens[seq]) + n} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)"
-                )
-            if size + n > cap:
-                parts.append([])
-                size = 0
-            parts[-1].append(j)
-            size += n
-        out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
-        before = {seq: len(self.seq_tokens[seq]) for seq, _, _ in items}
-        try:
-            for k, part in enumerate(parts):
-                rows = self._decode_many([items[j] for j in part])
-                last = k == len(parts) - 1
-                for j, r in zip(part, rows):
-                    out[j] = r if last else r.copy()
-        except BaseException:  # all or nothing: undo the parts that went in
-            for seq, n in before.items():
-                self.rollback_seq(seq, n)
-            raise
-        return out
-
-    def _decode_many(self, items: Sequence[tuple[int, Sequence[int], int]]) -> list[np.ndarray]:
-        b = self._batch
-        i = n_out = 0
-        for seq, toks, n_logits in items:
-            pos0 = len(self.seq_tokens[seq])
-            first_out = len(toks) - max(1, min(n_logits, len(toks)))
-            for t, tok in enumerate(toks):
-                b.token[i] = tok
-                b.pos[i] = pos0 + t
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = seq
-                b.logits[i] = t >= first_out
-                n_out += t >= first_out
-                i += 1
-        b.n_tokens = i
-        rc = ll.llama_decode(self._ctx, b)
-        if rc != 0:
-            for seq, _, _ in items:  # drop whatever part of the batch did get cached
-                ll.llama_memory_seq_rm(self._mem, seq, len(self.seq_tokens[seq]), -1)
-            raise RuntimeError(f"llama_decode failed ({rc}) on {self.path.name}")
-        logits = np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
-        rows, r = [], 0
-        for seq, toks, n_logits in items:
-            self.seq_tokens[seq].extend(toks)
-            n = max(1, min(n_logits, len(toks)))
-            rows.append(logits[r : r + n])
-            r += n
-        return rows
-
-    def clear(self) -> None:
-        """Empty the cache of every sequence (after a failed decode left it unknown)."""
-        ll.llama_memory_clear(self._mem, True)
-        for toks in self.seq_tokens:
-            toks.clear()
+    # -- the KV cache ----------------------------------------------------------------------------
+    def rollback(self, n: int) -> None:
+        """Keep only the first ``n`` cached tokens (of sequence 0)."""
+        self.rollback_seq(0, n)
 
     def rollback_seq(self, seq: int, n: int) -> None:
         """Keep only the first ``n`` tokens of sequence ``seq`` (others untouched)."""
         toks = self.seq_tokens[seq]
         if n >= len(toks):
             return
-        if not ll.llama_memory_seq_rm(self._mem, seq, n, -1):
+        if n == 0 and self.n_seq == 1:
+            self._call(lambda: ll.llama_memory_clear(self._mem, True), f"clearing the cache of {self.path.name}")
+        elif not ll.llama_memory_seq_rm(self._mem, seq, n, -1):
             raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
         del toks[n:]
+
+    def clear(self) -> None:
+        """Empty the cache of every sequence (after a failed decode left it unknown)."""
+        self._call(lambda: ll.llama_memory_clear(self._mem, True), f"clearing the cache of {self.path.name}")
+        for toks in self.seq_tokens:
+            toks.clear()
 
     def seq_pos_max(self, seq: int) -> int:
         """llama.cpp's own view: the largest position cached for ``seq`` (-1 when empty)."""

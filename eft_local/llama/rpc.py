@@ -29,6 +29,10 @@ Faults after loading. ggml's RPC client has no error path: a failed send/recv ca
   prints one line naming the lost server(s) and ends the process with ``EXIT_RPC_LOST``
   (rows already written by ``eft-local run`` stay in ``OUT.partial``). It never returns a
   token computed from a broken connection.
+- ggml's client also waits for every answer without a timeout and can't be cancelled (a
+  stopped or hung server, one that answers our probe and then falls silent). ``bounded`` runs
+  each such call (registering, loading, decoding, freeing) on a helper thread and keeps time:
+  past its bound, or 2 s after Ctrl+C, the process ends with one line. Bounds: docs/rpc.md.
 """
 
 from __future__ import annotations
@@ -36,21 +40,29 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import queue
 import socket
 import stat
 import struct
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from eft_local.errors import UserError
 from eft_local.mix.mixture import ROLES, is_role_name
 
 DEFAULT_PORT = 50052
 SPEC_SYNTAX = "ROLE=HOST:PORT[,HOST:PORT…]"
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 3.0  # s: our own connect, and the server's answer to our HELLO (each, and in all)
+REGISTER_TIMEOUT = 10.0  # s: ggml's own connect, HELLO and device queries once our probe passed
+REPLY_TIMEOUT = 30.0  # s: a server's answer to one call (a decode, a freed model; a load step)
+TOKEN_ALLOWANCE = 0.25  # s more per token of a decode batch (a long prompt on a slow server)
+INTERRUPT_GRACE = 2.0  # s Ctrl+C waits for an RPC call in flight before the process ends
+EXIT_INTERRUPTED = 130
 EXIT_RPC_LOST = 69  # EX_UNAVAILABLE
 BUILD_HINT = (
     "this llama-cpp-python was built without RPC; reinstall it with -DGGML_RPC=ON, e.g. "
@@ -193,14 +205,15 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
     host, port = parse_endpoint(endpoint)
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
+            deadline = time.monotonic() + timeout  # the answer as a whole, however it trickles in
             s.sendall(bytes([_RPC_CMD_HELLO]) + struct.pack("<Q", _CONN_CAPS_SIZE) + bytes(_CONN_CAPS_SIZE))
-            size = struct.unpack("<Q", _recv_exact(s, 8))[0]
+            size = struct.unpack("<Q", _recv_exact(s, 8, deadline))[0]
             if size != _HELLO_RSP_SIZE:
                 raise UserError(
                     f"RPC server {endpoint} speaks another protocol version (hello of {size} bytes); "
                     "run an rpc-server from the same llama.cpp as this eft-local"
                 )
-            rsp = _recv_exact(s, size)
+            rsp = _recv_exact(s, size, deadline)
     except ConnectionRefusedError:
         raise UserError(
             f"RPC server {endpoint}: connection refused (is `eft-local rpc-server --port {port}` running there?)"
@@ -219,9 +232,13 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, int, int]
     return rsp[0], rsp[1], rsp[2]
 
 
-def _recv_exact(s: socket.socket, n: int) -> bytes:
+def _recv_exact(s: socket.socket, n: int, deadline: float) -> bytes:
     data = b""
     while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        s.settimeout(left)
         chunk = s.recv(n - len(data))
         if not chunk:
             raise EOFError
@@ -258,12 +275,18 @@ def attach(endpoints: Iterable[str]) -> list[str]:
 def _register(ep: str) -> None:
     libs = require_rpc()
     install_abort_handler()
-    reg = libs.rpc.ggml_backend_rpc_add_server(ep.encode())
-    if not reg:
+
+    def add() -> list[int] | None:  # ggml connects, says HELLO and asks for the devices
+        reg = libs.rpc.ggml_backend_rpc_add_server(ep.encode())
+        if not reg:
+            return None
+        libs.ggml.ggml_backend_register(reg)
+        return [libs.base.ggml_backend_reg_dev_get(reg, i) for i in range(libs.base.ggml_backend_reg_dev_count(reg))]
+
+    devices = bounded(add, [ep], "registering its devices", REGISTER_TIMEOUT)
+    if devices is None:
         raise UserError(f"RPC server {ep} reports no devices")
-    libs.ggml.ggml_backend_register(reg)
-    n = libs.base.ggml_backend_reg_dev_count(reg)
-    _registered[ep] = [libs.base.ggml_backend_reg_dev_get(reg, i) for i in range(n)]
+    _registered[ep] = devices
 
 
 def registered() -> dict[str, list[int]]:
@@ -422,6 +445,132 @@ def report_lost() -> bool:
             file=sys.stderr,
         )
     return bool(dead)
+
+
+# -- bounded calls into ggml's RPC client -------------------------------------------------------------
+T = TypeVar("T")
+
+
+class _Call:
+    """One blocking C call, run on a helper thread so that its caller can keep time and take Ctrl+C."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # handed to the caller
+            self.error = e
+        finally:
+            self.done.set()
+
+
+_calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+_idle_helpers = 0
+_helpers_lock = threading.Lock()
+
+
+def _helper() -> None:
+    global _idle_helpers
+    while True:
+        call = _calls.get()
+        with _helpers_lock:
+            _idle_helpers -= 1
+        call.run()
+        with _helpers_lock:
+            _idle_helpers += 1
+
+
+def _submit(call: _Call) -> None:
+    global _idle_helpers
+    with _helpers_lock:
+        if _idle_helpers == 0:
+            _idle_helpers += 1
+            threading.Thread(target=_helper, name="rpc-call", daemon=True).start()
+    _calls.put(call)
+
+
+def bounded(
+    fn: Callable[[], T],
+    endpoints: Sequence[str],
+    what: str,
+    timeout: float,
+    *,
+    last_progress: Callable[[], float] | None = None,
+    on_interrupt: Callable[[], None] | None = None,
+) -> T:
+    """Run ``fn``, a blocking ggml call that waits on RPC servers, with a bound and with Ctrl+C.
+
+    ggml's RPC client waits for every answer without a timeout and cannot be cancelled, so
+    the call runs on a helper thread while this one keeps time. No answer within ``timeout``
+    seconds (counted from ``last_progress()`` when given: a long load that keeps moving is
+    fine) ends the process with one line and ``EXIT_RPC_LOST``. Ctrl+C (main thread) calls
+    ``on_interrupt`` (a way to cancel cleanly, if there is one), waits ``INTERRUPT_GRACE``
+    seconds for the call, then re-raises; a call still stuck ends the process with one line.
+    On another thread the same happens once the main thread has ended (the process is exiting).
+    """
+    if sys.is_finalizing():  # helper threads no longer run at interpreter exit (a model freed by __del__)
+        return fn()
+    call = _Call(fn)
+    _submit(call)
+    start = time.monotonic()
+    on_main = threading.current_thread() is threading.main_thread()
+    try:
+        while not call.done.wait(0.05):
+            if not on_main and not threading.main_thread().is_alive():
+                # the main thread has ended (a front end shutting down after Ctrl+C) and the
+                # interpreter waits for this thread: treat it as Ctrl+C, don't hold the exit up
+                _interrupted(call, endpoints, what, on_interrupt)
+                continue
+            since = max(start, last_progress()) if last_progress else start
+            if time.monotonic() - since > timeout:
+                _give_up(
+                    f"RPC server {', '.join(endpoints)} gave no answer within {timeout:g} s while {what} "
+                    "(server stopped, overloaded, or the network is down); llama.cpp's RPC client cannot "
+                    f"cancel a call, so eft-local stops here (exit status {EXIT_RPC_LOST}; a batch run keeps its finished rows in OUT.partial)",
+                    EXIT_RPC_LOST,
+                )
+    except KeyboardInterrupt:
+        _interrupted(call, endpoints, what, on_interrupt)
+        raise
+    if call.error is not None:
+        raise call.error
+    return call.result  # type: ignore[return-value]
+
+
+def _interrupted(call: _Call, endpoints: Sequence[str], what: str, on_interrupt: Callable[[], None] | None) -> None:
+    """Ctrl+C during a call: give it a moment to finish (then the caller re-raises), else stop."""
+    try:
+        if on_interrupt is not None:
+            on_interrupt()
+        if call.done.wait(INTERRUPT_GRACE):
+            return
+    except KeyboardInterrupt:  # a second Ctrl+C: no more waiting
+        pass
+    _give_up(
+        f"interrupted while waiting for RPC server {', '.join(endpoints)} ({what}); stopped without waiting "
+        f"for it (exit status {EXIT_INTERRUPTED})",
+        EXIT_INTERRUPTED,
+    )
+
+
+def _give_up(line: str, code: int) -> None:
+    """End the process now: a ggml call is stuck on another thread, so no normal exit is safe
+    (interpreter shutdown would run ggml's destructors under it)."""
+    _restore_terminal()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"eft-local: error: {line}\n" if code != EXIT_INTERRUPTED else f"eft-local: {line}\n")
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def decode_timeout(n_tokens: int) -> float:
+    """The bound on one decode over RPC: an answer, plus compute time for each token."""
+    return REPLY_TIMEOUT + TOKEN_ALLOWANCE * n_tokens
 
 
 # -- fatal errors inside ggml ----------------------------------------------------------------------------
