@@ -213,6 +213,8 @@ REFUSED = [
     ("/v1/completions", {"prompt": [-1, 5]}, "prompt", "invalid_value"),
     ("/v1/completions", {"prompt": [[5, 6], [5, 10**9]]}, "prompt[1]", "invalid_value"),
     ("/v1/completions", {"prompt": [[5], []]}, "prompt[1]", "invalid_type"),
+    ("/v1/completions", {"prompt": ["a", ""]}, "prompt[1]", "invalid_value"),
+    ("/v1/completions", {"prompt": ""}, "prompt", "invalid_value"),
     ("/v1/completions", {"prompt": [5] * (N_CTX + 1), "echo": True, "max_tokens": 0}, "prompt", "context_length_exceeded"),
     ("/v1/completions", {"max_tokens": 0}, "max_tokens", "invalid_value"),
     ("/v1/completions", {"best_of": 3}, "best_of", "unsupported_value"),

@@ -212,7 +212,7 @@ def _prompts(v: Any, *, n_vocab: int, n_ctx: int) -> list[Prompt]:
     """A string, a list of strings, a list of token ids, or a list of token-id lists."""
     shape = "a string, a list of strings, a list of token ids or a list of token-id lists"
     if isinstance(v, str):
-        return [_utf8("prompt", v)]
+        return [_text_prompt("prompt", v)]
     if not isinstance(v, list) or not v:
         raise bad("prompt", f"'prompt' must be {shape}" + (" (it is empty)" if v == [] else ""), "invalid_type")
     if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
@@ -222,12 +222,18 @@ def _prompts(v: Any, *, n_vocab: int, n_ctx: int) -> list[Prompt]:
     out: list[Prompt] = []
     for i, p in enumerate(v):
         if isinstance(p, str):
-            out.append(_utf8(f"prompt[{i}]", p))
+            out.append(_text_prompt(f"prompt[{i}]", p))
         elif isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
             out.append(_ids(f"prompt[{i}]", p, n_vocab, n_ctx))
         else:
             raise bad(f"prompt[{i}]", f"'prompt[{i}]' must be a string or a non-empty list of token ids", "invalid_type")
     return out
+
+
+def _text_prompt(where: str, text: str) -> str:
+    if not text:
+        raise bad(where, f"'{where}' is empty: send the text to complete (or score)")
+    return _utf8(where, text)
 
 
 def _ids(where: str, ids: list[int], n_vocab: int, n_ctx: int) -> list[int]:
