@@ -147,3 +147,18 @@ def test_generated_token_logprobs_come_from_verification_and_equal_scoring(engin
     scored = score_tokens(engine, {n: prompt_ids + ids for n in engine.models}, len(ids), params, top_k=3)
     np.testing.assert_allclose([ev.logprob.logprob for ev in tokens], [s.logprob for s in scored], atol=TOL)
     assert [[t for t, _ in ev.logprob.top] for ev in tokens] == [[t for t, _ in s.top] for s in scored]
+
+
+def test_positions_on_several_threads_equal_one_thread(engine, monkeypatch):
+    from eft_local.engine import scoring
+
+    ids = some_ids(engine, "several threads share the positions of one chunk " * 3)
+    params = SamplingParams(alpha=0.6, beta=1.7)
+    seqs = {n: ids for n in engine.models}
+    monkeypatch.setattr(scoring, "SCORING_THREADS", 1)
+    engine.reset()
+    one = score_tokens(engine, seqs, len(ids) - 1, params, top_k=3)
+    monkeypatch.setattr(scoring, "SCORING_THREADS", 3)
+    engine.reset()
+    three = score_tokens(engine, seqs, len(ids) - 1, params, top_k=3)
+    assert len(ids) - 1 >= 3 * scoring.MIN_POSITIONS_PER_THREAD and three == one  # the same float ops, in order
