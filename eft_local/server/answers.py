@@ -1,4 +1,4 @@
-"""Completions that need the engine to themselves: echo (scoring), several prompts, token ids.
+"""Completions that need the engine to themselves: echo (scoring) and several prompts in one request.
 
 Runs on the engine thread (``worker.EngineWorker``) with the session lock held: for each
 prompt, in order, the echoed prompt's log-probabilities (``engine.scoring``), then the
