@@ -289,3 +289,24 @@ def test_echo_waits_for_running_generations_under_parallel(paths):
     finally:
         srv.stop()
         session.close()
+
+
+def test_several_prompts_share_the_batch_under_parallel(served, paths):
+    """Without echo, the prompts of one request are sequences of the batch; each answer equals
+    the sequential server's (prompt i draws from (seed, i)), and a bad prompt fails the request."""
+    srv, session = serve(paths, parallel=3)
+    try:
+        ids = tokenize(served, "general kenobi")
+        body = {"prompt": [TEXT, ids, "hello there"], "max_tokens": 6, "temperature": 0.9, "seed": 5, "logprobs": 1}
+        batched, alone = completion(srv, **body), completion(served, **body)
+        assert [c["text"] for c in batched["choices"]] == [c["text"] for c in alone["choices"]]
+        assert [c["index"] for c in batched["choices"]] == [0, 1, 2]
+        for b, a in zip(batched["choices"], alone["choices"]):
+            np.testing.assert_allclose(b["logprobs"]["token_logprobs"], a["logprobs"]["token_logprobs"], atol=TOL)
+        assert batched["usage"] == alone["usage"]
+        too_long = post(srv, "/v1/completions", {"prompt": ["hi", [5] * N_CTX], "max_tokens": 2})
+        assert too_long.status_code == 400, too_long.text
+        assert completion(srv, prompt=["a b", "c d"], max_tokens=2)["usage"]["completion_tokens"] == 4  # still serving
+    finally:
+        srv.stop()
+        session.close()

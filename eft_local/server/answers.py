@@ -1,11 +1,12 @@
-"""Completions that need the engine to themselves: echo (scoring) and several prompts in one request.
+"""Completions of echo (scoring) and of several prompts in one request.
 
 Runs on the engine thread (``worker.EngineWorker``) with the session lock held: for each
 prompt, in order, the echoed prompt's log-probabilities (``engine.scoring``), then the
 generation (if ``max_tokens`` > 0) from the same cache. Prompt *i* draws from
 ``rng_for(seed, i)``, as ``eft-local run``'s *i*-th prompt does. Each prompt's result goes
 back in one list of ``Answer``; a prompt that fails ends the request with an ``ApiError``
-naming it.
+naming it. Under ``--parallel`` the prompts of a request without echo share the batch instead:
+each is a sequence of its own and ``Gather`` puts their results back together.
 """
 
 from __future__ import annotations
@@ -31,9 +32,54 @@ class Answer:
     tokens: list[TokenEvent] = field(default_factory=list)  # generated (with logprobs when asked)
     fin: FinishedEvent | None = None  # None: nothing generated (max_tokens 0)
 
+    prompt_count: int = 0  # the chat model's prompt tokens, when the ids are not kept
+
     @property
     def prompt_tokens(self) -> int:
-        return len(self.prompt_ids or ())
+        return len(self.prompt_ids) if self.prompt_ids is not None else self.prompt_count
+
+
+class Gather:
+    """The prompts of one request generating as separate sequences of the batch: each gets a
+    channel (``part(i)``) the engine thread puts its items on; once every one has finished, the
+    request's own channel gets the list of answers (the first failure ends it instead, and
+    ``cancel`` stops the other prompts)."""
+
+    def __init__(self, channel, n: int, started: type, cancel: Callable[[], None]) -> None:
+        self.channel, self.started, self.cancel = channel, started, cancel
+        self.answers = [Answer(i) for i in range(n)]
+        self.left, self.closed = n, False
+
+    def part(self, index: int) -> _Part:
+        return _Part(self, index)
+
+    def _put(self, index: int, item, last: bool) -> None:  # engine thread
+        if self.closed:
+            return
+        answer = self.answers[index]
+        if isinstance(item, self.started):
+            answer.prompt_count = item.prompt_tokens
+        elif isinstance(item, TokenEvent):
+            answer.tokens.append(item)
+        elif isinstance(item, FinishedEvent) and item.reason in ("stop", "length"):
+            answer.fin = item
+            self.left -= 1
+            if self.left == 0:
+                self.closed = True
+                self.channel.put(self.answers, last=True)
+        elif last:  # a failure (error, cancelled, Failed): the request ends with it
+            self.closed = True
+            self.cancel()
+            self.channel.put(item, last=True)
+
+
+@dataclass
+class _Part:
+    gather: Gather
+    index: int
+
+    def put(self, item, last: bool = False) -> None:
+        self.gather._put(self.index, item, last)
 
 
 def answer_prompts(session: Session, req: GenRequest, cancel: Callable[[], bool]) -> list[Answer]:

@@ -78,7 +78,7 @@ class Reply:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": None}
 
     def usage(self, answers: Sequence[Answer]) -> dict[str, int]:
-        prompt = sum(a.prompt_tokens for a in answers) if answers and answers[0].prompt_ids is not None else self.prompt_tokens
+        prompt = sum(a.prompt_tokens for a in answers) or self.prompt_tokens
         n = sum(len(a.fin.token_ids) for a in answers if a.fin is not None)
         return {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
@@ -73,6 +73,7 @@ class GenRequest:
     echo: bool = False  # completions: the prompt's tokens (and log-probabilities) come first
     generate: bool = True  # False: max_tokens 0 with echo, scoring only
     token_names_are_ids: bool = False  # return_tokens_as_token_ids: "token_id:N" in log-probabilities
+    index: int = 0  # which prompt of its request this is: it draws from rng_for(seed, index)
 
     @property
     def logprobs(self) -> int | None:
@@ -83,6 +84,11 @@ class GenRequest:
         """Needs the engine to itself (echo scoring, several prompts): runs apart from the
         continuous batch, one prompt after another (``answers.answer_prompts``)."""
         return self.prompts is not None and (self.echo or len(self.prompts) > 1)
+
+    def for_prompt(self, index: int) -> GenRequest:
+        """Prompt ``index`` of a several-prompt request as a request of its own (a batch shares it out)."""
+        p = (self.prompts or [])[index]
+        return replace(self, prompts=[p], raw=p if isinstance(p, str) else None, index=index)
 
     @property
     def token_ids(self) -> list[int] | None:

@@ -23,7 +23,7 @@ from eft_local.engine.session import PromptTooLong, Session, rng_for, with_syste
 from eft_local.errors import Cancelled, UserError
 from eft_local.llama.prompts import prerender
 from eft_local.server import redact
-from eft_local.server.answers import answer_prompts
+from eft_local.server.answers import Gather, answer_prompts
 from eft_local.server.request import ApiError, GenRequest
 
 
@@ -306,12 +306,21 @@ class EngineWorker:
 
         A whole-engine job (echo, several prompts) runs once no sequence is live; while one
         waits, no new sequence is admitted, so the batch drains instead of starving it."""
-        whole = [j for j in self._jobs if j.request.whole_engine]
+        whole = [j for j in self._jobs if j.request.echo]
         if whole and self._live:
             return [], []
-        new = [j for j in self._jobs if not j.request.whole_engine]
+        new = [part for j in self._jobs if not j.request.echo for part in self._parts(j)]
         self._jobs.clear()
         return new, whole
+
+    def _parts(self, job: Job) -> list[Job]:
+        """A request with several prompts (no echo) as one job per prompt, sharing the batch."""
+        n = len(job.request.prompts or ())
+        if n <= 1:
+            return [job]
+        job.channel.put(Started(0))
+        gather = Gather(job.channel, n, Started, job.cancel)
+        return [Job(job.request.for_prompt(i), gather.part(i), job.cancelled, job.tokens) for i in range(n)]
 
     def _run_whole_job(self, job: Job) -> None:
         if not job.cancelled.is_set():
@@ -329,7 +338,7 @@ class EngineWorker:
                 self.completed += 1
             return
         req = job.request
-        ticket = self.scheduler.submit(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set)
+        ticket = self.scheduler.submit(prompt, req.config, rng_for(req.seed, req.index), cancel=job.cancelled.is_set)
         with self._cond:
             self._live[ticket] = job
             self.running = job
