@@ -81,8 +81,9 @@ class GenRequest:
 
     @property
     def whole_engine(self) -> bool:
-        """Needs the engine to itself (echo scoring, several prompts): runs apart from the
-        continuous batch, one prompt after another (``answers.answer_prompts``)."""
+        """Runs with the engine to itself, one prompt after another (``answers.answer_prompts``):
+        echo scoring, and several prompts on a server without ``--parallel`` (with it they
+        share the batch: ``worker.EngineWorker._parts``)."""
         return self.prompts is not None and (self.echo or len(self.prompts) > 1)
 
     def for_prompt(self, index: int) -> GenRequest:

@@ -302,10 +302,11 @@ class EngineWorker:
             self._retire(ticket)
 
     def _take_jobs(self) -> tuple[list[Job], list[Job]]:
-        """(jobs to admit to the batch, whole-engine jobs to run now); the rest keep waiting.
+        """(jobs to admit to the batch, echo jobs to run now); the rest keep waiting.
 
-        A whole-engine job (echo, several prompts) runs once no sequence is live; while one
-        waits, no new sequence is admitted, so the batch drains instead of starving it."""
+        An echo job (scoring) needs the engine to itself: it runs once no sequence is live, and
+        while one waits no new sequence is admitted, so the batch drains instead of starving it.
+        A request with several prompts joins the batch as one job per prompt (``_parts``)."""
         whole = [j for j in self._jobs if j.request.echo]
         if whole and self._live:
             return [], []
