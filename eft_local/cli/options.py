@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from eft_local.mix.mixture import (
     deltas_of,
     pick_drafter,
 )
-from eft_local.settings import GENERATION_SETTINGS, LOAD_SETTINGS, SETTINGS, check_weight
+from eft_local.settings import GENERATION_SETTINGS, GRID_KEYS, LOAD_SETTINGS, SETTINGS, check_weight
 
 
 def add_setting(g, name: str, **extra) -> None:
@@ -226,3 +226,33 @@ def rpc_placement(args: argparse.Namespace, defaults: dict[str, Any], paths: dic
     if unknown:
         raise UserError(f"--rpc {unknown[0]}=…: unknown role '{unknown[0]}' (roles here: {', '.join(paths)})")
     return placement
+
+
+# -- commands that read rows from a file and write JSONL rows (run, score) ----------------------
+def rows_args(p: argparse.ArgumentParser, file_help: str, grid_what: str) -> None:
+    """--prompt-file, --output and --grid, as `run` and `score` share them."""
+    p.add_argument("--prompt-file", required=True, metavar="FILE", help=file_help)
+    p.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help=f"{grid_what} at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)",
+    )
+
+
+def progress_printer(total: int) -> Callable[[int, int, Any], None]:
+    """A progress line on stderr: live on a terminal, every 5 s in a log; nothing for one row."""
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(done: int, _total: int, summary) -> None:
+        now = time.perf_counter()
+        if total < 2 or (not tty and now - last[0] < 5.0 and done < total):
+            return
+        last[0] = now
+        end = "\n" if not tty or done == total else ""
+        print(f"\r[{done}/{total}] {summary.line()}", end=end, file=sys.stderr, flush=True)
+
+    return show

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from eft_local.cli.options import (
     add_setting,
@@ -13,31 +12,20 @@ from eft_local.cli.options import (
     load_engine,
     model_args,
     prepare,
+    progress_printer,
+    rows_args,
     sampling_args,
 )
 from eft_local.errors import UserError
-from eft_local.settings import GRID_KEYS, SETTINGS
+from eft_local.settings import SETTINGS
 
 TEMPLATE_SETTINGS = ("prompt_style", "system_prompt")  # what --raw leaves out
 
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="batch mode: prompts from a file, JSONL out")
-    p.add_argument(
-        "--prompt-file",
-        required=True,
-        metavar="FILE",
-        help=".txt (one prompt per line) or .jsonl ({id?, prompt} or {id?, messages})",
-    )
-    p.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
+    rows_args(p, ".txt (one prompt per line) or .jsonl ({id?, prompt} or {id?, messages})", "run every prompt")
     p.add_argument("--raw", action="store_true", help="no chat template: prompt text as-is, BOS per model")
-    p.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2,...",
-        help=f"run every prompt at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)",
-    )
     add_setting(p, "parallel")
     model_args(p)
     sampling_args(p)
@@ -70,7 +58,7 @@ def _generate(args: argparse.Namespace, items: list, claim) -> int:
         raise UserError(f"{paths['chat']} has no chat template; pass --raw to send the prompts as plain text")
     opts = BatchOptions(settings=settings, raw=args.raw, grid=grid)
     try:
-        summary = run_batch(engine, items, opts, claim, progress=_progress_printer(total), parallel=parallel)
+        summary = run_batch(engine, items, opts, claim, progress=progress_printer(total), parallel=parallel)
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
@@ -89,18 +77,3 @@ def refuse_unused_with_raw(args: argparse.Namespace) -> None:
     for name in TEMPLATE_SETTINGS:
         if getattr(args, name, None) is not None:
             raise UserError(f"{SETTINGS[name].cli_flag} has no effect with --raw (raw prompts get no template); drop one of them")
-
-
-def _progress_printer(total: int):
-    tty = sys.stderr.isatty()
-    last = [0.0]
-
-    def show(done: int, _total: int, summary) -> None:
-        now = time.perf_counter()
-        if total < 2 or (not tty and now - last[0] < 5.0 and done < total):
-            return
-        last[0] = now
-        end = "\n" if not tty or done == total else ""
-        print(f"\r[{done}/{total}] {summary.line()}", end=end, file=sys.stderr, flush=True)
-
-    return show

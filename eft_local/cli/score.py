@@ -5,27 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eft_local.cli.options import check_delta_names, load_engine, model_args, prepare, sampling_args
-from eft_local.cli.run import _progress_printer  # the same progress line as `run`
-from eft_local.settings import GRID_KEYS
+from eft_local.cli.options import check_delta_names, load_engine, model_args, prepare, progress_printer, rows_args, sampling_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("score", help="log-probabilities of given continuations under the EFT mix, JSONL out")
-    p.add_argument(
-        "--prompt-file",
-        required=True,
-        metavar="FILE",
-        help='.jsonl rows: {id?, "prompt": raw text | "messages": [...], "continuations": [str, ...]} '
+    rows_args(
+        p,
+        '.jsonl rows: {id?, "prompt": raw text | "messages": [...], "continuations": [str, ...]} '
         '(or "continuation": str), with the row overrides of `run`',
-    )
-    p.add_argument("--output", metavar="OUT.jsonl", help="write rows here (default stdout)")
-    p.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2,...",
-        help=f"score every row at every combination; KEY: {', '.join(GRID_KEYS)} or weight.NAME (repeatable)",
+        "score every row",
     )
     model_args(p)
     sampling_args(p)
@@ -53,7 +42,7 @@ def _score(args: argparse.Namespace, items: list, claim) -> int:
     opts = BatchOptions(settings=settings, raw=True, grid=grid)
     total = len(items) * len(grid)
     try:
-        summary = run_score(engine, items, opts, claim, progress=_progress_printer(total))
+        summary = run_score(engine, items, opts, claim, progress=progress_printer(total))
     finally:
         engine.close()
     print(f"eft-local: {summary.line()}", file=sys.stderr)
