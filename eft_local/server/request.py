@@ -29,7 +29,6 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 500
 MAX_PROMPTS = 256  # prompts in one completion request (one choice each)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
-TINY_TEMPERATURE = 1e-3  # below this, 1/T overflows float32 logits: treated as greedy
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -297,18 +296,46 @@ def parse(
     n_vocab: int = 1 << 31,
 ) -> GenRequest:
     """``kind`` is "chat" (messages) or "completion" (raw prompt). ``settings`` are the server's
-    (``cli.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on top,
-    exactly as a JSONL row's overrides do in ``eft-local run`` (``batch.effective_settings``)."""
-    fixed = next((name for name in body if name in SETTINGS and name not in (*HTTP_SETTINGS, *REQUEST_KEYS)), None)
-    if fixed is not None:  # eft-local's own name: refused, not silently ignored like a foreign field
-        flag = SETTINGS[fixed].cli_flag
-        raise bad(fixed, f"'{fixed}' is fixed when the server starts ({flag}); it can't change per request", "unsupported_value")
+    (``cli.options.resolve_settings``: flags, profile defaults, built-ins); the body's fields go on
+    top, exactly as a JSONL row's overrides do in ``eft-local run`` (``engine.config.effective_settings``)."""
+    _refuse_fixed(body)
     _refuse_unsupported(body)
     echo = kind != "chat" and body.get("echo") is not None and setting("echo", body["echo"])
     body = dict(body)
     scoring_only = echo and body.get("max_tokens") == 0 and not isinstance(body["max_tokens"], bool)
     if scoring_only:
         del body["max_tokens"]  # max_tokens 0 with echo: score the prompt, generate nothing
+    effective = effective_settings(settings, _settings_layer(body, deltas))
+    effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
+    config = _config(kind, body, effective)
+    stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
+    messages, raw, prompts = _prompt(kind, body, stream, bool(echo), n_ctx=n_ctx, n_vocab=n_vocab)
+    return GenRequest(
+        messages,
+        raw,
+        config,
+        effective["seed"],
+        stream,
+        _include_usage(body),
+        _model(body),
+        prompts,
+        bool(echo),
+        not scoring_only,
+        body.get("return_tokens_as_token_ids") is not None
+        and setting("return_tokens_as_token_ids", body["return_tokens_as_token_ids"]),
+    )
+
+
+def _refuse_fixed(body: Mapping[str, Any]) -> None:
+    """A run-wide setting by eft-local's own name: refused, not silently ignored like a foreign field."""
+    fixed = next((name for name in body if name in SETTINGS and name not in (*HTTP_SETTINGS, *REQUEST_KEYS)), None)
+    if fixed is not None:
+        flag = SETTINGS[fixed].cli_flag
+        raise bad(fixed, f"'{fixed}' is fixed when the server starts ({flag}); it can't change per request", "unsupported_value")
+
+
+def _settings_layer(body: Mapping[str, Any], deltas: Sequence[str]) -> dict[str, Any]:
+    """The request's own settings (and aliases, and delta weights), each checked by its Setting."""
     layer: dict[str, Any] = {}
     for name in HTTP_SETTINGS:
         if body.get(name) is not None:
@@ -322,45 +349,59 @@ def parse(
             check_known_deltas([n for n in layer["weights"] if n != "chat"], deltas, "'weights'.{}".format)
         except (UserError, OverflowError) as e:
             raise bad("weights", str(e) if isinstance(e, UserError) else "'weights' holds a number out of range") from None
-    stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
+    return layer
 
-    effective = effective_settings(settings, layer)
-    if 0 < effective["temperature"] < TINY_TEMPERATURE:
-        effective["temperature"] = 0.0
-    effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
+
+def _config(kind: str, body: Mapping[str, Any], effective: dict[str, Any]) -> GenerationConfig:
     try:
         config = generation_config(effective)
         config.logprobs = _logprobs(kind, body)
         config.sampling.validate()
     except UserError as e:
         raise bad(None, str(e)) from None
+    return config
 
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
     options = body.get("stream_options")
-    include_usage = False
-    if options is not None:
-        if not isinstance(options, dict):
-            raise bad("stream_options", "'stream_options' must be an object", "invalid_type")
-        if options.get("include_usage") is not None:
-            include_usage = _bool("stream_options.include_usage", options["include_usage"])
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise bad("stream_options", "'stream_options' must be an object", "invalid_type")
+    if options.get("include_usage") is None:
+        return False
+    return _bool("stream_options.include_usage", options["include_usage"])
 
+
+def _model(body: Mapping[str, Any]) -> str | None:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad("model", "'model' must be a string", "invalid_type")
+    return model
 
-    prompts = None
+
+def _prompt(
+    kind: str, body: Mapping[str, Any], stream: bool, echo: bool, *, n_ctx: int, n_vocab: int
+) -> tuple[list[dict[str, str]] | None, str | None, list[Prompt] | None]:
+    """(messages, the one raw text prompt, every completion prompt), checked against the context size."""
     if kind == "chat":
-        messages, raw = parse_messages(body.get("messages")), None
-    else:
-        if "prompt" not in body:
-            raise bad("prompt", "'prompt' is required", "missing_field")
-        prompts = _prompts(body["prompt"], n_vocab=n_vocab, n_ctx=n_ctx)
-        messages, raw = None, prompts[0] if len(prompts) == 1 and isinstance(prompts[0], str) else None
-        if stream and len(prompts) > 1:
-            raise bad("stream", "'stream' takes one prompt per request; send the prompts one by one or stream: false")
-        if stream and echo:
-            raise bad("stream", "'echo' with 'stream' is not supported; send stream: false", "unsupported_value")
-    texts = [p for p in prompts or () if isinstance(p, str)]
-    chars = max(map(len, texts), default=0) if prompts is not None else sum(len(m["content"]) for m in messages)
+        messages = parse_messages(body.get("messages"))
+        _check_size(None, messages, n_ctx)
+        return messages, None, None
+    if "prompt" not in body:
+        raise bad("prompt", "'prompt' is required", "missing_field")
+    prompts = _prompts(body["prompt"], n_vocab=n_vocab, n_ctx=n_ctx)
+    if stream and len(prompts) > 1:
+        raise bad("stream", "'stream' takes one prompt per request; send the prompts one by one or stream: false")
+    if stream and echo:
+        raise bad("stream", "'echo' with 'stream' is not supported; send stream: false", "unsupported_value")
+    _check_size(prompts, None, n_ctx)
+    raw = prompts[0] if len(prompts) == 1 and isinstance(prompts[0], str) else None
+    return None, raw, prompts
+
+
+def _check_size(prompts: list[Prompt] | None, messages: list[dict[str, str]] | None, n_ctx: int) -> None:
+    """Refuse, before tokenizing, text that can't fit the context whatever the tokenizer."""
     if messages is not None and len(messages) > n_ctx:  # every real chat template spends a token or more per message
         raise ApiError(
             413,
@@ -368,6 +409,10 @@ def parse(
             param="messages",
             code="context_length_exceeded",
         )
+    if prompts is not None:
+        chars = max((len(p) for p in prompts if isinstance(p, str)), default=0)
+    else:
+        chars = sum(len(m["content"]) for m in messages or ())
     if chars > MAX_CHARS_PER_TOKEN * n_ctx:
         raise ApiError(
             413,
@@ -375,17 +420,3 @@ def parse(
             param="prompt" if prompts is not None else "messages",
             code="context_length_exceeded",
         )
-    return GenRequest(
-        messages,
-        raw,
-        config,
-        effective["seed"],
-        stream,
-        include_usage,
-        model,
-        prompts,
-        bool(echo),
-        not scoring_only,
-        body.get("return_tokens_as_token_ids") is not None
-        and setting("return_tokens_as_token_ids", body["return_tokens_as_token_ids"]),
-    )
