@@ -36,7 +36,16 @@ from eft_local.llama.prompts import role_prompts
 from eft_local.llama.vocab import SharedVocab, check_vocab
 from eft_local.mix.mixture import BASE, Delta, check_known_deltas, check_roles, coefficients, deltas_of, pick_drafter, role_order
 from eft_local.mix.params import SamplingParams
-from eft_local.mix.sampling import Dist, accept, base_nucleus_needed, eft_distribution, residual, sample, token_logprob
+from eft_local.mix.sampling import (
+    Dist,
+    accept,
+    base_nucleus_needed,
+    distribution,
+    eft_distribution,
+    residual,
+    sample,
+    token_logprob,
+)
 
 
 class EftEngine:
@@ -449,7 +458,7 @@ class Generation:
         reqs = extra + [r for r in (self._verify_eval(name, drafts) for name in self.verifiers) if r is not None]
         got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
         if extra:
-            chat_rows = [got.pop(self.drafter)[0].copy()]
+            chat_rows = [got.pop(self.drafter)[0]]  # a view: used before this generation yields again
         rows = {name: self._rows(name, drafts, got.get(name)) for name in self.verifiers}
         rows[self.drafter] = chat_rows
         return rows, drafts, qs
@@ -534,6 +543,8 @@ class Generation:
 
     def _filtered(self, row: np.ndarray, params: SamplingParams) -> Dist:
         """The drafter's own distribution q (one model: its row, masked, filtered)."""
+        if not self.mask.size:  # nothing to mask: filter the row itself (filters never write to it)
+            return distribution(row[: self.n], params)
         return eft_distribution([row], [1.0], params, self.n, self.mask, self._z)
 
     def _target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:
