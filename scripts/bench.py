@@ -446,6 +446,49 @@ def profile_temperatures(engine: EftEngine, args, temps: list[float], level: str
         profile(engine, args.tokens, params, args.seed, echo)
 
 
+def profile_parallel(paths: dict, args, temps: list[float], level: str, echo, n_prompts: int = 8) -> None:
+    """The same breakdown for ``--parallel 1`` and 4 (adaptive; scheduler ticks batch every
+    sequence's requests per model): thread CPU time per generated token of all prompts."""
+    import eft_local.engine.decoder as dec
+
+    engine = EftEngine.load(paths, n_ctx=512, n_threads=1, n_seq=4)
+    texts = parallel_prompts(n_prompts, args.seed)
+    prompts = [engine.prompt(raw=t) for t in texts]
+    saved = {n: getattr(dec, n) for n in PROFILE_PARTS if hasattr(dec, n)}
+    try:
+        for t in temps:
+            params = SamplingParams(temperature=t, top_p=args.top_p if t > 0 else 1.0)
+            echo(f"\n-- {level}, {'greedy' if t == 0 else f'T={t:g}'}: --parallel, {n_prompts} prompts, adaptive")
+            echo(f"{'parallel':<9} {'ms/tok':>7} {'host/tok':>8} " + " ".join(f"{c:>14}" for c in PROFILE_COLUMNS))
+            for n_seq in (1, 4):
+                parallel_run(engine, prompts, 8, params, n_seq, args.seed)  # warm-up
+                tm = _Timer()
+                tm.clock = time.thread_time
+                for m in engine.models.values():
+                    m.eval_many = tm.wrap("decode", type(m).eval_many.__get__(m))
+                for n, fn in saved.items():
+                    setattr(dec, n, tm.wrap(PROFILE_PARTS[n], fn))
+                cpu0 = time.thread_time()
+                try:
+                    _, tokens, _, _ = parallel_run(engine, prompts, args.tokens, params, n_seq, args.seed)
+                finally:
+                    cpu = time.thread_time() - cpu0
+                    for m in engine.models.values():
+                        del m.eval_many
+                    for n, fn in saved.items():
+                        setattr(dec, n, fn)
+                nt = max(tokens, 1)
+                total = cpu * 1e3 / nt
+                parts = [tm.t.get(c, 0.0) * 1e3 / nt for c in PROFILE_COLUMNS[:-1]]
+                echo(
+                    f"{n_seq:<9} {total:>7.2f} {total - parts[0]:>8.3f} "
+                    + " ".join(f"{x:>14.3f}" for x in parts)
+                    + f" {total - sum(parts):>14.3f}"
+                )
+    finally:
+        engine.close()
+
+
 def eval_costs(model: LlamaModel, batches=(1, 3, 5, 9, 17), reps=7) -> dict[int, float]:
     """Median ms of one decode of b tokens (cache rolled back after each)."""
     model.rollback(0)
@@ -673,6 +716,7 @@ def main() -> None:
             try:
                 if args.profile_only:
                     profile_temperatures(engine, args, temps, level, echo)
+                    profile_parallel(paths, args, temps, level, echo)
                     continue
                 if not cost_printed:
                     cb, cs = eval_costs(plain["base"]), eval_costs(plain["chat"])
