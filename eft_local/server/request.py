@@ -23,7 +23,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP = 16
 MAX_STOP_CHARS = 500
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
-TINY_TEMPERATURE = 1e-3  # below this, 1/T overflows float32 logits: treated as greedy
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -214,8 +213,6 @@ def parse(
     stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
 
     effective = effective_settings(settings, layer)
-    if 0 < effective["temperature"] < TINY_TEMPERATURE:
-        effective["temperature"] = 0.0
     effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
     try:
         config = generation_config(effective)
