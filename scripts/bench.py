@@ -745,7 +745,8 @@ def main() -> None:
                 engine.close()
                 for m in plain.values():
                     m.close()
-        echo("\n== summary: speculative vs naive EFT (target >= 2.5x at high agreement)")
+        if summary:
+            echo("\n== summary: speculative vs naive EFT (target >= 2.5x at high agreement)")
         for level, label, acc, r_ad, best, r_best in summary:
             echo(f"  {level:<8} {label:<30} acceptance(k=4) {acc:.1%}  adaptive {r_ad:.2f}x  best {best} {r_best:.2f}x")
     finally:

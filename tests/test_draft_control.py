@@ -108,3 +108,15 @@ def test_one_model_per_token_under_the_scheduler(family):
         assert [done[i].token_ids for i in range(2)] == [want, want] and done[0].stats.drafted == 0
     finally:
         engine.close()
+
+
+def test_one_model_per_token_reports_deltas_and_stops_at_max_tokens(one_file_engine):
+    from eft_local.engine.events import TokenEvent
+
+    engine = one_file_engine
+    prompt = engine.prompt(raw="the answer is")
+    cfg = GenerationConfig(sampling=BASE_ALONE_SAMPLED, max_tokens=7, draft_tokens=None, trace=True)
+    events = list(engine.generate(prompt, cfg, np.random.default_rng(3)))
+    tokens = [e for e in events if isinstance(e, TokenEvent) and e.token_id >= 0]
+    assert events[-1].reason in ("length", "stop") and len(tokens) <= 7
+    assert all(e.delta is not None for e in tokens)
