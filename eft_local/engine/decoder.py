@@ -515,8 +515,12 @@ class Generation:
             for name in self.plan.verifiers:  # another sequence's step may reuse these views' buffer
                 rows[name][i] = rows[name][i].copy()
             chat_rows.append((yield [Eval(self.plan.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
-        q = self._filtered(chat_rows[i], self.draft_params)
-        tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
+        if self.params.temperature == 0 and not self.plan.p_is_q:
+            # greedy: whatever q drafts, accept-or-resample ends at argmax p, so q is not built
+            tok = self._target(rows, i).argmax
+        else:
+            q = self._filtered(chat_rows[i], self.draft_params)
+            tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
         return tok, self._delta(rows, i, tok)
 
     def _is_eog(self, token: int) -> bool:
