@@ -407,14 +407,21 @@ class Generation:
             room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.plan.active)
             if left <= 0 or room < 0:
                 return "length"
-            if self.adaptive and self.controller.direct():
+            direct = self.adaptive and self.controller.direct()
+            k = 0 if direct else max(0, min(self._next_k() if speculative else 0, left - 1, room))
+            if direct or (k == 0 and self._greedy_without_drafter()):
                 accepted, deltas = yield from self._direct_round()
             else:
-                k = max(0, min(self._next_k() if speculative else 0, left - 1, room))
                 accepted, deltas = yield from self._round(k)
             if self._emit(accepted, deltas):
                 return "stop"
             self._maybe_stats()
+
+    def _greedy_without_drafter(self) -> bool:
+        """Greedy with the drafter outside the mixture: a naive round's token is argmax p
+        whatever the drafter says, so the drafter can sit the round out (same token, one
+        decode less)."""
+        return self.params.temperature == 0 and self.plan.drafter not in self.plan.names
 
     def _speculative(self) -> bool:
         fixed = self.cfg.draft_tokens
