@@ -43,10 +43,14 @@ import numpy as np
 
 from eft_local.engine.config import GenerationConfig
 from eft_local.engine.decoder import EftEngine
-from eft_local.engine.draft_control import K_MAX
+
+try:
+    from eft_local.engine.draft_control import K_MAX
+except ImportError:  # an older checkout under PYTHONPATH (before/after profiles run this script on both)
+    K_MAX = 16
 from eft_local.engine.events import FinishedEvent
 from eft_local.llama.adapter import LlamaModel
-from eft_local.llama.synthetic import BOS, CHATML_TEMPLATE, EOS, IM_END, UNK, ModelSpec, build_vocab, write_family
+from eft_local.llama.synthetic import BOS, CHATML_TEMPLATE, EOS, IM_END, UNK, ModelSpec, build_vocab, write_family, write_model
 from eft_local.mix.params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,6 +103,16 @@ SHAPES = {
         dtype=np.float16,
         gpu_layers=999,
         agreement=(("high", 0.02), ("medium", 0.1), ("low", 0.3)),
+    ),
+    # The real vocabulary (Qwen2.5: 151,936 ids, the 7B base padded to 152,064) on a body so
+    # small that llama.cpp's own time is small and known: what is left is the host's work.
+    "host-152k": Shape(
+        "family",
+        151_936,
+        small=Dims(32, 1, 4, 2, 64),
+        base=Dims(32, 2, 4, 2, 64),
+        base_pad_to=152_064,
+        agreement=(("high", 0.01), ("medium", 0.05), ("low", 0.2)),
     ),
     "pair-mini": Shape(
         "pair",
@@ -222,6 +236,18 @@ def write_models(shape: Shape, directory: Path, base_shift: float, seed: int, sh
             base_shift=base_shift,
             seed=seed,
         )
+        if shape.base_pad_to:  # write_family's base again, with padding rows (as Qwen2.5 7B's)
+            base = ModelSpec(
+                **{
+                    **spec.__dict__,
+                    "name": "base",
+                    "output_shift": base_shift,
+                    "shift_seed": seed + 22,
+                    "extra_layers": shape.base.n_layer - shape.small.n_layer,
+                    "pad_vocab_to": shape.base_pad_to,
+                }
+            )
+            write_model(fam.base, base, seed)
         return {k: Path(v) for k, v in fam.paths().items()}
     if "chat" not in shared:
         root = directory.parent
@@ -332,55 +358,135 @@ class _Timer:
     def __init__(self):
         self.t: dict[str, float] = {}
         self.n: dict[str, int] = {}
+        self.clock = time.perf_counter
 
     def wrap(self, key, fn):
         def w(*a, **kw):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             try:
                 return fn(*a, **kw)
             finally:
-                self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
+                self.t[key] = self.t.get(key, 0.0) + self.clock() - t0
                 self.n[key] = self.n.get(key, 0) + 1
 
         return w
 
 
+PROFILE_PARTS = {  # decoder module name -> column (names an older decoder lacks are skipped)
+    "eft_distribution": "combine+filter",
+    "combine": "combine+filter",
+    "distribution": "combine+filter",
+    "base_nucleus": "combine+filter",
+    "sample": "sample/accept",
+    "accept": "sample/accept",
+    "residual": "sample/accept",
+    "token_logprob": "sample/accept",
+}
+PROFILE_COLUMNS = ("decode", "combine+filter", "sample/accept", "py/other")
+
+
 def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int, echo) -> None:
-    """Time each phase of the decoder by wrapping model evals and the NumPy steps (run-time
-    patching only; nothing in eft_local is changed). 'python/other' = wall − the rest."""
+    """Where a generation's time goes, per generated token and per verified position.
+
+    Run-time patching only (nothing in eft_local changes): every model's ``eval`` (which
+    ``prefill`` calls) is llama.cpp decode time (the logits are a view into llama.cpp's buffer, so it holds no
+    copy); the decoder's NumPy entry points are timed by kind; 'py/other' is wall time minus
+    those (Python bookkeeping and the decoder's row copies). Host overhead = wall − decode.
+    A verified position is one row of the target distribution: drafts checked plus the
+    token each round adds.
+
+    Times are this thread's CPU time (``time.thread_time``), so other jobs on a shared
+    machine do not inflate them; run it with ``--threads 1`` so llama.cpp decodes in this
+    thread too (then the total is this thread's CPU time over the whole generation).
+    """
     import eft_local.engine.decoder as dec
 
     prompt = engine.prompt(raw=PROMPT)
-    names = ("eft_distribution", "distribution", "sample", "accept", "residual")
-    saved = {n: getattr(dec, n) for n in names}
+    saved = {n: getattr(dec, n) for n in PROFILE_PARTS if hasattr(dec, n)}
     echo(
-        f"{'mode':<14} {'ms/tok':>7} "
-        + " ".join(f"{c:>9}" for c in ("base eval", "ref eval", "chat eval", "numpy", "py/other"))
+        f"{'mode':<14} {'ms/tok':>7} {'host/tok':>8} {'host/pos':>8} "
+        + " ".join(f"{c:>14}" for c in PROFILE_COLUMNS)
         + "   (ms per generated token)"
     )
     for label, k in MODES:
         tm = _Timer()
-        evals = {r: m.eval for r, m in engine.models.items()}
+        tm.clock = time.thread_time
         try:
-            for r, m in engine.models.items():
-                m.eval = tm.wrap(r, evals[r])
-            for n in names:
-                setattr(dec, n, tm.wrap("numpy", saved[n]))
+            for m in engine.models.values():
+                m.eval = tm.wrap("decode", type(m).eval.__get__(m))  # prefill calls it too
+            for n, fn in saved.items():
+                setattr(dec, n, tm.wrap(PROFILE_PARTS[n], fn))
+            cpu0 = time.thread_time()
             res = eft_run(engine, prompt, n_tokens, params, k, seed)
+            cpu = time.thread_time() - cpu0
         finally:
             for m in engine.models.values():
                 del m.eval
-            for n in names:
-                setattr(dec, n, saved[n])
+            for n, fn in saved.items():
+                setattr(dec, n, fn)
         nt = max(res.n_tokens, 1)
-        wall = res.total_ms_per_token  # the wrappers also see the (cached) prompt's last-token evals
-        parts = [tm.t.get(key, 0.0) * 1e3 / nt for key in ("base", "reference", "chat", "numpy")]
+        positions = res.positions or nt
+        wall = cpu * 1e3 / nt
+        parts = [tm.t.get(c, 0.0) * 1e3 / nt for c in PROFILE_COLUMNS[:-1]]
+        host = wall - parts[0]
         echo(
-            f"{label:<14} {wall:>7.2f} "
-            + " ".join(f"{p:>9.2f}" for p in parts)
-            + f" {wall - sum(parts):>9.2f}"
-            + f"   base evals/tok {tm.n.get('base', 0) / nt:.2f}"
+            f"{label:<14} {wall:>7.2f} {host:>8.3f} {host * nt / positions:>8.3f} "
+            + " ".join(f"{p:>14.3f}" for p in parts)
+            + f" {wall - sum(parts):>14.3f}"
+            + f"   positions/tok {positions / nt:.2f}"
         )
+
+
+def profile_temperatures(engine: EftEngine, args, temps: list[float], level: str, echo) -> None:
+    for t in temps:
+        params = SamplingParams(temperature=t, top_p=args.top_p if t > 0 else 1.0)
+        label = "greedy" if t == 0 else f"T={t:g} top-p {params.top_p:g}"
+        echo(f"\n-- {level}, {label}: time per phase (one run each after a warm-up, with timing wrappers)")
+        eft_run(engine, engine.prompt(raw=PROMPT), 8, params, 4, args.seed)  # warm-up
+        profile(engine, args.tokens, params, args.seed, echo)
+
+
+def profile_parallel(paths: dict, args, temps: list[float], level: str, echo, n_prompts: int = 8) -> None:
+    """The same breakdown for ``--parallel 1`` and 4 (adaptive; scheduler ticks batch every
+    sequence's requests per model): thread CPU time per generated token of all prompts."""
+    import eft_local.engine.decoder as dec
+
+    engine = EftEngine.load(paths, n_ctx=512, n_threads=1, n_seq=4)
+    texts = parallel_prompts(n_prompts, args.seed)
+    prompts = [engine.prompt(raw=t) for t in texts]
+    saved = {n: getattr(dec, n) for n in PROFILE_PARTS if hasattr(dec, n)}
+    try:
+        for t in temps:
+            params = SamplingParams(temperature=t, top_p=args.top_p if t > 0 else 1.0)
+            echo(f"\n-- {level}, {'greedy' if t == 0 else f'T={t:g}'}: --parallel, {n_prompts} prompts, adaptive")
+            echo(f"{'parallel':<9} {'ms/tok':>7} {'host/tok':>8} " + " ".join(f"{c:>14}" for c in PROFILE_COLUMNS))
+            for n_seq in (1, 4):
+                parallel_run(engine, prompts, 8, params, n_seq, args.seed)  # warm-up
+                tm = _Timer()
+                tm.clock = time.thread_time
+                for m in engine.models.values():
+                    m.eval_many = tm.wrap("decode", type(m).eval_many.__get__(m))
+                for n, fn in saved.items():
+                    setattr(dec, n, tm.wrap(PROFILE_PARTS[n], fn))
+                cpu0 = time.thread_time()
+                try:
+                    _, tokens, _, _ = parallel_run(engine, prompts, args.tokens, params, n_seq, args.seed)
+                finally:
+                    cpu = time.thread_time() - cpu0
+                    for m in engine.models.values():
+                        del m.eval_many
+                    for n, fn in saved.items():
+                        setattr(dec, n, fn)
+                nt = max(tokens, 1)
+                total = cpu * 1e3 / nt
+                parts = [tm.t.get(c, 0.0) * 1e3 / nt for c in PROFILE_COLUMNS[:-1]]
+                echo(
+                    f"{n_seq:<9} {total:>7.2f} {total - parts[0]:>8.3f} "
+                    + " ".join(f"{x:>14.3f}" for x in parts)
+                    + f" {total - sum(parts):>14.3f}"
+                )
+    finally:
+        engine.close()
 
 
 def eval_costs(model: LlamaModel, batches=(1, 3, 5, 9, 17), reps=7) -> dict[int, float]:
@@ -529,7 +635,8 @@ def main() -> None:
     ap.add_argument("--gpu-layers", type=int, default=None, help="layers to offload (default: 0 for small, 999 for 7b-0.5b)")
     ap.add_argument("--out-dir", type=Path, default=None, help="keep the generated GGUFs here (default: temp dir, removed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", action="store_true", help="also print a per-phase time breakdown (greedy)")
+    ap.add_argument("--profile", action="store_true", help="also print a per-phase time breakdown (each temperature)")
+    ap.add_argument("--profile-only", action="store_true", help="only the per-phase breakdown (no speed tables)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy microbenchmark")
     ap.add_argument("--numpy-iters", type=int, default=200)
     ap.add_argument(
@@ -607,6 +714,10 @@ def main() -> None:
             engine = EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads)
             plain = {r: LlamaModel(paths[r], n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads) for r in ("base", "chat")}
             try:
+                if args.profile_only:
+                    profile_temperatures(engine, args, temps, level, echo)
+                    profile_parallel(paths, args, temps, level, echo)
+                    continue
                 if not cost_printed:
                     cb, cs = eval_costs(plain["base"]), eval_costs(plain["chat"])
                     echo(
@@ -629,13 +740,13 @@ def main() -> None:
                         (level, label, acc, tps["spec adaptive"] / tps["naive EFT"], best, tps[best] / tps["naive EFT"])
                     )
                 if args.profile:
-                    echo(f"\n-- {level}, greedy: time per phase (one run each, with timing wrappers)")
-                    profile(engine, args.tokens, SamplingParams(temperature=0.0), args.seed, echo)
+                    profile_temperatures(engine, args, temps, level, echo)
             finally:
                 engine.close()
                 for m in plain.values():
                     m.close()
-        echo("\n== summary: speculative vs naive EFT (target >= 2.5x at high agreement)")
+        if summary:
+            echo("\n== summary: speculative vs naive EFT (target >= 2.5x at high agreement)")
         for level, label, acc, r_ad, best, r_best in summary:
             echo(f"  {level:<8} {label:<30} acceptance(k=4) {acc:.1%}  adaptive {r_ad:.2f}x  best {best} {r_best:.2f}x")
     finally:

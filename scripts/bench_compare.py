@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^(?P<mode>[a-z][a-z =0-9]+?)\s{2,}(?P<tps>\d+\.\d)\s")
+ROW = re.compile(r"^(?P<mode>[a-zA-Z][a-zA-Z =0-9]+?)\s{2,}(?P<tps>\d+\.\d)\s")
 
 
 def run_bench(checkout: Path, bench_args: list[str]) -> dict[tuple[str, str], float]:

@@ -26,6 +26,7 @@ class Result:
     token_ids: tuple[int, ...] = ()
     mean_k: float | None = None
     total_ms_per_token: float = 0.0  # prompt (re)evaluation included
+    positions: int = 0  # logit rows the verifiers produced (k + 1 per speculative round)
 
 
 def plain_run(
@@ -63,4 +64,5 @@ def eft_run(engine: EftEngine, prompt: dict, n: int, params: SamplingParams, k: 
         tuple(fin.token_ids),
         mean_k,
         s.seconds / max(s.n_tokens, 1) * 1e3,
+        s.drafted + s.rounds + max(0, s.n_tokens - s.accepted - s.rounds),
     )

@@ -108,3 +108,28 @@ def test_one_model_per_token_under_the_scheduler(family):
         assert [done[i].token_ids for i in range(2)] == [want, want] and done[0].stats.drafted == 0
     finally:
         engine.close()
+
+
+def test_one_model_per_token_reports_deltas_and_stops_at_max_tokens(one_file_engine):
+    from eft_local.engine.events import TokenEvent
+
+    engine = one_file_engine
+    prompt = engine.prompt(raw="the answer is")
+    cfg = GenerationConfig(sampling=BASE_ALONE_SAMPLED, max_tokens=7, draft_tokens=None, trace=True)
+    events = list(engine.generate(prompt, cfg, np.random.default_rng(3)))
+    tokens = [e for e in events if isinstance(e, TokenEvent) and e.token_id >= 0]
+    assert events[-1].reason in ("length", "stop") and len(tokens) <= 7
+    assert all(e.delta is not None for e in tokens)
+
+
+def test_greedy_naive_rounds_skip_a_drafter_outside_the_mixture(engine, family):
+    """Greedy base alone: argmax p whatever the drafter says, so the drafter never decodes
+    after its prompt, and the text is plain llama.cpp's greedy text of the base."""
+    engine.reset()
+    prompt = engine.prompt(raw="you and I were there")
+    drafter = engine.models[engine.model_of["chat"]]
+    fin = generate(engine, prompt, BASE_ALONE_GREEDY, 0, n=16)
+    assert drafter.n_past == len(prompt[engine.model_of["chat"]])
+    sampled = generate(engine, prompt, SamplingParams(alpha=0.0, beta=1.0, temperature=0.5), 0, n=4)
+    assert sampled.reason == "length" and drafter.n_past > len(prompt[engine.model_of["chat"]])  # sampled rounds still draft
+    assert len(fin.token_ids) == 16 or fin.reason == "stop"

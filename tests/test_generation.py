@@ -34,7 +34,7 @@ def test_generation_state_is_all_created_in_init():
     born = _self_assignments(methods.pop("__init__"))
     later = {name: _self_assignments(f) - born for name, f in methods.items()}
     assert not {k: v for k, v in later.items() if v}, "attributes first assigned outside __init__"
-    assert "controller" in born and "pending" in born and "held" in born
+    assert {"plan", "controller", "pending", "held"} <= born
 
 
 def test_scheduler_uses_only_public_names_of_the_decoder():

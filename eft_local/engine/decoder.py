@@ -37,7 +37,17 @@ from eft_local.llama.vocab import SharedVocab, check_vocab
 from eft_local.mix.logprobs import TokenLogprob, token_logprobs
 from eft_local.mix.mixture import BASE, Delta, check_known_deltas, check_roles, coefficients, deltas_of, pick_drafter, role_order
 from eft_local.mix.params import SamplingParams
-from eft_local.mix.sampling import Dist, accept, base_nucleus_needed, combine, eft_distribution, residual, sample, token_logprob
+from eft_local.mix.sampling import (
+    Dist,
+    accept,
+    base_nucleus_needed,
+    combine,
+    distribution,
+    eft_distribution,
+    residual,
+    sample,
+    token_logprob,
+)
 
 
 class EftEngine:
@@ -209,6 +219,44 @@ class Eval:
 Steps = Generator[list[Eval], list[np.ndarray], None]
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """Which models a generation runs, with what weight, and who drafts.
+
+    Only the models that matter run: those with a nonzero weight in the expanded formula
+    (``names``/``weights``), the drafter, and the base when its nucleus restricts sampling
+    (DExperts). ``p_is_q``: the drafter alone at weight 1 (compare's "chat alone"), so its
+    draft is the target and every draft stands.
+    """
+
+    drafter: str
+    base: str
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    active: tuple[str, ...]
+    verifiers: tuple[str, ...]
+    p_is_q: bool
+
+    @classmethod
+    def of(cls, engine: EftEngine, params: SamplingParams, draft_with: str | None) -> ModelPlan:
+        engine.check_weights(params)
+        drafter = engine.model_of[pick_drafter(engine.deltas, params.weight, draft_with).chat]
+        base = engine.model_of[BASE]
+        weighted = [(name, w) for name, w in engine.coefficients(params).items() if w != 0.0]
+        dexperts = base_nucleus_needed(params)
+        needed = {name for name, _ in weighted} | {drafter} | ({base} if dexperts else set())
+        active = tuple(name for name in engine.models if name in needed)
+        return cls(
+            drafter=drafter,
+            base=base,
+            names=tuple(name for name, _ in weighted),
+            weights=tuple(w for _, w in weighted),
+            active=active,
+            verifiers=tuple(name for name in active if name != drafter),
+            p_is_q=weighted == [(drafter, 1.0)] and not dexperts,
+        )
+
+
 class Generation:
     """One generation over an EftEngine's models: the plan, the caches' bookkeeping, the output.
 
@@ -216,10 +264,7 @@ class Generation:
     settings that cannot run (unknown delta weights, a bad drafter, a prompt that does not
     fit) raise UserError from the constructor, before any model is touched.
 
-    Only the models that matter run: those with a nonzero weight for these settings, the
-    drafter, and the base when its nucleus restricts sampling (DExperts).
-
-    The generation is a coroutine (``steps``) that yields the evaluations it needs and
+    ``plan`` (a ``ModelPlan``) says which models run. The generation is a coroutine (``steps``) that yields the evaluations it needs and
     receives their logit rows, and pushes its events onto an outbox (``drain``): ``events``
     drives it one evaluation at a time on sequence 0 (the plain path), ``scheduler.Scheduler``
     drives many at once, batching every sequence's requests per model. ``models`` maps each
@@ -257,32 +302,21 @@ class Generation:
         self._z = engine._z
         self._lp_z = np.empty(self.n, np.float32) if config.logprobs is not None else None
         self._round_logprobs: list[TokenLogprob] = []  # this round's, in token order (config.logprobs only)
-        # the plan: which models run, with what weight, who drafts
-        engine.check_weights(self.params)
-        self.drafter = engine.model_of[pick_drafter(engine.deltas, self.params.weight, config.draft_with).chat]
-        self.base = engine.model_of[BASE]
-        self.weighted = [(name, w) for name, w in engine.coefficients(self.params).items() if w != 0.0]
-        self.names, self.weights = [n for n, _ in self.weighted], [w for _, w in self.weighted]
-        dexperts = base_nucleus_needed(self.params)
-        needed = {*self.names, self.drafter} | ({self.base} if dexperts else set())
-        self.active = [name for name in engine.models if name in needed]
-        self.verifiers = [name for name in self.active if name != self.drafter]
-        # The drafter alone at weight 1 (compare's "chat alone"): p is q, every draft stands.
-        self.p_is_q = self.weighted == [(self.drafter, 1.0)] and not dexperts
-        self.prompt = {name: list(prompt[name]) for name in self.active}
-        check_prompt(self.prompt, {name: engine.models[name] for name in self.active})
+        self.plan = ModelPlan.of(engine, self.params, config.draft_with)
+        self.prompt = {name: list(prompt[name]) for name in self.plan.active}
+        check_prompt(self.prompt, {name: engine.models[name] for name in self.plan.active})
         self.stats.prompt_tokens = {name: len(t) for name, t in self.prompt.items()}
         self.controller = DraftController(
-            draft_cost=self._size([self.drafter]),
-            verify_cost=self._size(self.verifiers),
-            direct_cost=None if self.drafter in self.names else self._size(self.verifiers),
+            draft_cost=self._size([self.plan.drafter]),
+            verify_cost=self._size(self.plan.verifiers),
+            direct_cost=None if self.plan.drafter in self.plan.names else self._size(self.plan.verifiers),
         )
         self._block_length = block_length or self.controller.next_k
         # the caches: each model's not yet evaluated tokens, and the logits row the prompt left
-        self.pending: dict[str, list[int]] = {name: [] for name in self.active}
+        self.pending: dict[str, list[int]] = {name: [] for name in self.plan.active}
         self.held: dict[str, np.ndarray] = {}
 
-    def _size(self, names: list[str]) -> int:
+    def _size(self, names: Sequence[str]) -> int:
         return sum(self.engine.models[n].size_bytes for n in names)
 
     @property
@@ -346,19 +380,21 @@ class Generation:
     # -- the prompt -------------------------------------------------------------------------
     def _prefill(self) -> None:
         """Evaluate each model's prompt, reusing what its cache already holds; keep the last row."""
-        for name in self.active:
+        for name in self.plan.active:
             self.held[name] = self.models[name].prefill(self.prompt[name], self.cancel).copy()
 
     def _prefill_steps(self, chunk: int, solo: bool) -> Steps:
         """The prompt from an empty cache in chunks (one request per model and chunk)."""
-        for name in self.active:
+        for name in self.plan.active:
             self.models[name].rollback(0)
         longest = max(len(t) for t in self.prompt.values())
         for start in range(0, longest, chunk):
             if self.cancel():
                 raise Cancelled
             reqs = [
-                Eval(n, self.prompt[n][start : start + chunk], 1, solo=solo) for n in self.active if start < len(self.prompt[n])
+                Eval(n, self.prompt[n][start : start + chunk], 1, solo=solo)
+                for n in self.plan.active
+                if start < len(self.prompt[n])
             ]
             got = yield reqs
             for r, rows in zip(reqs, got):
@@ -370,19 +406,26 @@ class Generation:
         speculative = self._speculative()
         while True:
             left = self.cfg.max_tokens - self.stats.n_tokens
-            room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.active)
+            room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.plan.active)
             if left <= 0 or room < 0:  # before the cancel check: a complete answer is not "stopped"
                 return "length"
             if self.cancel():
                 return "cancelled"
-            if self.adaptive and self.controller.direct():
+            direct = self.adaptive and self.controller.direct()
+            k = 0 if direct else max(0, min(self._next_k() if speculative else 0, left - 1, room))
+            if direct or (k == 0 and self._greedy_without_drafter()):
                 accepted, deltas = yield from self._direct_round()
             else:
-                k = max(0, min(self._next_k() if speculative else 0, left - 1, room))
                 accepted, deltas = yield from self._round(k)
             if self._emit(accepted, deltas):
                 return "stop"
             self._maybe_stats()
+
+    def _greedy_without_drafter(self) -> bool:
+        """Greedy with the drafter outside the mixture: a naive round's token is argmax p
+        whatever the drafter says, so the drafter can sit the round out (same token, one
+        decode less)."""
+        return self.params.temperature == 0 and self.plan.drafter not in self.plan.names
 
     def _speculative(self) -> bool:
         fixed = self.cfg.draft_tokens
@@ -404,7 +447,7 @@ class Generation:
 
     def _round(self, k: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[int], list[float | None]]]:
         """Draft up to k tokens, verify them in one batch per model, keep the accepted prefix."""
-        n0 = {name: self.models[name].n_past for name in self.active}
+        n0 = {name: self.models[name].n_past for name in self.plan.active}
         pos = len(self.token_ids)  # index into the per-position uniforms
         rows, drafts, qs = yield from self._draft_and_verify(k, pos)
         accepted, deltas, all_passed = self._accept_drafts(rows, drafts, qs, pos)
@@ -414,7 +457,7 @@ class Generation:
             deltas.append(delta)
         if k:
             self._account(k, len(drafts), sum(a == d for a, d in zip(accepted, drafts)))
-        for name in self.active:
+        for name in self.plan.active:
             self.models[name].rollback(n0[name] + len(self.pending[name]) + len(accepted) - 1)
             self.pending[name] = [accepted[-1]]
         return accepted, deltas
@@ -427,15 +470,15 @@ class Generation:
         evaluated in one batch when drafting resumes.
         """
         pos = len(self.token_ids)
-        reqs = [Eval(name, self.pending[name], 1) for name in self.verifiers if self.pending[name]]
+        reqs = [Eval(name, self.pending[name], 1) for name in self.plan.verifiers if self.pending[name]]
         got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
-        rows = {name: [got[name][0] if name in got else self.held.pop(name)] for name in self.verifiers}
+        rows = {name: [got[name][0] if name in got else self.held.pop(name)] for name in self.plan.verifiers}
         tok = sample(self._target(rows, 0), self.u[pos, 0])
         delta = self._delta(rows, 0, tok)
         self._note_logprob(rows, 0, tok)
-        self.held.pop(self.drafter, None)  # its prompt row is stale once a token passes it by
-        self.pending[self.drafter].append(tok)
-        for name in self.verifiers:
+        self.held.pop(self.plan.drafter, None)  # its prompt row is stale once a token passes it by
+        self.pending[self.plan.drafter].append(tok)
+        for name in self.plan.verifiers:
             self.pending[name] = [tok]
         self.stats.draft_tokens = 0
         return [tok], [delta]
@@ -445,17 +488,17 @@ class Generation:
     ) -> Generator[list[Eval], list[np.ndarray], tuple[dict[str, list[np.ndarray]], list[int], list[Dist]]]:
         """The drafter's rows, drafts and q_i, and every verifier's rows for this round."""
         extra: list[Eval] = []
-        if k == 0 and self.pending[self.drafter]:  # naive round: the drafter's row joins the verify batch
+        if k == 0 and self.pending[self.plan.drafter]:  # naive round: the drafter's row joins the verify batch
             chat_rows, drafts, qs = [], [], []
-            extra = [Eval(self.drafter, self.pending[self.drafter], 1)]
+            extra = [Eval(self.plan.drafter, self.pending[self.plan.drafter], 1)]
         else:
             chat_rows, drafts, qs = yield from self._draft(k, pos)
-        reqs = extra + [r for r in (self._verify_eval(name, drafts) for name in self.verifiers) if r is not None]
+        reqs = extra + [r for r in (self._verify_eval(name, drafts) for name in self.plan.verifiers) if r is not None]
         got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
         if extra:
-            chat_rows = [got.pop(self.drafter)[0].copy()]
-        rows = {name: self._rows(name, drafts, got.get(name)) for name in self.verifiers}
-        rows[self.drafter] = chat_rows
+            chat_rows = [got.pop(self.plan.drafter)[0]]  # a view: used before this generation yields again
+        rows = {name: self._rows(name, drafts, got.get(name)) for name in self.plan.verifiers}
+        rows[self.plan.drafter] = chat_rows
         return rows, drafts, qs
 
     def _accept_drafts(
@@ -480,18 +523,22 @@ class Generation:
     ) -> Generator[list[Eval], list[np.ndarray], tuple[int, float | None]]:
         """Every draft passed: one more token from the drafter's row after the last draft."""
         i = len(drafts)
-        chat_rows = rows[self.drafter]
+        chat_rows = rows[self.plan.drafter]
         if drafts:
-            for name in self.verifiers:  # another sequence's step may reuse these views' buffer
+            for name in self.plan.verifiers:  # another sequence's step may reuse these views' buffer
                 rows[name][i] = rows[name][i].copy()
-            chat_rows.append((yield [Eval(self.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
-        q = self._filtered(chat_rows[i], self.draft_params)
-        tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
+            chat_rows.append((yield [Eval(self.plan.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
+        if self.params.temperature == 0 and not self.plan.p_is_q:
+            # greedy: whatever q drafts, accept-or-resample ends at argmax p, so q is not built
+            tok = self._target(rows, i).argmax
+        else:
+            q = self._filtered(chat_rows[i], self.draft_params)
+            tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
         self._note_logprob(rows, i, tok)
         return tok, self._delta(rows, i, tok)
 
     def _is_eog(self, token: int) -> bool:
-        return self.engine.models[self.drafter].is_eog(token)
+        return self.engine.models[self.plan.drafter].is_eog(token)
 
     def _verify_eval(self, name: str, drafts: list[int]) -> Eval | None:
         """What a verifier evaluates this round: pending + drafts (None: its held row is all)."""
@@ -512,7 +559,7 @@ class Generation:
         Every position — drafted or not, naive or speculative — is drawn this way from its
         own three uniforms, so a seeded run emits the same tokens whatever the block length.
         """
-        if self.p_is_q:
+        if self.plan.p_is_q:
             return x
         p = self._target(rows, i)
         if accept(p, q, x, self.u[pos, 1]):
@@ -521,11 +568,11 @@ class Generation:
 
     def _draft(self, k: int, pos: int) -> Generator[list[Eval], list[np.ndarray], tuple[list[np.ndarray], list[int], list[Dist]]]:
         """The drafter drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
-        pending = self.pending[self.drafter]
+        pending = self.pending[self.plan.drafter]
         if pending:
-            rows = [(yield [Eval(self.drafter, pending, 1, light=True)])[0][0].copy()]
+            rows = [(yield [Eval(self.plan.drafter, pending, 1, light=True)])[0][0].copy()]
         else:
-            rows = [self.held.pop(self.drafter)]
+            rows = [self.held.pop(self.plan.drafter)]
         drafts: list[int] = []
         qs: list[Dist] = []
         for i in range(k):
@@ -535,32 +582,34 @@ class Generation:
             qs.append(q)
             if i == k - 1 or self._is_eog(x):
                 break
-            rows.append((yield [Eval(self.drafter, [x], 1, light=True)])[0][0].copy())
+            rows.append((yield [Eval(self.plan.drafter, [x], 1, light=True)])[0][0].copy())
         return rows, drafts, qs
 
     def _filtered(self, row: np.ndarray, params: SamplingParams) -> Dist:
         """The drafter's own distribution q (one model: its row, masked, filtered)."""
+        if not self.mask.size:  # nothing to mask: filter the row itself (filters never write to it)
+            return distribution(row[: self.n], params)
         return eft_distribution([row], [1.0], params, self.n, self.mask, self._z)
 
     def _target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:
         """The EFT distribution p at position i of the round."""
-        base = rows[self.base][i] if self.base in rows else None
+        base = rows[self.plan.base][i] if self.plan.base in rows else None
         return eft_distribution(
-            [rows[name][i] for name in self.names], self.weights, self.params, self.n, self.mask, self._z, base
+            [rows[name][i] for name in self.plan.names], self.plan.weights, self.params, self.n, self.mask, self._z, base
         )
 
     def _delta(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> float | None:
         """How much the fine-tuning delta moved this token: log p_EFT − log p_base at T = 1."""
-        if not self.cfg.trace or self.base not in rows:
+        if not self.cfg.trace or self.plan.base not in rows:
             return None
-        return token_logprob(self._z, token, self.n) - token_logprob(rows[self.base][i], token, self.n)
+        return token_logprob(self._z, token, self.n) - token_logprob(rows[self.plan.base][i], token, self.n)
 
     def _note_logprob(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> None:
         """The emitted token's log-probability under the EFT distribution at T = 1, no filters,
         from the rows this round's verification already holds (no extra model calls)."""
         if self._lp_z is None:
             return
-        z = combine([rows[name][i] for name in self.names], self.weights, self._lp_z)
+        z = combine([rows[name][i] for name in self.plan.names], self.plan.weights, self._lp_z)
         if self.mask.size:
             z[self.mask] = -np.inf
         self._round_logprobs.append(token_logprobs(z, token, self.cfg.logprobs))
