@@ -11,6 +11,7 @@ import socket
 import string
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eft_local.cli.options import (
     add_setting,
@@ -23,6 +24,11 @@ from eft_local.cli.options import (
 )
 from eft_local.errors import UserError
 from eft_local.settings import parse_variant
+
+if TYPE_CHECKING:  # the server's modules load only when `serve` runs (`eft-local --help` stays quick)
+    import uvicorn
+
+    from eft_local.engine.session import Session
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 API_KEY_ENV = "EFT_LOCAL_API_KEY"
@@ -179,69 +185,35 @@ def access(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_queue < 0:
-        raise UserError(f"--max-queue must be >= 0, got {args.max_queue}")
+    from eft_local.llama import template_sandbox
+    from eft_local.server.app import ServerOptions, create_app
+
+    _check_flags(args)
     key = api_key(args)
-    try:
-        import uvicorn
-
-        from eft_local.engine.session import Session
-        from eft_local.llama import template_sandbox
-        from eft_local.server.app import ServerOptions, create_app
-        from eft_local.server.connections import ConnectionLimits, connection_cap, guarded_protocol
-        from eft_local.server.guard import Guard
-    except ImportError as e:  # pragma: no cover - broken install
-        raise UserError(f"eft-local serve needs fastapi and uvicorn ({e}); reinstall eft-local") from None
     policy = access(args)
-
     paths, settings, profile = prepare(args)
     name = args.model_name or model_name(profile, paths)
     variants = served_variants(args, settings, paths)
     if name in variants:
         raise UserError(f"--variant {name}: the mix itself is served as {name!r}; name the variant differently")
     parallel = settings["parallel"] or default_parallel(settings)
-    sock = bind(args.host, args.port)
+    sock = bind(args.host, args.port)  # listen before minutes go into loading: a busy port fails now
     if not is_loopback(args.host) and not key:
-        print(
-            f"eft-local: warning: listening on {args.host} without --api-key: anyone who can reach this port can use the models",
-            file=sys.stderr,
-            flush=True,
-        )
+        _warn(f"listening on {args.host} without --api-key: anyone who can reach this port can use the models")
     try:
-        engine = load_engine(paths, settings, n_seq=parallel)
+        session = _session(args, paths, settings, parallel)
     except BaseException:
         sock.close()
         raise
-    plain = args.content_tokens == "plain" or (args.content_tokens is None and not is_loopback(args.host))
-    session = Session(engine, prompt_style=settings["prompt_style"], system_prompt=settings["system_prompt"], plain_content=plain)
-    if not engine.chat.chat_template:
-        print(
-            f"eft-local: warning: {paths['chat']} has no chat template: only /v1/completions (raw prompts) will work",
-            file=sys.stderr,
-            flush=True,
-        )
     options = ServerOptions(
         model_name=name, settings=settings, api_key=key, max_queue=args.max_queue, parallel=parallel, variants=variants
     )
     app = create_app(session, options)
     template_sandbox.warm()  # the template renderer's process starts now, not on the first request
-    limits = ConnectionLimits(max_connections=connection_cap(ConnectionLimits.max_connections))
-
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    uv_config = uvicorn.Config(
-        Guard(app, policy),
-        http=guarded_protocol(limits),
-        log_level="info" if args.verbose else "warning",
-        access_log=bool(args.verbose),
-        timeout_keep_alive=int(limits.keep_alive_seconds),
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-        lifespan="on",
-    )
     ready = f"eft-local: serving {name} at http://{shown}:{port}/v1 (OpenAI-compatible; Ctrl+C stops)"
-    server = _Server(uv_config, ready, app.state.worker)
+    server = _Server(_uvicorn_config(app, policy, args.verbose), ready, app.state.worker)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # a Ctrl+C that came before uvicorn's own handlers were in place
@@ -252,6 +224,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         session.close()
     print("eft-local: server stopped", file=sys.stderr)
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_queue < 0:
+        raise UserError(f"--max-queue must be >= 0, got {args.max_queue}")
+
+
+def _warn(message: str) -> None:
+    print(f"eft-local: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _session(args: argparse.Namespace, paths: dict[str, Path], settings: dict, parallel: int) -> Session:
+    """The loaded models behind one Session; message text stays plain beyond loopback unless asked."""
+    from eft_local.engine.session import Session
+
+    engine = load_engine(paths, settings, n_seq=parallel)
+    plain = args.content_tokens == "plain" or (args.content_tokens is None and not is_loopback(args.host))
+    if not engine.chat.chat_template:
+        _warn(f"{Path(paths['chat']).name} has no chat template: only /v1/completions (raw prompts) will work")
+    return Session(engine, prompt_style=settings["prompt_style"], system_prompt=settings["system_prompt"], plain_content=plain)
+
+
+def _uvicorn_config(app, policy, verbose: bool) -> uvicorn.Config:
+    """uvicorn behind the Host/Origin guard, with the bounded connection protocol."""
+    import uvicorn
+
+    from eft_local.server.connections import ConnectionLimits, connection_cap, guarded_protocol
+    from eft_local.server.guard import Guard
+
+    limits = ConnectionLimits(max_connections=connection_cap(ConnectionLimits.max_connections))
+    return uvicorn.Config(
+        Guard(app, policy),
+        http=guarded_protocol(limits),
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        timeout_keep_alive=int(limits.keep_alive_seconds),
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        lifespan="on",
+    )
 
 
 def _server_class():
