@@ -50,3 +50,10 @@ def test_knife_edge_target_falls_back_to_the_exact_mass():
     for p in (np.nextafter(top_p, 0.0), top_p, np.nextafter(top_p, 1.0)):
         c = filters.Candidates(None, w)
         np.testing.assert_array_equal(np.sort(nucleus(c, float(p)).ids), np.sort(full_sort_nucleus(w, float(p))))
+
+
+def test_numpy_sums_float32_pairwise_as_the_margin_assumes():
+    """``filters._F32_SUM_SLACK`` relies on NumPy's pairwise float32 sum (error ~log2(n)·2⁻²⁴);
+    a sequential sum would stall at 2^24 here (and could misplace a nucleus boundary)."""
+    n = 2**24 + 4096
+    assert float(np.ones(n, np.float32).sum()) == n

@@ -182,7 +182,7 @@ def _nucleus_sorted(c: Candidates, target: float) -> Candidates:
 
 # NumPy sums a contiguous float32 row pairwise: its rounding error is below depth · 2⁻²⁴ of
 # the (non-negative) total, depth ≈ 16 + 3 + log2(n / 128) ≈ 30 at 152k ids (≈ 2e-6). The
-# margin allows five times that, and any n up to 2^100.
+# margin, 1e-5 ≈ 168 · 2⁻²⁴, allows five times that (tests check the sum is pairwise).
 _F32_SUM_SLACK = 1e-5
 
 
