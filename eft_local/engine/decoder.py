@@ -299,6 +299,7 @@ class Generation:
         self._last_stats = self.t0
         self.n = engine.vocab.n
         self.mask = engine.vocab.masked
+        self._masked_ids = frozenset(self.mask.tolist())
         self._z = engine._z
         self._lp_z = np.empty(self.n, np.float32) if config.logprobs is not None else None
         self._round_logprobs: list[TokenLogprob] = []  # this round's, in token order (config.logprobs only)
@@ -589,6 +590,10 @@ class Generation:
         """The drafter's own distribution q (one model: its row, masked, filtered)."""
         if not self.mask.size:  # nothing to mask: filter the row itself (filters never write to it)
             return distribution(row[: self.n], params)
+        if params.temperature == 0 and not self.plan.p_is_q:  # (p_is_q: _delta reads the masked row from _z)
+            best = int(np.argmax(row[: self.n]))  # the masked row's argmax too, unless it is masked itself
+            if best not in self._masked_ids:
+                return Dist(np.array([best]), np.ones(1))
         return eft_distribution([row], [1.0], params, self.n, self.mask, self._z)
 
     def _target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:

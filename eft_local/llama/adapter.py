@@ -196,6 +196,7 @@ class LlamaModel:
         return ctx
 
     def close(self) -> None:
+        self._logits_view = None  # a view over the buffer llama_free releases
         if getattr(self, "rpc_servers", None) and rpc.lost(self.rpc_servers):
             self._ctx = self._model = None  # freeing RPC buffers on a dead server would abort: leak them
         if getattr(self, "_batch", None) is not None:
@@ -399,11 +400,24 @@ class LlamaModel:
         for s in batch:
             ll.llama_memory_seq_rm(self._mem, s.seq, len(self.seq_tokens[s.seq]), -1)
 
+    # The NumPy array over llama.cpp's logits buffer, kept while the buffer stays where it is
+    # (``np.ctypeslib.as_array`` builds a ctypes array type per call: ~3 µs per decode).
+    # llama.cpp only ever replaces the buffer by a larger one, so a view made for ``n`` rows
+    # at this address stays within the buffer for any ``n_rows <= n``.
+    _logits_view: np.ndarray | None = None
+    _logits_addr: int = 0
+
     def _logits(self, n_rows: int) -> np.ndarray:
         """The last decode's logits rows: a zero-copy view that the next decode overwrites."""
         if n_rows == 0:
             return np.empty((0, self.n_vocab), np.float32)
-        return np.ctypeslib.as_array(ll.llama_get_logits(self._ctx), shape=(n_rows, self.n_vocab))
+        ptr = ll.llama_get_logits(self._ctx)
+        addr = ctypes.addressof(ptr.contents)
+        view = self._logits_view
+        if view is None or addr != self._logits_addr or len(view) < n_rows:
+            view = np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+            self._logits_view, self._logits_addr = view, addr
+        return view[:n_rows]
 
     def _fill_batch(self, batch: Sequence[Span]) -> int:
         """Write the spans into the llama_batch; returns the number of logits rows asked for."""

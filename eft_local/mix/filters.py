@@ -154,24 +154,90 @@ def top_p(c: Candidates, params: SamplingParams) -> Candidates:
 
 
 def nucleus(c: Candidates, top_p_value: float) -> Candidates:
+    """The smallest heaviest set holding ``top_p_value`` of ``c``'s mass (ties: lower position first).
+
+    A broad row's exact float64 mass costs a pass of its own; ``_nucleus_from_bounds`` first
+    tries a float32 sum with a rigorous error margin, which fixes the same set whenever the
+    set is the same for every mass inside that margin (nearly always), and only otherwise
+    is the exact mass computed. Either way the result is the one the exact mass gives.
+    """
+    if c.by_weight or len(c) <= _SORT_LIMIT:
+        return _nucleus_sorted(c, top_p_value * c.mass())
+    heads = _Heads(c)
+    found = _nucleus_from_bounds(c, heads, top_p_value)
+    if found is not None:
+        return found
     target = top_p_value * c.mass()
-    if not c.by_weight and len(c) > _SORT_LIMIT:
-        c = _heavy_head(c, target)
-        if len(c) > _SORT_LIMIT:
-            return c.take(_nucleus_by_histogram(c.w, target))
+    c = heads.first_holding(target)
+    if len(c) > _SORT_LIMIT:
+        return c.take(_nucleus_by_histogram(c.w, target))
+    return _nucleus_sorted(c, target)
+
+
+def _nucleus_sorted(c: Candidates, target: float) -> Candidates:
     c = c.sorted()
     keep = min(len(c), int(np.searchsorted(np.cumsum(c.w, dtype=np.float64), target, side="left")) + 1)
     return c.take(np.arange(keep), by_weight=True)
 
 
-def _heavy_head(c: Candidates, target: float) -> Candidates:
-    """A small superset of the nucleus: the tokens above the highest weight floor that
-    still holds ``target`` mass (so only a few are sorted)."""
-    for t in _THRESHOLDS:
-        idx = np.flatnonzero(c.w >= np.float32(t))
-        if float(c.w[idx].sum(dtype=np.float64)) >= target:
-            return c.take(idx)
-    return c
+# NumPy sums a contiguous float32 row pairwise: its rounding error is below depth · 2⁻²⁴ of
+# the (non-negative) total, depth ≈ 16 + 3 + log2(n / 128) ≈ 30 at 152k ids (≈ 2e-6). The
+# margin, 1e-5 ≈ 168 · 2⁻²⁴, allows five times that (tests check the sum is pairwise).
+_F32_SUM_SLACK = 1e-5
+
+
+def _nucleus_from_bounds(c: Candidates, heads: _Heads, top_p_value: float) -> Candidates | None:
+    """The nucleus from a float32 mass, or None when the exact float64 mass is needed.
+
+    Both decisions that the target mass makes (which weight floor's head holds it, and the
+    cut in that head's cumulative sum) are monotone in the target, so when they come out
+    the same at both ends of the float32 sum's error interval they are the exact ones.
+    """
+    approx = float(c.w.sum())
+    lo = top_p_value * approx * (1.0 - _F32_SUM_SLACK)
+    hi = top_p_value * approx * (1.0 + _F32_SUM_SLACK)
+    head = heads.first_holding(lo)
+    if head is c or heads.first_holding(hi) is not head or len(head) > _SORT_LIMIT:
+        return None
+    head = head.sorted()
+    cum = np.cumsum(head.w, dtype=np.float64)
+    keep = int(np.searchsorted(cum, lo, side="left"))
+    if keep != int(np.searchsorted(cum, hi, side="left")):
+        return None
+    return head.take(np.arange(min(len(head), keep + 1)), by_weight=True)
+
+
+class _Heads:
+    """The candidates above each weight floor of ``_THRESHOLDS`` with their float64 masses,
+    computed once per floor and only as far as asked. The two highest floors come from one
+    comparison pass (the highest is a subset of the second)."""
+
+    def __init__(self, c: Candidates) -> None:
+        self.c = c
+        self.heads: list[tuple[Candidates, float]] = []
+        self._second: np.ndarray | None = None  # positions above the second floor
+
+    def _head(self, j: int) -> tuple[Candidates, float]:
+        while len(self.heads) <= j:
+            i = len(self.heads)
+            w = self.c.w
+            if i == 0:
+                self._second = np.flatnonzero(w >= np.float32(_THRESHOLDS[1]))
+                idx = self._second[w[self._second] >= np.float32(_THRESHOLDS[0])]
+            elif i == 1 and self._second is not None:
+                idx = self._second
+            else:
+                idx = np.flatnonzero(w >= np.float32(_THRESHOLDS[i]))
+            self.heads.append((self.c.take(idx), float(w[idx].sum(dtype=np.float64))))
+        return self.heads[j]
+
+    def first_holding(self, target: float) -> Candidates:
+        """The head above the highest floor whose mass reaches ``target`` (else all candidates)."""
+        for j in range(len(_THRESHOLDS)):
+            head, mass = self._head(j)
+            if mass >= target:
+                return head
+        return self.c
 
 
 def _nucleus_by_histogram(w: np.ndarray, target: float) -> np.ndarray:

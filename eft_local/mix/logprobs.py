@@ -32,13 +32,23 @@ LOGPROB_FLOOR = -9999.0  # what an impossible token (−inf: a masked padding id
 TOP_WINDOW = 4.0  # first look for the top k within this many nats of the maximum (widened if too few)
 
 
+# With the maximum logit in this range exp(z) needs no shift: V·e^60 is far below float32's
+# largest value (3.4e38) even at a million ids, and ids below −87 (where exp leaves float32's
+# normal range) weigh under e^-67 of the top one. One pass less per position.
+_UNSHIFTED_EXP = (-20.0, 60.0)
+
+
 def log_normalizer(z: np.ndarray, zmax: float, work: np.ndarray | None = None) -> float:
-    """log Σ exp(z), shifted by ``zmax`` (−inf entries contribute nothing). ``work``: a
-    buffer like ``z`` (no 600 kB temporaries per position at 152k ids).
+    """log Σ exp(z) (−inf entries contribute nothing). ``work``: a buffer like ``z`` (no
+    600 kB temporaries per position at 152k ids).
 
     The sum is NumPy's pairwise float32 sum: relative error ~log2(V)·2⁻²⁴ ≈ 1e-6, i.e. 1e-6
-    nats, at a third of the cost of accumulating in float64."""
+    nats, at a third of the cost of accumulating in float64. The exponentials are shifted
+    by ``zmax`` only when the unshifted ones could overflow or lose the top's precision."""
     work = np.empty_like(z) if work is None else work
+    if _UNSHIFTED_EXP[0] <= zmax <= _UNSHIFTED_EXP[1]:
+        np.exp(z, out=work)
+        return math.log(float(work.sum()))
     np.subtract(z, np.float32(zmax), out=work)
     np.exp(work, out=work)
     return zmax + math.log(float(work.sum()))
@@ -66,11 +76,16 @@ def top_ids(z: np.ndarray, zmax: float, k: int) -> np.ndarray:
 
 def token_logprobs(z: np.ndarray, token: int, k: int = 0, work: np.ndarray | None = None) -> TokenLogprob:
     """``token``'s log-probability under softmax(z) and the top ``k`` alternatives."""
-    zmax = float(z.max())
+    if k == 1:  # lm-eval's logprobs=1: the argmax pass gives the maximum too
+        best = int(np.argmax(z))
+        zmax = float(z[best])
+    else:
+        zmax = float(z.max())
     lse = log_normalizer(z, zmax, work)
     top: tuple[tuple[int, float], ...] = ()
     if k > 0:
-        top = tuple((int(i), _floor(float(z[i]) - lse)) for i in top_ids(z, zmax, k))
+        ids = [best] if k == 1 else top_ids(z, zmax, k)
+        top = tuple((int(i), _floor(float(z[i]) - lse)) for i in ids)
     return TokenLogprob(int(token), _floor(float(z[token]) - lse), top, is_greedy=float(z[token]) == zmax)
 
 
