@@ -385,6 +385,20 @@ PROFILE_PARTS = {  # decoder module name -> column (names an older decoder lacks
 PROFILE_COLUMNS = ("decode", "combine+filter", "sample/accept", "py/other")
 
 
+def _profiled_functions() -> dict:
+    """(module, name) -> function for every PROFILE_PARTS name the decoder and its position
+    math (engine/targets.py; absent in older checkouts) call, to be wrapped by a timer."""
+    import importlib
+
+    mods = []
+    for name in ("eft_local.engine.decoder", "eft_local.engine.targets"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return {(m, n): getattr(m, n) for m in mods for n in PROFILE_PARTS if hasattr(m, n)}
+
+
 def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int, echo) -> None:
     """Where a generation's time goes, per generated token and per verified position.
 
@@ -399,10 +413,8 @@ def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int,
     machine do not inflate them; run it with ``--threads 1`` so llama.cpp decodes in this
     thread too (then the total is this thread's CPU time over the whole generation).
     """
-    import eft_local.engine.decoder as dec
-
     prompt = engine.prompt(raw=PROMPT)
-    saved = {n: getattr(dec, n) for n in PROFILE_PARTS if hasattr(dec, n)}
+    saved = _profiled_functions()
     echo(
         f"{'mode':<14} {'ms/tok':>7} {'host/tok':>8} {'host/pos':>8} "
         + " ".join(f"{c:>14}" for c in PROFILE_COLUMNS)
@@ -414,16 +426,16 @@ def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int,
         try:
             for m in engine.models.values():
                 m.eval = tm.wrap("decode", type(m).eval.__get__(m))  # prefill calls it too
-            for n, fn in saved.items():
-                setattr(dec, n, tm.wrap(PROFILE_PARTS[n], fn))
+            for (mod, n), fn in saved.items():
+                setattr(mod, n, tm.wrap(PROFILE_PARTS[n], fn))
             cpu0 = time.thread_time()
             res = eft_run(engine, prompt, n_tokens, params, k, seed)
             cpu = time.thread_time() - cpu0
         finally:
             for m in engine.models.values():
                 del m.eval
-            for n, fn in saved.items():
-                setattr(dec, n, fn)
+            for (mod, n), fn in saved.items():
+                setattr(mod, n, fn)
         nt = max(res.n_tokens, 1)
         positions = res.positions or nt
         wall = cpu * 1e3 / nt
@@ -449,12 +461,10 @@ def profile_temperatures(engine: EftEngine, args, temps: list[float], level: str
 def profile_parallel(paths: dict, args, temps: list[float], level: str, echo, n_prompts: int = 8) -> None:
     """The same breakdown for ``--parallel 1`` and 4 (adaptive; scheduler ticks batch every
     sequence's requests per model): thread CPU time per generated token of all prompts."""
-    import eft_local.engine.decoder as dec
-
     engine = EftEngine.load(paths, n_ctx=512, n_threads=1, n_seq=4)
     texts = parallel_prompts(n_prompts, args.seed)
     prompts = [engine.prompt(raw=t) for t in texts]
-    saved = {n: getattr(dec, n) for n in PROFILE_PARTS if hasattr(dec, n)}
+    saved = _profiled_functions()
     try:
         for t in temps:
             params = SamplingParams(temperature=t, top_p=args.top_p if t > 0 else 1.0)
@@ -466,8 +476,8 @@ def profile_parallel(paths: dict, args, temps: list[float], level: str, echo, n_
                 tm.clock = time.thread_time
                 for m in engine.models.values():
                     m.eval_many = tm.wrap("decode", type(m).eval_many.__get__(m))
-                for n, fn in saved.items():
-                    setattr(dec, n, tm.wrap(PROFILE_PARTS[n], fn))
+                for (mod, n), fn in saved.items():
+                    setattr(mod, n, tm.wrap(PROFILE_PARTS[n], fn))
                 cpu0 = time.thread_time()
                 try:
                     _, tokens, _, _ = parallel_run(engine, prompts, args.tokens, params, n_seq, args.seed)
@@ -475,8 +485,8 @@ def profile_parallel(paths: dict, args, temps: list[float], level: str, echo, n_
                     cpu = time.thread_time() - cpu0
                     for m in engine.models.values():
                         del m.eval_many
-                    for n, fn in saved.items():
-                        setattr(dec, n, fn)
+                    for (mod, n), fn in saved.items():
+                        setattr(mod, n, fn)
                 nt = max(tokens, 1)
                 total = cpu * 1e3 / nt
                 parts = [tm.t.get(c, 0.0) * 1e3 / nt for c in PROFILE_COLUMNS[:-1]]

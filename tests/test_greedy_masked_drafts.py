@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from eft_local.engine import decoder
+from eft_local.engine import targets
 from eft_local.engine.config import GenerationConfig
 from eft_local.mix.params import SamplingParams
 from eft_local.mix.sampling import eft_distribution
@@ -32,7 +32,7 @@ def test_greedy_drafts_with_masked_ids_match_the_masked_copy_path(engine, monkey
     monkeypatch.setattr(engine, "vocab", replace(engine.vocab, masked=masked))
     fast = run(engine, draft_tokens)
     with monkeypatch.context() as m:
-        m.setattr(decoder.Generation, "_filtered", masked_copy_filtered)
+        m.setattr(targets.Targets, "drafted", masked_copy_filtered)
         slow = run(engine, draft_tokens)
     assert fast == slow
     assert fast != free and not set(fast) & set(masked.tolist())

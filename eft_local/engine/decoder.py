@@ -29,24 +29,21 @@ from eft_local.engine.config import GenerationConfig
 from eft_local.engine.draft_control import K_MAX, DraftController
 from eft_local.engine.events import Event, FinishedEvent, GenStats, StatsEvent, TokenEvent
 from eft_local.engine.prompt_check import check_prompt
+from eft_local.engine.targets import Targets
 from eft_local.engine.textstream import TextStream
 from eft_local.errors import Cancelled, EngineBusy, UserError
 from eft_local.llama.adapter import LlamaModel
 from eft_local.llama.prompts import role_prompts
 from eft_local.llama.vocab import SharedVocab, check_vocab
-from eft_local.mix.logprobs import TokenLogprob, token_logprobs
+from eft_local.mix.logprobs import TokenLogprob
 from eft_local.mix.mixture import BASE, Delta, check_known_deltas, check_roles, coefficients, deltas_of, pick_drafter, role_order
 from eft_local.mix.params import SamplingParams
 from eft_local.mix.sampling import (
     Dist,
     accept,
     base_nucleus_needed,
-    combine,
-    distribution,
-    eft_distribution,
     residual,
     sample,
-    token_logprob,
 )
 
 
@@ -297,13 +294,9 @@ class Generation:
         self.token_ids: list[int] = []
         self._out: list[Event] = []
         self._last_stats = self.t0
-        self.n = engine.vocab.n
-        self.mask = engine.vocab.masked
-        self._masked_ids = frozenset(self.mask.tolist())
-        self._z = engine._z
-        self._lp_z = np.empty(self.n, np.float32) if config.logprobs is not None else None
         self._round_logprobs: list[TokenLogprob] = []  # this round's, in token order (config.logprobs only)
         self.plan = ModelPlan.of(engine, self.params, config.draft_with)
+        self.targets = Targets(self.plan, self.params, engine.vocab, engine._z, logprobs=config.logprobs, trace=config.trace)
         self.prompt = {name: list(prompt[name]) for name in self.plan.active}
         check_prompt(self.prompt, {name: engine.models[name] for name in self.plan.active})
         self.stats.prompt_tokens = {name: len(t) for name, t in self.prompt.items()}
@@ -474,8 +467,8 @@ class Generation:
         reqs = [Eval(name, self.pending[name], 1) for name in self.plan.verifiers if self.pending[name]]
         got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
         rows = {name: [got[name][0] if name in got else self.held.pop(name)] for name in self.plan.verifiers}
-        tok = sample(self._target(rows, 0), self.u[pos, 0])
-        delta = self._delta(rows, 0, tok)
+        tok = sample(self.targets.target(rows, 0), self.u[pos, 0])
+        delta = self.targets.delta(rows, 0, tok)
         self._note_logprob(rows, 0, tok)
         self.held.pop(self.plan.drafter, None)  # its prompt row is stale once a token passes it by
         self.pending[self.plan.drafter].append(tok)
@@ -513,7 +506,7 @@ class Generation:
         for i, x in enumerate(drafts):
             tok = self._verify(rows, i, qs[i], x, pos + i)
             accepted.append(tok)
-            deltas.append(self._delta(rows, i, tok))
+            deltas.append(self.targets.delta(rows, i, tok))
             self._note_logprob(rows, i, tok)
             if tok != x or self._is_eog(x):
                 return accepted, deltas, False
@@ -531,12 +524,12 @@ class Generation:
             chat_rows.append((yield [Eval(self.plan.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
         if self.params.temperature == 0 and not self.plan.p_is_q:
             # greedy: whatever q drafts, accept-or-resample ends at argmax p, so q is not built
-            tok = self._target(rows, i).argmax
+            tok = self.targets.target(rows, i).argmax
         else:
-            q = self._filtered(chat_rows[i], self.draft_params)
+            q = self.targets.drafted(chat_rows[i], self.draft_params)
             tok = self._verify(rows, i, q, sample(q, self.u[pos + i, 0]), pos + i)
         self._note_logprob(rows, i, tok)
-        return tok, self._delta(rows, i, tok)
+        return tok, self.targets.delta(rows, i, tok)
 
     def _is_eog(self, token: int) -> bool:
         return self.engine.models[self.plan.drafter].is_eog(token)
@@ -562,7 +555,7 @@ class Generation:
         """
         if self.plan.p_is_q:
             return x
-        p = self._target(rows, i)
+        p = self.targets.target(rows, i)
         if accept(p, q, x, self.u[pos, 1]):
             return x
         return sample(residual(p, q), self.u[pos, 2])
@@ -577,7 +570,7 @@ class Generation:
         drafts: list[int] = []
         qs: list[Dist] = []
         for i in range(k):
-            q = self._filtered(rows[i], self.draft_params)
+            q = self.targets.drafted(rows[i], self.draft_params)
             x = sample(q, self.u[pos + i, 0])
             drafts.append(x)
             qs.append(q)
@@ -586,38 +579,9 @@ class Generation:
             rows.append((yield [Eval(self.plan.drafter, [x], 1, light=True)])[0][0].copy())
         return rows, drafts, qs
 
-    def _filtered(self, row: np.ndarray, params: SamplingParams) -> Dist:
-        """The drafter's own distribution q (one model: its row, masked, filtered)."""
-        if not self.mask.size:  # nothing to mask: filter the row itself (filters never write to it)
-            return distribution(row[: self.n], params)
-        if params.temperature == 0 and not self.plan.p_is_q:  # (p_is_q: _delta reads the masked row from _z)
-            best = int(np.argmax(row[: self.n]))  # the masked row's argmax too, unless it is masked itself
-            if best not in self._masked_ids:
-                return Dist(np.array([best]), np.ones(1))
-        return eft_distribution([row], [1.0], params, self.n, self.mask, self._z)
-
-    def _target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:
-        """The EFT distribution p at position i of the round."""
-        base = rows[self.plan.base][i] if self.plan.base in rows else None
-        return eft_distribution(
-            [rows[name][i] for name in self.plan.names], self.plan.weights, self.params, self.n, self.mask, self._z, base
-        )
-
-    def _delta(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> float | None:
-        """How much the fine-tuning delta moved this token: log p_EFT − log p_base at T = 1."""
-        if not self.cfg.trace or self.plan.base not in rows:
-            return None
-        return token_logprob(self._z, token, self.n) - token_logprob(rows[self.plan.base][i], token, self.n)
-
     def _note_logprob(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> None:
-        """The emitted token's log-probability under the EFT distribution at T = 1, no filters,
-        from the rows this round's verification already holds (no extra model calls)."""
-        if self._lp_z is None:
-            return
-        z = combine([rows[name][i] for name in self.plan.names], self.plan.weights, self._lp_z)
-        if self.mask.size:
-            z[self.mask] = -np.inf
-        self._round_logprobs.append(token_logprobs(z, token, self.cfg.logprobs))
+        if self.cfg.logprobs is not None:
+            self._round_logprobs.append(self.targets.logprob(rows, i, token))
 
     def _account(self, k: int, drafted: int, n_acc: int) -> None:
         self.stats.drafted += drafted
