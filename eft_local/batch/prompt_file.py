@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from eft_local.errors import UserError
+from eft_local.llama.prompts import MESSAGE_ROLES
 from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check, check_weights
-
-VALID_ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -240,6 +239,6 @@ def _messages_error(messages: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return '"messages" must be a non-empty list of {"role", "content"} objects'
     for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in VALID_ROLES:
-            return f'each message needs "role" ({"/".join(VALID_ROLES)}) and a "content" string'
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in MESSAGE_ROLES:
+            return f'each message needs "role" ({"/".join(MESSAGE_ROLES)}) and a "content" string'
     return None

@@ -20,6 +20,8 @@ from eft_local.llama import template_sandbox
 from eft_local.llama.template_sandbox import TemplateFailed
 from eft_local.settings import PROMPT_STYLES
 
+MESSAGE_ROLES = ("system", "user", "assistant")  # what a conversation's messages may be
+
 __all__ = ["PROMPT_STYLES", "role_prompts", "prerender", "render_chat", "transcript", "template_name"]
 Message = Mapping[str, str]
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
 from eft_local.errors import UserError
+from eft_local.llama.prompts import MESSAGE_ROLES
 from eft_local.mix.mixture import check_known_deltas
 from eft_local.server.redact import scrub
 from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check_weights
@@ -29,7 +30,7 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 500
 MAX_PROMPTS = 256  # prompts in one completion request (one choice each)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {**{role: role for role in MESSAGE_ROLES}, "developer": "system"}  # OpenAI's newer name for system
 
 
 class ApiError(Exception):
