@@ -2,14 +2,16 @@
 
 Run it against two checkouts (``PYTHONPATH=<checkout> python scripts/seeded_outputs.py DIR``)
 and diff the outputs: a change that claims "behaviour unchanged" must print the same lines.
+``--vocab 151936`` writes the family with a real-sized vocabulary (a 32-wide body, as
+``scripts/bench.py --shape host-152k``), where the 152k-row sampling paths run.
 Cases: greedy and sampled (T = 0.7 top-p 0.95, min-p, top-k, DExperts top-p), naive,
 fixed k = 4 and adaptive, lone and ``--parallel 4`` (scheduler), with per-token deltas.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 from eft_local.engine.config import GenerationConfig
@@ -17,7 +19,7 @@ from eft_local.engine.decoder import EftEngine
 from eft_local.engine.events import FinishedEvent, TokenEvent
 from eft_local.engine.scheduler import Scheduler
 from eft_local.engine.session import rng_for
-from eft_local.llama.synthetic import write_family
+from eft_local.llama.synthetic import ModelSpec, write_family
 from eft_local.mix.params import SamplingParams
 
 TEXTS = ["hello world", "the answer is", "you and I were there", "one two three four"]
@@ -55,15 +57,20 @@ def parallel(engine: EftEngine, prompts: list[dict], cfg: GenerationConfig) -> l
 
 
 def main() -> None:
-    folder = Path(sys.argv[1])
-    folder.mkdir(parents=True, exist_ok=True)
-    family = write_family(folder, chat_shift=0.6, base_shift=0.6)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="where the family's GGUFs are written")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the test family's)")
+    ap.add_argument("--tokens", type=int, default=40, help="tokens per generation (default 40)")
+    args = ap.parse_args()
+    args.folder.mkdir(parents=True, exist_ok=True)
+    shape = ModelSpec(n_vocab=args.vocab) if args.vocab else None
+    family = write_family(args.folder, shape=shape, chat_shift=0.6, base_shift=0.6)
     for n_seq, runner in ((1, lone), (4, parallel)):
         engine = EftEngine.load(family.paths(), n_ctx=512, n_threads=1, n_seq=n_seq)
         prompts = [engine.prompt(messages=[{"role": "user", "content": t}]) for t in TEXTS]
         for sname, sampling in SAMPLINGS.items():
             for dname, draft in DRAFTS.items():
-                cfg = GenerationConfig(sampling=sampling, max_tokens=40, draft_tokens=draft, trace=n_seq == 1)
+                cfg = GenerationConfig(sampling=sampling, max_tokens=args.tokens, draft_tokens=draft, trace=n_seq == 1)
                 engine.reset()
                 print(f"seq{n_seq} {sname:9} {dname:8}", " ".join(runner(engine, prompts, cfg)), flush=True)
         engine.close()
