@@ -130,13 +130,24 @@ def test_token_logprobs_top_and_greedy_are_one_expression():
     assert masked.logprob == -9999.0 and masked.top[-1] == (4, -9999.0)
 
 
-@pytest.mark.parametrize("draft_tokens", [0, 4])
-def test_generated_token_logprobs_come_from_verification_and_equal_scoring(engine, draft_tokens):
+@pytest.mark.parametrize(
+    "draft_tokens,temperature,trace,alpha,beta",
+    [
+        (0, 0.9, False, 0.8, 1.3),
+        (4, 0.9, False, 0.8, 1.3),
+        (None, 0.0, True, 0.8, 1.3),
+        (4, 0.9, True, 0.8, 1.3),
+        (4, 0.9, False, 1.0, 0.0),
+    ],
+)
+def test_generated_token_logprobs_come_from_verification_and_equal_scoring(engine, draft_tokens, temperature, trace, alpha, beta):
+    """Also when the row the acceptance test combined is reused (``Targets.logprob``), and
+    when no acceptance test ran (α = 1, β = 0: the drafter alone, every draft stands)."""
     from eft_local.engine.config import GenerationConfig
     from eft_local.engine.events import TokenEvent
 
-    params = SamplingParams(alpha=0.8, beta=1.3, temperature=0.9, top_p=0.9)
-    config = GenerationConfig(sampling=params, max_tokens=20, draft_tokens=draft_tokens, logprobs=3)
+    params = SamplingParams(alpha=alpha, beta=beta, temperature=temperature, top_p=0.9)
+    config = GenerationConfig(sampling=params, max_tokens=20, draft_tokens=draft_tokens, logprobs=3, trace=trace)
     prompt_ids = some_ids(engine, "Once upon a time")
     engine.reset()
     events = list(engine.generate({n: prompt_ids for n in engine.models}, config, np.random.default_rng(7)))

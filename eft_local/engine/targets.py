@@ -32,6 +32,7 @@ class Targets:
         self._lp_z = np.empty(self.n, np.float32) if logprobs is not None else None
         self.top_logprobs = logprobs
         self.trace = trace
+        self._z_holds: tuple[dict, int] | None = None  # (rows, i) whose combined row z holds
 
     def drafted(self, row: np.ndarray, params: SamplingParams) -> Dist:
         """The drafter's own distribution q (one model: its row, masked, filtered)."""
@@ -41,12 +42,14 @@ class Targets:
             best = int(np.argmax(row[: self.n]))  # the masked row's argmax too, unless it is masked itself
             if best not in self._masked_ids:
                 return Dist(np.array([best]), np.ones(1))
+        self._z_holds = None  # z becomes the masked drafter row
         return eft_distribution([row], [1.0], params, self.n, self.mask, self._z)
 
     def target(self, rows: dict[str, list[np.ndarray]], i: int) -> Dist:
         """The EFT distribution p at position i of the round."""
         plan = self.plan
         base = rows[plan.base][i] if plan.base in rows else None
+        self._z_holds = (rows, i)
         return eft_distribution(
             [rows[name][i] for name in plan.names], plan.weights, self.params, self.n, self.mask, self._z, base
         )
@@ -59,7 +62,11 @@ class Targets:
 
     def logprob(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> TokenLogprob:
         """The token's log-probability under the EFT distribution at T = 1, no filters, from the
-        rows this round's verification already holds (no extra model calls)."""
+        rows this round's verification already holds (no extra model calls). When ``target``
+        just combined this position, its row is reused (filters never write to it)."""
+        held = self._z_holds
+        if held is not None and held[0] is rows and held[1] == i:
+            return token_logprobs(self._z, token, self.top_logprobs)
         z = combine([rows[name][i] for name in self.plan.names], self.plan.weights, self._lp_z)
         if self.mask.size:
             z[self.mask] = -np.inf
