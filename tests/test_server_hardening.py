@@ -135,6 +135,7 @@ def test_names_of_this_server_and_allowed_hosts_are_accepted(serve):
         "127.0.0.2",
         f"[::1]:{port}",
         "api.localhost",
+        "ip6-localhost",
         "MY.BOX:8080",
         "my.box.",
     ]:
@@ -150,6 +151,25 @@ def test_bound_to_every_interface_any_ip_and_the_host_name_are_accepted():
     assert policy.host_allowed("192.168.1.5:8080") and policy.host_allowed("[fe80::1]:80")
     assert policy.host_allowed(socket.gethostname()) and not policy.host_allowed("evil.example.com")
     assert access_policy("192.168.1.5").host_allowed("192.168.1.5") and not access_policy("127.0.0.1").host_allowed("10.0.0.1")
+
+
+def test_the_host_check_and_serve_share_one_loopback_rule():
+    """A name ``serve`` treats as loopback (no key needed, no warning) is a Host the server accepts."""
+    from eft_local.cli.serve import is_loopback
+
+    policy = access_policy("127.0.0.1")
+    for name in [
+        "localhost",
+        "ip6-localhost",
+        "ip6-loopback",
+        "a.localhost",
+        "127.0.0.2",
+        "::1",
+        "0.0.0.0",
+        "10.0.0.1",
+        "evil.com",
+    ]:
+        assert policy.host_allowed(name if ":" not in name else f"[{name}]") == is_loopback(name), name
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ from eft_local.cli.options import (
     sampling_args,
 )
 from eft_local.errors import UserError
+from eft_local.server.hosts import is_loopback
 from eft_local.settings import parse_variant
 
 if TYPE_CHECKING:  # the server's modules load only when `serve` runs (`eft-local --help` stays quick)
@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # the server's modules load only when `serve` runs (`eft-loca
 
     from eft_local.engine.session import Session
 
-LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 API_KEY_ENV = "EFT_LOCAL_API_KEY"
 MAX_KEY_FILE_BYTES = 4096
 SHUTDOWN_GRACE_SECONDS = 10  # after the engine stopped, answers still being written may take this long
@@ -92,15 +91,6 @@ def register(sub) -> None:
     model_args(p)
     sampling_args(p)
     p.set_defaults(func=cmd_serve)
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def served_variants(args: argparse.Namespace, settings: dict, paths: dict[str, Path]) -> dict[str, dict]:

@@ -5,7 +5,7 @@ name starts resolving to 127.0.0.1, so the ``Host`` header names the page's doma
 "simple request" (a cross-origin POST with ``Content-Type: text/plain`` goes out without a
 CORS preflight, carrying an ``Origin`` header). So, before the API sees a request:
 
-- ``Host`` must name this server: ``localhost`` (and ``*.localhost``), a loopback address, the
+- ``Host`` must name this server: a loopback name or address (``server.hosts``), the
   address the server is bound to (any IP address when it is bound to every interface, and the
   machine's host name), or a name given with ``--allowed-host`` (``*``: any);
 - a request that carries an ``Origin`` is refused unless ``--allow-origin`` names that origin
@@ -18,7 +18,6 @@ Refusals are OpenAI-shaped: 403 (host, origin) and 415 (content type).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import socket
@@ -26,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from eft_local.server.hosts import ip_of, is_loopback
 from eft_local.server.request import ApiError
 
 CORS_METHODS = "GET, POST, OPTIONS"
@@ -47,10 +47,9 @@ class AccessPolicy:
         name = host_name(host)
         if name is None:
             return False
-        if name in self.hosts or name == "localhost" or name.endswith(".localhost"):
+        if name in self.hosts or is_loopback(name):
             return True
-        ip = _ip(name)
-        return ip is not None and (ip.is_loopback or self.any_ip)
+        return self.any_ip and ip_of(name) is not None
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.origins or normalise_origin(origin) in self.origins
@@ -60,7 +59,7 @@ def access_policy(bound_host: str, allowed_hosts: Iterable[str] = (), allow_orig
     """The policy for a server bound to ``bound_host`` (``--host``), plus the user's additions."""
     hosts = {h.strip().lower().rstrip(".") for h in allowed_hosts if h.strip()}
     bound = bound_host.strip("[]").lower()
-    ip = _ip(bound)
+    ip = ip_of(bound)
     any_ip = ip is not None and ip.is_unspecified
     if any_ip:
         hosts.add(socket.gethostname().lower())
@@ -100,13 +99,6 @@ def check_origin_option(origin: str) -> str:
     raise ValueError(
         f"--allow-origin takes '*' or an origin such as http://localhost:3000 (scheme://host[:port]), got {origin!r}"
     )
-
-
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return None
 
 
 def _is_json(content_type: str | None) -> bool:
