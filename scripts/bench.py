@@ -381,8 +381,9 @@ PROFILE_PARTS = {  # decoder module name -> column (names an older decoder lacks
     "accept": "sample/accept",
     "residual": "sample/accept",
     "token_logprob": "sample/accept",
+    "keep_row": "row copies",
 }
-PROFILE_COLUMNS = ("decode", "combine+filter", "sample/accept", "py/other")
+PROFILE_COLUMNS = ("decode", "combine+filter", "sample/accept", "row copies", "py/other")
 
 
 def _profiled_functions() -> dict:
@@ -404,8 +405,10 @@ def profile(engine: EftEngine, n_tokens: int, params: SamplingParams, seed: int,
 
     Run-time patching only (nothing in eft_local changes): every model's ``eval`` (which
     ``prefill`` calls) is llama.cpp decode time (the logits are a view into llama.cpp's buffer, so it holds no
-    copy); the decoder's NumPy entry points are timed by kind; 'py/other' is wall time minus
-    those (Python bookkeeping and the decoder's row copies). Host overhead = wall − decode.
+    copy); the decoder's NumPy entry points are timed by kind, and 'row copies' are the
+    drafter rows it keeps past the next decode (``keep_row``; older checkouts count them in
+    'py/other'); 'py/other' is wall time minus all those (Python bookkeeping). Host
+    overhead = wall − decode.
     A verified position is one row of the target distribution: drafts checked plus the
     token each round adds.
 

@@ -375,7 +375,7 @@ class Generation:
     def _prefill(self) -> None:
         """Evaluate each model's prompt, reusing what its cache already holds; keep the last row."""
         for name in self.plan.active:
-            self.held[name] = self.models[name].prefill(self.prompt[name], self.cancel).copy()
+            self.held[name] = keep_row(self.models[name].prefill(self.prompt[name], self.cancel))
 
     def _prefill_steps(self, chunk: int, solo: bool) -> Steps:
         """The prompt from an empty cache in chunks (one request per model and chunk)."""
@@ -393,7 +393,7 @@ class Generation:
             got = yield reqs
             for r, rows in zip(reqs, got):
                 if start + chunk >= len(self.prompt[r.name]):
-                    self.held[r.name] = rows[0].copy()
+                    self.held[r.name] = keep_row(rows[0])
 
     # -- rounds -----------------------------------------------------------------------------
     def _loop(self) -> Generator[list[Eval], list[np.ndarray], str]:
@@ -520,8 +520,8 @@ class Generation:
         chat_rows = rows[self.plan.drafter]
         if drafts:
             for name in self.plan.verifiers:  # another sequence's step may reuse these views' buffer
-                rows[name][i] = rows[name][i].copy()
-            chat_rows.append((yield [Eval(self.plan.drafter, [drafts[-1]], 1, light=True)])[0][0].copy())
+                rows[name][i] = keep_row(rows[name][i])
+            chat_rows.append(keep_row((yield [Eval(self.plan.drafter, [drafts[-1]], 1, light=True)])[0][0]))
         if self.params.temperature == 0 and not self.plan.p_is_q:
             # greedy: whatever q drafts, accept-or-resample ends at argmax p, so q is not built
             tok = self.targets.target(rows, i).argmax
@@ -564,7 +564,7 @@ class Generation:
         """The drafter drafts up to k tokens; returns its logit rows, drafts, and each q_i."""
         pending = self.pending[self.plan.drafter]
         if pending:
-            rows = [(yield [Eval(self.plan.drafter, pending, 1, light=True)])[0][0].copy()]
+            rows = [keep_row((yield [Eval(self.plan.drafter, pending, 1, light=True)])[0][0])]
         else:
             rows = [self.held.pop(self.plan.drafter)]
         drafts: list[int] = []
@@ -576,7 +576,7 @@ class Generation:
             qs.append(q)
             if i == k - 1 or self._is_eog(x):
                 break
-            rows.append((yield [Eval(self.plan.drafter, [x], 1, light=True)])[0][0].copy())
+            rows.append(keep_row((yield [Eval(self.plan.drafter, [x], 1, light=True)])[0][0]))
         return rows, drafts, qs
 
     def _note_logprob(self, rows: dict[str, list[np.ndarray]], i: int, token: int) -> None:
@@ -603,6 +603,12 @@ class Generation:
             if self.stream.stopped:
                 return True
         return False
+
+
+def keep_row(row: np.ndarray) -> np.ndarray:
+    """A logits row that must outlive its model's next decode (llama.cpp reuses the buffer):
+    a copy. One function, so the profile (``scripts/bench.py --profile``) can time the copies."""
+    return row.copy()
 
 
 def uniforms(rng: np.random.Generator, max_tokens: int) -> np.ndarray:
