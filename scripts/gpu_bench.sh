@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network), from the repo root, with .gpu/ staged by scripts/gpu_stage.sh:
-# build llama-cpp-python with CUDA for this GPU, then run the issue-17 benchmarks of the
-# 7b-0.5b shape (speed tables, per-phase profile, --parallel), logs under $OUT.
+# build llama-cpp-python with CUDA for this GPU (no llava/mtmd library: eft-local loads none),
+# then run the issue-17 benchmarks of the 7b-0.5b shape (speed tables, per-phase profile,
+# --parallel), logs under $OUT. A build that outlasts one call (10 min) leaves its log in
+# $OUT/build.txt; `build` and `bench` then run as two calls while the machine stays warm.
 #
 #   bash scripts/gpu_bench.sh [all|build|bench]
 #
@@ -26,7 +28,7 @@ if [ "$step" != bench ]; then
         cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
         say "building llama-cpp-python with CUDA for sm_${cap} on $(nproc) cores"
         t0=$(date +%s)
-        CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=${cap}" \
+        CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=${cap} -DLLAVA_BUILD=OFF" \
             CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
             "$py" -m pip install --no-build-isolation --no-deps --no-cache-dir --target "$site" \
             "$stage"/llama_cpp_python-*.tar.gz >"$out/build.txt" 2>&1 || { tail -40 "$out/build.txt"; exit 1; }
