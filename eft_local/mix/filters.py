@@ -228,7 +228,8 @@ class _Heads:
                 idx = self._second
             else:
                 idx = np.flatnonzero(w >= np.float32(_THRESHOLDS[i]))
-            self.heads.append((self.c.take(idx), float(w[idx].sum(dtype=np.float64))))
+            head = self.c.take(idx)
+            self.heads.append((head, float(head.w.sum(dtype=np.float64))))  # = w[idx]: no second gather
         return self.heads[j]
 
     def first_holding(self, target: float) -> Candidates:
