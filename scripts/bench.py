@@ -215,8 +215,34 @@ def write_pair_model(
     return path
 
 
-def write_models(shape: Shape, directory: Path, base_shift: float, seed: int, shared: dict) -> dict[str, Path]:
-    """base/chat/reference paths for one agreement level (chat/reference written once)."""
+def write_models(
+    shape: Shape, directory: Path, base_shift: float, seed: int, shared: dict, reuse: bool = False
+) -> dict[str, Path]:
+    """base/chat/reference paths for one agreement level (chat/reference written once).
+
+    ``reuse``: GGUFs that an earlier run wrote into ``directory`` for the same shape, shift and
+    seed (a stamp file says which) are used as they are: the 7b-0.5b files are ~17 GB.
+    """
+    stamp = directory / "bench-stamp.txt"
+    key = f"{shape!r} base_shift={base_shift!r} seed={seed}"
+    if reuse and stamp.is_file() and stamp.read_text() == key:
+        paths = _model_paths(shape, directory)
+        if all(p.is_file() for p in paths.values()):
+            return paths
+    stamp.unlink(missing_ok=True)
+    paths = _write_models(shape, directory, base_shift, seed, shared)
+    if paths != _model_paths(shape, directory):  # where a reuse will look for them
+        raise RuntimeError(f"bench: models written to unexpected paths {paths}")
+    stamp.write_text(key)
+    return paths
+
+
+def _model_paths(shape: Shape, directory: Path) -> dict[str, Path]:
+    root = directory if shape.kind == "family" else directory.parent
+    return {"base": directory / "base.gguf", "chat": root / "chat.gguf", "reference": root / "reference.gguf"}
+
+
+def _write_models(shape: Shape, directory: Path, base_shift: float, seed: int, shared: dict) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     if shape.kind == "family":
         spec = ModelSpec(
@@ -589,7 +615,7 @@ def bench_parallel(args, shape: Shape, out_dir: Path, gpu_layers: int, threads: 
     shared: dict = {}
     summary = []
     for level, base_shift in levels:
-        paths = write_models(shape, out_dir / level, base_shift, args.seed, shared)
+        paths = write_models(shape, out_dir / level, base_shift, args.seed, shared, args.reuse_models)
         single = EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads)
         multi = EftEngine.load(paths, n_ctx=n_ctx, n_gpu_layers=gpu_layers, n_threads=threads, n_seq=max(ns))
         try:
@@ -648,6 +674,9 @@ def main() -> None:
     ap.add_argument("--gpu-layers", type=int, default=None, help="layers to offload (default: 0 for small, 999 for 7b-0.5b)")
     ap.add_argument("--out-dir", type=Path, default=None, help="keep the generated GGUFs here (default: temp dir, removed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--reuse-models", action="store_true", help="with --out-dir: use GGUFs an earlier run wrote there for the same shape"
+    )
     ap.add_argument("--profile", action="store_true", help="also print a per-phase time breakdown (each temperature)")
     ap.add_argument("--profile-only", action="store_true", help="only the per-phase breakdown (no speed tables)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy microbenchmark")
@@ -719,7 +748,7 @@ def main() -> None:
         cost_printed = False
         for li, (level, base_shift) in enumerate(levels):
             t0 = time.perf_counter()
-            paths = write_models(shape, out_dir / level, base_shift, args.seed, shared)
+            paths = write_models(shape, out_dir / level, base_shift, args.seed, shared, args.reuse_models)
             echo(
                 f"\n== agreement {level} (base_shift {base_shift:g}, chat_shift {CHAT_SHIFT:g}); "
                 f"models written in {time.perf_counter() - t0:.1f}s to {out_dir / level}"

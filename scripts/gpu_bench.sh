@@ -42,9 +42,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$out/gpu.txt"
 models=/tmp/eft-bench-$shape
 say "speed tables + profile ($shape, high agreement; writes the GGUFs first)"
-"$py" scripts/bench.py --shape "$shape" --agreement high --repeat 2 --profile --no-numpy --out-dir "$models" \
+"$py" scripts/bench.py --shape "$shape" --agreement high --repeat 2 --profile --no-numpy --out-dir "$models" --reuse-models \
     2>&1 | tee "$out/bench.txt"
 say "--parallel 1,8,32 ($shape)"
 "$py" scripts/bench.py --shape "$shape" --parallel 1,8,32 --prompts 32 --tokens 64 --repeat 1 --parallel-levels high \
-    --out-dir "$models" 2>&1 | tee "$out/parallel.txt"
+    --out-dir "$models" --reuse-models 2>&1 | tee "$out/parallel.txt"
 say "done"
