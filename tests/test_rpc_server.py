@@ -145,6 +145,7 @@ def test_peers_reads_connections_to_the_port(tmp_path):
         "   3: 0100007F:D431 0100007F:C35D 01 00000000:00000000 00:00000000 00000000  0 0 3\n"  # another port
     )
     assert peers(0xC35C, table) == ["10.0.0.5:54321", "10.0.0.6:54322"]
+    assert peers(0xC35C, table, established=True) == ["10.0.0.5:54321"]  # the one still open
     assert peers(0xC35C, tmp_path / "missing") == []
 
 

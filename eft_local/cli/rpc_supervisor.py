@@ -32,12 +32,14 @@ STARTED = "Starting RPC server"  # llama.cpp's first line once it listens
 STOP_GRACE = 2.0  # s a child gets to end after SIGTERM before SIGKILL
 ACCEPTED = "Accepted client connection"
 _TCP_CLOSED_STATES = {"0A"}  # LISTEN: not a peer
+TCP_ESTABLISHED = "01"
 
 
-def peers(port: int, proc_net: Path = Path("/proc/net/tcp")) -> list[str]:
+def peers(port: int, proc_net: Path = Path("/proc/net/tcp"), *, established: bool = False) -> list[str]:
     """Remote ``ip:port`` of every TCP connection to local ``port`` (any state but LISTEN):
     the client being served, those queued behind it, and a peer whose connection the crash
-    just closed (FIN_WAIT/TIME_WAIT keep its address for a while). Linux; [] elsewhere."""
+    just closed (FIN_WAIT/TIME_WAIT keep its address for a while). ``established``: only
+    open connections (not an earlier client's, closed a moment ago). Linux; [] elsewhere."""
     try:
         lines = proc_net.read_text().splitlines()[1:]
     except OSError:
@@ -45,7 +47,7 @@ def peers(port: int, proc_net: Path = Path("/proc/net/tcp")) -> list[str]:
     found = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 4 or fields[3] in _TCP_CLOSED_STATES:
+        if len(fields) < 4 or fields[3] in _TCP_CLOSED_STATES or (established and fields[3] != TCP_ESTABLISHED):
             continue
         local, remote = fields[1], fields[2]
         if int(local.rsplit(":", 1)[1], 16) == port:
@@ -144,9 +146,9 @@ class Supervisor:
             if not line:
                 continue
             self._listening = self._listening or line.startswith(STARTED)
-            if line.startswith(ACCEPTED):
+            if line.startswith(ACCEPTED):  # the new client is open; a probe that just left is not
                 self._served = True
-                self._seen = self._fresh_peers() or self._seen
+                self._seen = self._fresh_peers(established=True) or self._fresh_peers() or self._seen
                 line = f"{line} from {', '.join(self._seen) or 'an unknown peer'}"
             self._recent.append(line)
             self._say(line, prefix=False)
@@ -156,8 +158,8 @@ class Supervisor:
         last = [line for line in self._recent if not line.startswith(ACCEPTED) and "Client connection closed" not in line]
         return f"{why}: {' '.join(line.strip() for line in last[-2:])}" if last else why
 
-    def _fresh_peers(self) -> list[str]:
-        return [p for p in peers(self.port) if p not in self._stale]
+    def _fresh_peers(self, established: bool = False) -> list[str]:
+        return [p for p in peers(self.port, established=established) if p not in self._stale]
 
     def _peer_text(self) -> str:
         found = list(dict.fromkeys([*self._seen, *self._fresh_peers()]))
