@@ -31,28 +31,37 @@ STARTUP_FAILURES = 5  # children in a row that die before they listen: give up
 STARTED = "Starting RPC server"  # llama.cpp's first line once it listens
 STOP_GRACE = 2.0  # s a child gets to end after SIGTERM before SIGKILL
 ACCEPTED = "Accepted client connection"
-_TCP_CLOSED_STATES = {"0A"}  # LISTEN: not a peer
-TCP_ESTABLISHED = "01"
+_LISTEN = "0A"  # /proc/net/tcp states (include/net/tcp_states.h)
+_ESTABLISHED = "01"
+_CLOSING = {"04", "05", "06", "07", "08", "09", "0B"}  # FIN_WAIT1/2, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING
 
 
-def peers(port: int, proc_net: Path = Path("/proc/net/tcp"), *, established: bool = False) -> list[str]:
-    """Remote ``ip:port`` of every TCP connection to local ``port`` (any state but LISTEN):
-    the client being served, those queued behind it, and a peer whose connection the crash
-    just closed (FIN_WAIT/TIME_WAIT keep its address for a while). ``established``: only
-    open connections (not an earlier client's, closed a moment ago). Linux; [] elsewhere."""
+def peers(port: int, proc_net: Path = Path("/proc/net/tcp"), *, likeliest: bool = False) -> list[str]:
+    """Remote ``ip:port`` of the TCP connections to local ``port``, likeliest client first:
+
+    1. open and owned by a process (the client being served: only accepted sockets have an inode);
+    2. closing (a client the crash just cut off: FIN_WAIT/TIME_WAIT keep its address a while);
+    3. open but not accepted yet (queued behind it: a health probe, say);
+    4. anything else but LISTEN.
+
+    ``likeliest``: only those of the best rank present. Linux; [] elsewhere.
+    """
     try:
         lines = proc_net.read_text().splitlines()[1:]
     except OSError:
         return []
-    found = []
+    ranked = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 4 or fields[3] in _TCP_CLOSED_STATES or (established and fields[3] != TCP_ESTABLISHED):
+        if len(fields) < 10 or fields[3] == _LISTEN or int(fields[1].rsplit(":", 1)[1], 16) != port:
             continue
-        local, remote = fields[1], fields[2]
-        if int(local.rsplit(":", 1)[1], 16) == port:
-            found.append(_address(remote))
-    return list(dict.fromkeys(found))
+        state, inode = fields[3], fields[9]
+        rank = (0 if inode != "0" else 2) if state == _ESTABLISHED else 1 if state in _CLOSING else 3
+        ranked.append((rank, _address(fields[2])))
+    ranked.sort(key=lambda r: r[0])  # stable: the table's order within a rank
+    if likeliest and ranked:
+        ranked = [r for r in ranked if r[0] == ranked[0][0]]
+    return list(dict.fromkeys(addr for _, addr in ranked))
 
 
 def _address(hex_addr: str) -> str:
@@ -146,9 +155,9 @@ class Supervisor:
             if not line:
                 continue
             self._listening = self._listening or line.startswith(STARTED)
-            if line.startswith(ACCEPTED):  # the new client is open; a probe that just left is not
+            if line.startswith(ACCEPTED):  # by the time this line is read the client may be cut off
                 self._served = True
-                self._seen = self._fresh_peers(established=True) or self._fresh_peers() or self._seen
+                self._seen = self._fresh_peers(likeliest=True) or self._seen
                 line = f"{line} from {', '.join(self._seen) or 'an unknown peer'}"
             self._recent.append(line)
             self._say(line, prefix=False)
@@ -158,8 +167,8 @@ class Supervisor:
         last = [line for line in self._recent if not line.startswith(ACCEPTED) and "Client connection closed" not in line]
         return f"{why}: {' '.join(line.strip() for line in last[-2:])}" if last else why
 
-    def _fresh_peers(self, established: bool = False) -> list[str]:
-        return [p for p in peers(self.port, established=established) if p not in self._stale]
+    def _fresh_peers(self, likeliest: bool = False) -> list[str]:
+        return [p for p in peers(self.port, likeliest=likeliest) if p not in self._stale]
 
     def _peer_text(self) -> str:
         found = list(dict.fromkeys([*self._seen, *self._fresh_peers()]))
