@@ -11,6 +11,7 @@ from typing import Any
 
 from eft_local.errors import UserError
 from eft_local.llama.rpc import DEFAULT_PORT, SPEC_SYNTAX, parse_rpc_spec
+from eft_local.server.hosts import is_loopback
 
 
 class _RpcAction(argparse.Action):
@@ -92,7 +93,7 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {threads}")
     host = rpc.check_bindable(args.host, args.port)
     cache = _cache_dir(args.cache)
-    if not host.startswith("127.") and not args.supervised:
+    if not is_loopback(host) and not args.supervised:
         print(
             f"eft-local: warning: listening on {host}:{args.port}. The llama.cpp RPC protocol has no authentication "
             "and no encryption: anyone who can reach this port can run computations on this machine, read what "

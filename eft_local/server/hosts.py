@@ -1,5 +1,6 @@
-"""Which names stay on this machine: the one rule the server's Host check and ``serve``'s
-bind-address warnings share (standard library only, so the CLI loads it without the server)."""
+"""Which names stay on this machine: the one rule the server's Host check, ``serve``'s and
+``rpc-server``'s bind-address warnings share (standard library only, so the CLI loads it
+without the server)."""
 
 from __future__ import annotations
 
