@@ -20,6 +20,11 @@ mkdir -p "$out" "$site"
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 say() { echo "[$(date +%T)] $*" | tee -a "$out/steps.txt"; }
 
+if [ "$step" != bench ] && ! "$py" -c "import llama_cpp" 2>/dev/null; then
+    ls "$stage"/llama_cpp_python-*.tar.gz >/dev/null 2>&1 ||
+        { echo "gpu_bench: no llama-cpp-python source in $stage/: run scripts/gpu_stage.sh here first and carry $stage"; exit 2; }
+    command -v nvidia-smi >/dev/null || { echo "gpu_bench: no nvidia-smi: run this on the GPU machine"; exit 2; }
+fi
 if [ "$step" != bench ]; then
     if ls "$stage"/wheels/*.whl >/dev/null 2>&1; then
         "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$stage"/wheels/*.whl || exit 1

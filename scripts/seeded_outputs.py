@@ -56,14 +56,26 @@ def parallel(engine: EftEngine, prompts: list[dict], cfg: GenerationConfig) -> l
     return [f"{done[i].reason}:{len(done[i].token_ids)}:{digest(done[i].token_ids, [])}" for i in range(len(prompts))]
 
 
+def at_least(low: int):
+    """An argparse type: an integer no smaller than ``low`` (else argparse's one-line error)."""
+
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return integer
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="where the family's GGUFs are written")
-    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the test family's)")
-    ap.add_argument("--tokens", type=int, default=40, help="tokens per generation (default 40)")
+    ap.add_argument("--vocab", type=at_least(512), default=None, help="vocabulary size, >= 512 (default: the test family's)")
+    ap.add_argument("--tokens", type=at_least(1), default=40, help="tokens per generation (default 40)")
     args = ap.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
-    shape = ModelSpec(n_vocab=args.vocab) if args.vocab else None
+    shape = ModelSpec(n_vocab=args.vocab) if args.vocab is not None else None
     family = write_family(args.folder, shape=shape, chat_shift=0.6, base_shift=0.6)
     for n_seq, runner in ((1, lone), (4, parallel)):
         engine = EftEngine.load(family.paths(), n_ctx=512, n_threads=1, n_seq=n_seq)
