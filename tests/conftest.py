@@ -1,13 +1,17 @@
-"""Shared fixtures: synthetic GGUF families built at test time (nothing committed)."""
+"""Shared fixtures and harnesses: synthetic GGUF families built at test time (nothing committed),
+the three-role flags, a server thread, and the chat app's wait."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from eft_local.llama.synthetic import ModelSpec, write_family, write_model
 
@@ -57,6 +61,68 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def role_args(family, threads: int = 1) -> list[str]:
+    """The three role flags of a synthetic family, as a user types them."""
+    return [
+        "--base",
+        str(family.base),
+        "--chat",
+        str(family.chat),
+        "--reference",
+        str(family.reference),
+        "--threads",
+        str(threads),
+    ]
+
+
+@pytest.fixture()
+def models(family) -> list[str]:
+    return role_args(family)
+
+
+class ServerThread:
+    """uvicorn serving ``app`` from a thread, on an ephemeral 127.0.0.1 port."""
+
+    def __init__(self, app) -> None:
+        from eft_local.cli.serve import bind
+
+        self.app = app
+        sock = bind("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        end = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < end, "server did not start"
+            time.sleep(0.01)
+
+    @property
+    def worker(self):
+        return self.app.state.worker
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+def server_settings(**kw) -> dict:
+    """Checked settings as `cli.resolve_settings` makes them: built-in defaults, greedy, 24 tokens."""
+    from eft_local.settings import defaults
+
+    return {**defaults(), "temperature": 0.0, "max_tokens": 24, "weights": {}, "draft_with": None, **kw}
+
+
+async def wait_for(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
+    """Let the chat app run until ``condition()`` holds (Pilot pauses, not sleeps)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
 # -- the slow tests: `scripts/test.sh --fast` (pytest -m "not slow") skips them; CI runs everything.
 # Whole files (real weights, statistical distribution checks) and single tests that take seconds each.
 SLOW_FILES = {
@@ -65,7 +131,7 @@ SLOW_FILES = {
     "test_distribution.py",
     "test_rpc.py",
     "test_rpc_bounds.py",
-    "test_rpc_server.py",
+    "test_rpc_supervisor.py",
     "test_eval_harness.py",
 }
 SLOW_TESTS = {

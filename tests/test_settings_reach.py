@@ -439,7 +439,7 @@ def all_at_once(world, tmp_path_factory) -> Callable[[str], tuple[Spy, dict[str,
 
 # -- the tests --------------------------------------------------------------------------------------
 def test_every_setting_has_a_row():
-    # (request fields — logprobs, echo, … — shape what an answer reports: tests/test_scoring_server.py)
+    # (request fields — logprobs, echo, … — shape what an answer reports: tests/server/test_logprobs.py)
     missing = [name for name in SETTINGS if name not in ROWS and name not in REQUEST_KEYS]
     assert not missing, f"no front end tested for setting {', '.join(missing)}: add a row to ROWS"
     untested = [name for name in ROWS if not any(name in fe.allowed() for fe in FRONT_ENDS.values())]

@@ -1,0 +1,170 @@
+"""Stopping `serve` with requests in flight, and a flood beyond the file limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+
+from eft_local.cli.serve import bind
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.session import Session
+from eft_local.server.app import ServerOptions, create_app
+from eft_local.server.connections import ConnectionLimits, guarded_protocol
+from eft_local.server.guard import Guard, access_policy
+from tests.conftest import server_settings
+
+
+@pytest.fixture
+def serve(session):
+    servers = []
+
+    def start(**kw) -> GuardedServer:
+        servers.append(GuardedServer(session, **kw))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+class GuardedServer:
+    """The app as `serve` runs it (Guard + guarded protocol), from a thread, on 127.0.0.1."""
+
+    def __init__(
+        self, session, *, limits: ConnectionLimits | None = None, allowed_hosts=(), allow_origins=(), api_key=None
+    ) -> None:
+        self.app = create_app(session, ServerOptions(model_name=MODEL, settings=server_settings(), api_key=api_key))
+        policy = access_policy("127.0.0.1", allowed_hosts, allow_origins)
+        limits = limits or ConnectionLimits()
+        sock = bind("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            Guard(self.app, policy),
+            http=guarded_protocol(limits),
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=int(limits.keep_alive_seconds),
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        end = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < end, "server did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def session(family):
+    engine = EftEngine.load(family.paths(), n_ctx=512, n_threads=1)
+    s = Session(engine)
+    yield s
+    s.close()
+
+
+MODEL = "synthetic-eft"
+
+
+# -- 4: stopping with requests in flight -------------------------------------------------------------------------------
+def start_serve(family, *extra: str, env: dict | None = None, preexec_fn=None) -> tuple[subprocess.Popen, int]:
+    p = family.paths()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eft_local", "serve", "--base", str(p["base"]), "--chat", str(p["chat"]),
+         "--reference", str(p["reference"]), "--port", "0", "--threads", "1", "--n-ctx", "1024", "--gpu-layers", "0", *extra],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if "serving" in line:
+            return proc, int(line.split(" at ")[1].split()[0].rsplit(":", 1)[1].split("/")[0])
+    raise AssertionError("serve did not start")
+
+
+@pytest.mark.parametrize("sig, parallel", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)])
+def test_a_signal_with_requests_in_flight_ends_every_answer_cleanly(family, sig, parallel):
+    proc, port = start_serve(family, "--parallel", str(parallel), env={"EFT_LOCAL_API_KEY": "k3y"})
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    auth = {"Authorization": "Bearer k3y"}
+    body = {"prompt": "a long story", "max_tokens": 900, "temperature": 0}
+    try:
+        assert httpx.post(url, json={**body, "max_tokens": 2}).status_code == 401  # the key from the environment
+        first_chunk = threading.Event()
+
+        def stream() -> tuple[int, list[str]]:
+            with httpx.stream("POST", url, json={**body, "stream": True}, headers=auth, timeout=60) as r:
+                lines = []
+                for line in r.iter_lines():
+                    if line.startswith("data: {") and '"text"' in line:
+                        first_chunk.set()
+                    if line:
+                        lines.append(line)
+                return r.status_code, lines
+
+        def blocking() -> httpx.Response:
+            return httpx.post(url, json=body, headers=auth, timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            running = pool.submit(stream)
+            assert first_chunk.wait(30)
+            queued = [pool.submit(stream) for _ in range(2)] + [pool.submit(blocking) for _ in range(3)]
+            end = time.monotonic() + 30
+            while httpx.get(f"http://127.0.0.1:{port}/health").json()["waiting"] < 5 - (parallel - 1):
+                assert time.monotonic() < end, "the requests did not reach the queue"
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            status, lines = running.result(30)  # streaming when the signal came: a final error event, then [DONE]
+            assert status == 200 and lines[-1] == "data: [DONE]", lines[-3:]
+            assert json.loads(lines[-2][len("data: ") :])["error"]["code"] == "server_shutting_down"
+            for f in queued:  # still waiting for the engine: 503 (or, generating beside the first, as it)
+                r = f.result(30)
+                status, text = r if isinstance(r, tuple) else (r.status_code, r.text)
+                if status == 200 and isinstance(r, tuple):
+                    assert text[-1] == "data: [DONE]" and "server_shutting_down" in text[-2], text[-3:]
+                else:
+                    assert status == 503 and "server_shutting_down" in "".join(text), text
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0, rest
+        assert "Traceback" not in rest and "Exception in ASGI" not in rest and "server stopped" in rest, rest
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_flood_beyond_the_file_limit_leaves_the_command_serving(family):
+    """1,100 never-finished requests against `serve` under a 1024-descriptor limit."""
+    import resource
+
+    proc, port = start_serve(family, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
+    socks = []
+    try:
+        for _ in range(1100):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never: ")
+            socks.append(s)
+        t0 = time.monotonic()
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 200 and time.monotonic() - t0 < 10
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        code = proc.wait(30)
+        proc.kill()
+    assert code == 0 and "Too many open files" not in rest and "Traceback" not in rest, rest
