@@ -18,23 +18,25 @@ Point = dict[str, Any]  # setting name -> value; delta weights under "weights"
 MAX_ROWS = 1_000_000
 
 
-def parse_grid(items: Sequence[str], settings: dict[str, Any], prompts: int = 1) -> list[Point]:
+def parse_grid(items: Sequence[str], settings: dict[str, Any], *, prompts: int) -> list[Point]:
     """The grid's points, first key varying slowest; ``[{}]`` without ``--grid``.
 
-    Known delta names come from ``settings["weights"]`` and the model set (checked by the
-    caller); values are checked by each setting's one definition. More than ``MAX_ROWS``
-    points × ``prompts`` is refused before anything is built.
+    ``prompts``: the rows of the input file (every command that has ``--grid`` passes it, so
+    the one cap, ``MAX_ROWS`` points × prompts, holds for all). It is checked before any value
+    is parsed or any point built. Known delta names come from the model set (checked by the
+    caller); values are checked by each setting's one definition.
     """
-    axes: list[tuple[str, list[Any]]] = []
+    raw: list[tuple[str, list[str]]] = []
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip()
         if not sep or not values.strip():
             raise UserError(f"--grid {item!r}: expected KEY=V1,V2,... (KEY: {', '.join(GRID_KEYS)} or weight.NAME)")
-        if key in (k for k, _ in axes):
+        if key in (k for k, _ in raw):
             raise UserError(f"--grid {key} given twice")
-        axes.append((key, [_value(key, v.strip()) for v in values.split(",")]))
-    _check_size([len(values) for _, values in axes], prompts)
+        raw.append((key, values.split(",")))
+    _check_size([len(values) for _, values in raw], prompts)
+    axes = [(key, [_value(key, v.strip()) for v in values]) for key, values in raw]
     points = []
     for combo in itertools.product(*(values for _, values in axes)):
         point: Point = {}

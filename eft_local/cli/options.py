@@ -242,6 +242,16 @@ def rows_args(p: argparse.ArgumentParser, file_help: str, grid_what: str) -> Non
     )
 
 
+def grid_points(args: argparse.Namespace, settings: dict[str, Any], paths: dict[str, Path], rows: int) -> list[dict[str, Any]]:
+    """``--grid``'s points for a file of ``rows`` input rows, as every command with ``--grid``
+    takes them: the one cap on rows (``batch.grid.MAX_ROWS``), then the delta names."""
+    from eft_local.batch.grid import grid_deltas, parse_grid
+
+    grid = parse_grid(args.grid, settings, prompts=rows)
+    check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
+    return grid
+
+
 def progress_printer(total: int) -> Callable[[int, int, Any], None]:
     """A progress line on stderr: live on a terminal, every 5 s in a log; nothing for one row."""
     tty = sys.stderr.isatty()

@@ -7,8 +7,8 @@ import sys
 
 from eft_local.cli.options import (
     add_setting,
-    check_delta_names,
     default_parallel,
+    grid_points,
     load_engine,
     model_args,
     prepare,
@@ -44,12 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, items: list, claim) -> int:
-    from eft_local.batch.grid import grid_deltas, parse_grid
     from eft_local.batch.run import BatchOptions, run_batch
 
     paths, settings, _ = prepare(args)
-    grid = parse_grid(args.grid, settings, prompts=len(items))
-    check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
+    grid = grid_points(args, settings, paths, rows=len(items))
     total = len(items) * len(grid)
     parallel = min(settings["parallel"] or default_parallel(settings), max(total, 1))
     engine = load_engine(paths, settings, n_seq=parallel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eft_local.cli.options import check_delta_names, load_engine, model_args, prepare, progress_printer, rows_args, sampling_args
+from eft_local.cli.options import grid_points, load_engine, model_args, prepare, progress_printer, rows_args, sampling_args
 
 
 def register(sub) -> None:
@@ -31,13 +31,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace, items: list, claim) -> int:
-    from eft_local.batch.grid import grid_deltas, parse_grid
     from eft_local.batch.run import BatchOptions
     from eft_local.batch.score import run_score
 
     paths, settings, _ = prepare(args)
-    grid = parse_grid(args.grid, settings)
-    check_delta_names(grid_deltas(grid), paths, "--grid weight.{}")
+    grid = grid_points(args, settings, paths, rows=len(items))
     engine = load_engine(paths, settings)
     opts = BatchOptions(settings=settings, raw=True, grid=grid)
     total = len(items) * len(grid)
