@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eft_local.errors import UserError
+from eft_local.errors import UserError, check_text
 
 TOP_P_MODES = ("eft", "base")
 PROMPT_STYLES = ("template", "transcript")
@@ -77,6 +77,7 @@ class Setting:
     def _check_str(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
             raise UserError(f"{where} must be a string, got {_show(value)}")
+        check_text(value, where)
         if self.choices and value not in self.choices:
             raise UserError(f"{where} must be one of {', '.join(self.choices)}, got {_show(value)}")
         return value
@@ -86,6 +87,8 @@ class Setting:
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
             raise UserError(f"{where} must be a string or a list of non-empty strings, got {_show(value)}")
+        for text in value:
+            check_text(text, where)
         return tuple(value)
 
     def _check_range(self, x: float, where: str) -> None:

@@ -39,3 +39,11 @@ def test_the_first_bad_string_anywhere_in_a_json_value_with_its_path():
     assert bad_text_in({"a": [1, 2.5, None, True, {"b": "fine"}]}) is None
     deep = json.loads("[" * 900 + '"\\udc00"' + "]" * 900)
     assert bad_text_in(deep)[0] == "[0]" * 900  # as deep as json.loads goes: no RecursionError
+
+
+@pytest.mark.parametrize(("name", "value"), [("system_prompt", "\udcff"), ("stop", ["ok", "\ud800"]), ("top_p_mode", "e\udcff")])
+def test_every_text_setting_refuses_text_that_is_not_unicode(name, value):
+    from eft_local.settings import SETTINGS
+
+    with pytest.raises(UserError, match="is not valid Unicode"):
+        SETTINGS[name].check(value)
