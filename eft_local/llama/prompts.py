@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Protocol
 
-from eft_local.errors import UserError
+from eft_local.errors import UserError, unicode_problem
 from eft_local.llama import template_sandbox
 from eft_local.llama.template_sandbox import TemplateFailed
 from eft_local.settings import PROMPT_STYLES
@@ -50,7 +50,7 @@ def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_
     if not template:
         raise UserError(f"{name} has no chat template; use --raw to send prompts as plain text")
     try:
-        return template_sandbox.render(
+        text = template_sandbox.render(
             template,
             messages,
             add_generation_prompt=add_generation_prompt,
@@ -59,6 +59,10 @@ def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_
         )
     except TemplateFailed as e:
         raise UserError(f"chat template of {name} failed: {e}") from None
+    problem = unicode_problem(text)  # e.g. a template that writes "\ud800": no tokenizer can take it
+    if problem:
+        raise UserError(f"chat template of {name} failed: its output is not valid Unicode: {problem}")
+    return text
 
 
 def _text(model: PromptModel, token: int) -> str:

@@ -234,3 +234,10 @@ def test_normal_template_with_a_long_message_still_renders():
     )
     text = "y" * 3_000_000
     assert render_chat(model, [{"role": "user", "content": text}]) == f"[{text}]"
+
+
+@pytest.mark.parametrize("template", ['{{ "\\ud800" }}', '{{ "ok" ~ "\\udcff" }}', "{{ messages[0].content ~ '\\udfff' }}"])
+def test_a_template_whose_output_is_not_unicode_is_refused_in_one_line(template):
+    model = SimpleNamespace(path="/d/m.gguf", chat_template=template, bos=-1, eos=-1, add_bos=False, token_text=lambda i: b"")
+    with pytest.raises(UserError, match=r"^chat template of m.gguf failed: its output is not valid Unicode: "):
+        render_chat(model, HELLO)
