@@ -5,79 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
-from eft_local.cli.serve import api_key, bind
-from eft_local.engine.decoder import EftEngine
-from eft_local.engine.session import Session
+from eft_local.cli.serve import api_key
 from eft_local.errors import UserError
-from eft_local.server.app import ServerOptions, create_app
-from eft_local.server.connections import ConnectionLimits, guarded_protocol
-from eft_local.server.guard import Guard, access_policy
-from tests.conftest import run_cli, server_settings
-
-HELLO = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
-
-
-@pytest.fixture
-def serve(session):
-    servers = []
-
-    def start(**kw) -> GuardedServer:
-        servers.append(GuardedServer(session, **kw))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
-class GuardedServer:
-    """The app as `serve` runs it (Guard + guarded protocol), from a thread, on 127.0.0.1."""
-
-    def __init__(
-        self, session, *, limits: ConnectionLimits | None = None, allowed_hosts=(), allow_origins=(), api_key=None
-    ) -> None:
-        self.app = create_app(session, ServerOptions(model_name=MODEL, settings=server_settings(), api_key=api_key))
-        policy = access_policy("127.0.0.1", allowed_hosts, allow_origins)
-        limits = limits or ConnectionLimits()
-        sock = bind("127.0.0.1", 0)
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            Guard(self.app, policy),
-            http=guarded_protocol(limits),
-            log_level="warning",
-            lifespan="on",
-            timeout_keep_alive=int(limits.keep_alive_seconds),
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < end, "server did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
-@pytest.fixture(scope="module")
-def session(family):
-    engine = EftEngine.load(family.paths(), n_ctx=512, n_threads=1)
-    s = Session(engine)
-    yield s
-    s.close()
-
-
-MODEL = "synthetic-eft"
+from eft_local.server.guard import access_policy
+from tests.conftest import run_cli
+from tests.server.conftest import HELLO
 
 
 # -- 1: a web page cannot drive it ------------------------------------------------------------------

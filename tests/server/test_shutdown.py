@@ -3,98 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
-from eft_local.cli.serve import bind
-from eft_local.engine.decoder import EftEngine
-from eft_local.engine.session import Session
-from eft_local.server.app import ServerOptions, create_app
-from eft_local.server.connections import ConnectionLimits, guarded_protocol
-from eft_local.server.guard import Guard, access_policy
-from tests.conftest import server_settings
-
-
-@pytest.fixture
-def serve(session):
-    servers = []
-
-    def start(**kw) -> GuardedServer:
-        servers.append(GuardedServer(session, **kw))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
-class GuardedServer:
-    """The app as `serve` runs it (Guard + guarded protocol), from a thread, on 127.0.0.1."""
-
-    def __init__(
-        self, session, *, limits: ConnectionLimits | None = None, allowed_hosts=(), allow_origins=(), api_key=None
-    ) -> None:
-        self.app = create_app(session, ServerOptions(model_name=MODEL, settings=server_settings(), api_key=api_key))
-        policy = access_policy("127.0.0.1", allowed_hosts, allow_origins)
-        limits = limits or ConnectionLimits()
-        sock = bind("127.0.0.1", 0)
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            Guard(self.app, policy),
-            http=guarded_protocol(limits),
-            log_level="warning",
-            lifespan="on",
-            timeout_keep_alive=int(limits.keep_alive_seconds),
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < end, "server did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
-@pytest.fixture(scope="module")
-def session(family):
-    engine = EftEngine.load(family.paths(), n_ctx=512, n_threads=1)
-    s = Session(engine)
-    yield s
-    s.close()
-
-
-MODEL = "synthetic-eft"
+from tests.server.conftest import start_serve
 
 
 # -- 4: stopping with requests in flight -------------------------------------------------------------------------------
-def start_serve(family, *extra: str, env: dict | None = None, preexec_fn=None) -> tuple[subprocess.Popen, int]:
-    p = family.paths()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eft_local", "serve", "--base", str(p["base"]), "--chat", str(p["chat"]),
-         "--reference", str(p["reference"]), "--port", "0", "--threads", "1", "--n-ctx", "1024", "--gpu-layers", "0", *extra],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
-    )  # fmt: skip
-    for line in proc.stderr:
-        if "serving" in line:
-            return proc, int(line.split(" at ")[1].split()[0].rsplit(":", 1)[1].split("/")[0])
-    raise AssertionError("serve did not start")
-
-
 @pytest.mark.parametrize("sig, parallel", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)])
 def test_a_signal_with_requests_in_flight_ends_every_answer_cleanly(family, sig, parallel):
     proc, port = start_serve(family, "--parallel", str(parallel), env={"EFT_LOCAL_API_KEY": "k3y"})
