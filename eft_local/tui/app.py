@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Footer, Header, Static
@@ -27,6 +27,7 @@ from eft_local.mix.params import SamplingParams
 from eft_local.settings import SETTINGS
 from eft_local.tui import delta, signals
 from eft_local.tui.conversation import Conversation, Turn, last_code_block
+from eft_local.tui.escape_keys import printable
 from eft_local.tui.export import export_chat
 from eft_local.tui.history import HistoryError, HistoryStore
 from eft_local.tui.jobs import Job, JobDone, run_job
@@ -69,8 +70,10 @@ class EftChatApp(App[int]):
         stop: tuple[str, ...] = (),
         rpc: dict[str, list[str]] | None = None,
         draft_with: str | None = None,
+        welcome: str | None = None,
     ) -> None:
         super().__init__()
+        self.welcome = welcome  # the first-run notice of the demo family (eft_local.models.demo)
         self.paths = {r: Path(p) for r, p in paths.items()} if paths else None
         self.load_error = load_error if load_error or paths else "no models given"
         self.load_options = LoadOptions(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, rpc=rpc or {})
@@ -96,6 +99,12 @@ class EftChatApp(App[int]):
         """Notices carry file names, errors and user text: shown as plain text unless asked."""
         super().notify(message, markup=markup, **kwargs)
 
+    async def on_event(self, event: events.Event) -> None:
+        """A paste is text for the focused widget, never keys: its control characters go."""
+        if isinstance(event, events.Paste):
+            event.text = printable(event.text)
+        await super().on_event(event)
+
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
@@ -105,6 +114,8 @@ class EftChatApp(App[int]):
                     yield ErrorPanel(self.load_error, id="load-error")
                 elif self.paths:
                     yield LoadPanel(self.paths, self.load_options, id="loading")
+                if self.welcome and not self.load_error:
+                    yield Static(self.welcome, id="welcome", markup=False)
                 yield ChatView(id="chat")
                 yield Static(delta.legend(), id="legend")
                 yield PromptInput(id="prompt")

@@ -105,6 +105,23 @@ def test_ctrl_q_ends_the_real_app_inside_an_unterminated_paste(tmp_path):
     assert all(seq in app.after_start() for seq in RESTORED.values())
 
 
+def test_pastes_of_control_characters_never_end_the_real_app(tmp_path):
+    """Issue 23 item 13: each control character pasted on its own, then all of them amid text."""
+    app = PtyApp(tmp_path)
+    assert app.read_until(b"no models here"), app.output[-2000:]
+    time.sleep(0.3)
+    for code in range(0x20):
+        app.write(f"\x1b[200~{chr(code)}\x1b[201~")
+        app.read_until(b"\x00never", timeout=0.05)  # keep reading: a full terminal blocks the app
+    app.write("\x1b[200~pasted" + "".join(map(chr, range(1, 0x20))) + "intact\x1b[201~")
+    assert app.read_until(b"intact", timeout=10), "the pasted text never showed in the prompt"
+    app.read_until(b"\x00never", timeout=1.0)
+    assert app.proc.poll() is None, f"a paste ended the app (status {app.proc.returncode})"
+    app.write("\x11")  # Ctrl+Q typed on its own still quits
+    assert app.finish(timeout=10) == 1
+    assert "Traceback" not in app.after_start()
+
+
 # -- signal handlers put back when the app ends
 async def test_signal_handlers_are_put_back_when_the_app_ends():
     import signal

@@ -8,6 +8,8 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widgets import TextArea
 
+from eft_local.tui.escape_keys import printable
+
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "newline")
 PLACEHOLDER = "Message  (Enter send · Shift+Enter/Ctrl+J newline · ↑ earlier messages · F1 help)"
 
@@ -34,6 +36,11 @@ class PromptInput(TextArea):
         if not self.text and self.placeholder and self.content_size.width < 1:
             return Strip.blank(self.size.width)
         return super().render_line(y)
+
+    def _on_paste(self, event: events.Paste) -> None:
+        """Runs before TextArea's own handler (Textual calls each class's along the MRO)."""
+        event.text = printable(event.text)  # also when posted here directly, not through the app
+        event.stop()  # handled here: bubbling up, the app would forward it here a second time
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
