@@ -8,10 +8,13 @@ from pathlib import Path
 
 from eft_local.errors import UserError
 from eft_local.models.profiles import (
+    NO_FILE,
     Profile,
     default_models_dir,
     default_profile_name,
     download_command,
+    expand_user,
+    file_problem,
     get_profile,
     load_profiles,
 )
@@ -35,7 +38,7 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
 
 def models_dir_of(args: argparse.Namespace) -> Path:
     raw = getattr(args, "models_dir", None)
-    return Path(raw).expanduser() if raw else default_models_dir()
+    return expand_user(raw, "--models-dir") if raw else default_models_dir()
 
 
 def add_download_args(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +94,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from eft_local.models.download import file_status, human_size, load_records
+    from eft_local.models.download import human_size, load_records
 
     profiles = load_profiles(args.models_file)
     names = [get_profile(profiles, args.profile).name] if args.profile else list(profiles)
@@ -102,7 +105,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"profiles from: {', '.join(str(s) for s in profiles.sources)}")
     for name in names:
         profile = profiles[name]
-        rows = [(role, *file_status(root, mf, records), mf) for role, mf in profile.files.items()]
+        rows = [(role, *_status(root, mf, records), mf) for role, mf in profile.files.items()]
         mark = " (default)" if name == default else ""
         print(f"\n{name}{mark}: {profile.description}")
         print(f"  {'role':<18} {'status':<10} {'size':>9}  repo_id/filename (or local path)")
@@ -115,8 +118,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(root: Path, mf, records: dict) -> tuple[str, int | None]:
+    """``file_status``, or "unusable" for a path that is there but can't be a model (a name too
+    long, a device, a /proc file): a listing names it instead of failing."""
+    from eft_local.models.download import file_status
+
+    problem = file_problem(mf.local_path(root))
+    return ("unusable", None) if problem and problem != NO_FILE else file_status(root, mf, records)
+
+
 def _print_hint(name: str, rows: list, args: argparse.Namespace) -> None:
     cmd = download_command(name, args.models_file, args.models_dir)
+    for role, status, _, mf in rows:
+        if status == "unusable":
+            print(f"  -> {role}: {mf.key}: {file_problem(mf.local_path(models_dir_of(args)))}")
     if any(status == "missing" for _, status, *_ in rows):
         print(f"  -> missing files: run `{cmd}`")
     elif any(status == "unverified" for _, status, *_ in rows):

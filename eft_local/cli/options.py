@@ -91,7 +91,7 @@ def default_parallel(settings: dict[str, Any]) -> int:
 def resolve_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any], str | None]:
     """Role -> path from --profile, --base/--chat/--reference and --delta/--delta-reference;
     plus the profile's checked defaults (with its delta weights under ``weights``)."""
-    from eft_local.models.profiles import resolve_profile  # reads TOML: only when asked
+    from eft_local.models.profiles import resolve_profile, role_file  # reads TOML: only when asked
 
     overrides = {r: getattr(args, r) for r in ROLES if getattr(args, r, None)}
     deltas = _pairs(getattr(args, "delta", []), "--delta", "NAME=CHAT.gguf")
@@ -103,7 +103,7 @@ def resolve_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str,
         overrides[name + REF_SUFFIX if name != CHAT else REFERENCE] = path
     has_delta = CHAT in overrides or deltas
     if not args.profile and {"base", "reference"} <= set(overrides) and has_delta:
-        return {r: Path(p) for r, p in overrides.items()}, {}, None
+        return {r: role_file(r, p) for r, p in overrides.items()}, {}, None
     resolved = resolve_profile(
         args.profile,
         models_file=getattr(args, "models_file", None),

@@ -136,9 +136,9 @@ def _supervise(host: str, port: int, threads: int, cache: str | None) -> int:
 def _cache_dir(raw: str | None) -> str | None:
     if not raw:
         return None
-    from pathlib import Path
+    from eft_local.models.profiles import expand_user
 
-    path = Path(raw).expanduser()
+    path = expand_user(raw, "--cache")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

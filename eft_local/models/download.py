@@ -40,7 +40,7 @@ from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from eft_local.errors import UserError
-from eft_local.models.profiles import ModelFile, Profile
+from eft_local.models.profiles import ModelFile, Profile, file_problem
 
 PARTIAL_DIR = ".partial"
 RECORD_FILE = ".verified.json"
@@ -402,9 +402,10 @@ def plan(profiles: Iterable[Profile]) -> list[tuple[ModelFile, list[str]]]:
 def _local_outcome(mf: ModelFile) -> Outcome:
     """A profile's own file: nothing to download; say whether it is there."""
     assert mf.local is not None
-    if mf.local.is_file():
+    problem = file_problem(mf.local)
+    if problem is None:
         return Outcome(mf, mf.local, "present", f"local file {mf.local}")
-    return Outcome(mf, mf.local, "failed", f"{mf.local}: no such file (the profile names this local path; fix models.toml)")
+    return Outcome(mf, mf.local, "failed", f"{mf.local}: {problem} (the profile names this local path; fix models.toml)")
 
 
 def run_download(profiles: list[Profile], models_dir: Path, out: IO[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,6 +25,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 from eft_local.errors import UserError
 from eft_local.llama.rpc import parse_rpc_spec
 from eft_local.mix.mixture import REF_SUFFIX, ROLES, check_delta_name
+from eft_local.models.demo import resolve as resolve_demo
 from eft_local.settings import PROFILE_KEYS, check_mapping, check_variant, check_weight
 
 FALLBACK_DEFAULT = "qwen2.5-7b"
@@ -96,7 +98,7 @@ def default_models_dir() -> Path:
     """``$EFT_LOCAL_MODELS_DIR``, else ``$XDG_DATA_HOME/eft-local/models``."""
     explicit = os.environ.get("EFT_LOCAL_MODELS_DIR")
     if explicit:
-        return Path(explicit).expanduser()
+        return expand_user(explicit, "$EFT_LOCAL_MODELS_DIR")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(data).expanduser() / "eft-local" / "models"
 
@@ -110,6 +112,42 @@ def builtin_models_file() -> Path:
     """The built-in profiles: ``eft_local/models.toml``, a link to the repo-root file in a
     checkout and that file's copy in an installed package (one file, one source)."""
     return Path(str(resources.files("eft_local").joinpath("models.toml"))).resolve()
+
+
+def expand_user(raw: str | Path, what: str) -> Path:
+    """``~``/``~user`` expanded; an unknown user (``~nosuchuser/x``) is one line naming ``what``."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:
+        head = str(raw).split("/", 1)[0]
+        raise UserError(f"{what} {raw}: cannot expand {head} (no such user, or no home directory)") from None
+
+
+NO_FILE = "no such file"
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` can't be a model file (None: a non-empty regular file that opens), without
+    raising: a name too long for the system, a directory, a device or a ``/proc`` file (which
+    reads as 0 bytes) is one reason, not an OSError."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return NO_FILE
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, ELOOP, EACCES; ValueError: a NUL byte
+        return getattr(e, "strerror", None) or str(e)
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory, not a model file"
+    if not stat.S_ISREG(st.st_mode):
+        return "a special file (device, fifo or socket), not a model file"
+    if st.st_size == 0:
+        return "an empty file (0 bytes), not a model file"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None
 
 
 # ---------------------------------------------------------------- parsing
@@ -220,7 +258,10 @@ def _parse_local(where: str, role: str, raw: dict, toml_dir: Path) -> ModelFile:
     value = raw["path"]
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise UserError(f"{where}: '{role}.path' must be a file path (absolute, or relative to {toml_dir}), got {value!r}")
-    path = Path(value).expanduser()
+    demo = resolve_demo(value)  # "<miniature>/NAME": the demo family (your build, else the shipped one)
+    if demo is not None:
+        return ModelFile.at(demo)
+    path = expand_user(value, f"{where}: '{role}.path'")
     return ModelFile.at(path if path.is_absolute() else toml_dir / path)
 
 
@@ -309,7 +350,7 @@ def _parse_rpc(where: str, raw: object) -> dict[str, list[str]]:
 
 def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]:
     """Parse one models.toml into (profiles, default name or None)."""
-    path = Path(path).expanduser()
+    path = expand_user(path, "models file")
     data = _read_toml(path)
     unknown = set(data) - {"default", "profiles"}
     if unknown:
@@ -331,7 +372,7 @@ def parse_models_file(path: str | Path) -> tuple[dict[str, Profile], str | None]
 def load_profiles(models_file: str | Path | None = None) -> ProfileSet:
     """Load profiles; ``models_file`` given means only that file is read."""
     result = ProfileSet()
-    sources = [Path(models_file).expanduser()] if models_file else [builtin_models_file()]
+    sources = [expand_user(models_file, "--models-file")] if models_file else [builtin_models_file()]
     if not models_file and user_models_file().is_file():
         sources.append(user_models_file())
     for src in sources:
@@ -370,17 +411,20 @@ def download_command(name: str, models_file: str | Path | None = None, models_di
     return cmd
 
 
-def _check_override(role: str, raw: str | Path) -> Path:
-    path = Path(raw).expanduser()
-    if not path.is_file():
-        flag = (
-            f"--{role}"
-            if role in ROLES
-            else f"--delta-reference {role.removesuffix(REF_SUFFIX)}"
-            if role.endswith(REF_SUFFIX)
-            else f"--delta {role}"
-        )
-        raise UserError(f"{flag} {raw}: no such file")
+def _role_flag(role: str) -> str:
+    """The flag that gives ``role`` a file of one's own."""
+    if role in ROLES:
+        return f"--{role}"
+    return f"--delta-reference {role.removesuffix(REF_SUFFIX)}" if role.endswith(REF_SUFFIX) else f"--delta {role}"
+
+
+def role_file(role: str, raw: str | Path) -> Path:
+    """A file given for ``role`` by a flag, checked (one line naming the flag when it can't be a model)."""
+    flag = _role_flag(role)
+    path = expand_user(raw, flag)
+    problem = file_problem(path)
+    if problem:
+        raise UserError(f"{flag} {raw}: {problem}")
     return path
 
 
@@ -393,13 +437,17 @@ def resolve_profile(
     """Local paths for a profile; ``overrides`` (role -> path) win over the profile and may
     add deltas (roles ``NAME`` / ``NAME.reference``)."""
     profile = get_profile(load_profiles(models_file), name)
-    root = Path(models_dir).expanduser() if models_dir else default_models_dir()
-    paths = {r: _check_override(r, p) for r, p in (overrides or {}).items() if p}
+    root = expand_user(models_dir, "--models-dir") if models_dir else default_models_dir()
+    paths = {r: role_file(r, p) for r, p in (overrides or {}).items() if p}
     missing, missing_local = [], []
     for role, mf in profile.files.items():
         if role not in paths:
             paths[role] = mf.local_path(root)
-            if not paths[role].is_file():
+            problem = file_problem(paths[role])
+            if problem and problem != NO_FILE:
+                where = f"profile '{profile.name}': {role} {paths[role]}"
+                raise UserError(f"{where}: {problem}; fix it in models.toml or pass {_role_flag(role)}")
+            if problem:
                 (missing_local if mf.is_local else missing).append(f"{role} ({mf.key})")
     if missing_local:
         raise UserError(

@@ -398,3 +398,95 @@ def test_run_with_a_local_file_profile(tmp_path, family):
         ]
     )
     assert rc == 0 and out.read_text().count("\n") == 1
+
+
+# -- issue 23 #11: a path that can't be a model file is one line naming profile, role and path --------
+LONG_NAME = "/tmp/" + "a" * 5000 + ".gguf"  # one component past NAME_MAX
+LONG_PATH = "/tmp/" + "a/" * 2100 + "x.gguf"  # short components, past PATH_MAX
+UNUSABLE = [
+    (LONG_NAME, "File name too long"),
+    (LONG_PATH, "File name too long"),
+    ("/proc/self/mem", "empty file"),
+    ("/dev/null", "special file"),
+    ("/dev/zero", "special file"),
+    ("/tmp", "a directory"),
+]
+
+
+def bad_path_profile(tmp_path: Path, family, path: str, role: str = "base") -> Path:
+    files = {"base": family.base, "chat": family.chat, "reference": family.reference}
+    entries = "\n".join(f'{r} = {{ path = "{path if r == role else p}" }}' for r, p in files.items())
+    return write(tmp_path / "m.toml", f"[profiles.p]\n{entries}\n")
+
+
+def run_profile(f: Path, tmp_path: Path, *extra: str) -> list[str]:
+    from tests.conftest import run_cli
+
+    pf = write(tmp_path / "p.txt", "hello\n")
+    r = run_cli("run", "--models-file", str(f), "--profile", "p", "--prompt-file", str(pf), *extra)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("path, reason", [*UNUSABLE, ("~nosuchuser/x.gguf", "cannot expand ~nosuchuser")])
+@pytest.mark.parametrize("role", ["base", "chat"])
+def test_unusable_profile_path_is_one_line_naming_profile_role_and_path(tmp_path, family, path, reason, role):
+    (line,) = run_profile(bad_path_profile(tmp_path, family, path, role), tmp_path)
+    assert "profile 'p'" in line and role in line and path in line and reason in line
+
+
+@pytest.mark.parametrize("path, reason", [*UNUSABLE, ("~nosuchuser/x.gguf", "cannot expand ~nosuchuser")])
+def test_unusable_flag_path_is_one_line_naming_the_flag(tmp_path, family, path, reason):
+    """The same paths given as --base (with and without a profile)."""
+    from tests.conftest import run_cli
+
+    pf = write(tmp_path / "p.txt", "hello\n")
+    args = ["run", "--prompt-file", str(pf), "--base", path, "--chat", str(family.chat), "--reference", str(family.reference)]
+    r = run_cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert f"--base {path}: " in line and reason in line
+
+
+def test_unusable_delta_path_names_the_delta(tmp_path, family):
+    text = bad_path_profile(tmp_path, family, str(family.base)).read_text()
+    f = write(tmp_path / "m.toml", text + '[profiles.p.deltas.style]\nchat = { path = "/proc/self/mem" }\n')
+    (line,) = run_profile(f, tmp_path)
+    assert "profile 'p': style /proc/self/mem: an empty file" in line and "--delta style" in line
+
+
+@pytest.mark.parametrize("flag", ["--models-file", "--models-dir"])
+def test_unknown_user_in_a_models_flag_is_one_line(tmp_path, flag, capsys):
+    from eft_local.cli import main
+
+    assert main(["models", flag, "~nosuchuser/x"]) == 2
+    assert f"{flag} ~nosuchuser/x: cannot expand ~nosuchuser" in capsys.readouterr().err
+
+
+def test_unknown_user_in_the_models_dir_variable_is_one_line(monkeypatch, capsys):
+    from eft_local.cli import main
+
+    monkeypatch.setenv("EFT_LOCAL_MODELS_DIR", "~nosuchuser/models")
+    assert main(["models"]) == 2
+    assert "$EFT_LOCAL_MODELS_DIR ~nosuchuser/models: cannot expand" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path, reason", UNUSABLE)
+def test_models_lists_an_unusable_path_and_says_why(tmp_path, family, path, reason, capsys):
+    from eft_local.cli import main
+
+    assert main(["models", "--models-file", str(bad_path_profile(tmp_path, family, path))]) == 0
+    out = capsys.readouterr().out
+    hint = next(line for line in out.splitlines() if line.startswith("  -> base: "))
+    assert " unusable " in out and f"-> base: {path}: " in hint and reason in hint
+
+
+def test_download_names_an_unusable_local_path(tmp_path, family):
+    import io
+
+    from eft_local.models.download import run_download
+
+    profiles = load_profiles(bad_path_profile(tmp_path, family, LONG_NAME))
+    said = io.StringIO()
+    assert run_download([profiles["p"]], tmp_path / "models", out=said) == 1
+    assert f"{LONG_NAME}: File name too long" in said.getvalue()
