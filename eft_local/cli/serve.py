@@ -21,7 +21,7 @@ from eft_local.cli.options import (
     prepare,
     sampling_args,
 )
-from eft_local.errors import UserError
+from eft_local.errors import UserError, check_text
 from eft_local.server.hosts import is_loopback
 from eft_local.settings import parse_variant
 
@@ -217,6 +217,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    texts = {"--model-name": [args.model_name], "--host": [args.host], "--allowed-host": args.allowed_host}
+    texts.update({"--allow-origin": args.allow_origin, "--variant": args.variant})
+    for flag, values in texts.items():  # (clients see these: a byte that isn't UTF-8 would be a 500 on every request)
+        for value in values:
+            if value is not None:
+                check_text(value, flag)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_queue < 0:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from eft_local.engine.config import GenerationConfig, effective_settings, generation_config
-from eft_local.errors import UserError
+from eft_local.errors import UserError, bad_text_in
 from eft_local.llama.prompts import MESSAGE_ROLES
 from eft_local.mix.mixture import check_known_deltas
 from eft_local.server.redact import scrub
@@ -30,7 +30,7 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 500
 MAX_PROMPTS = 256  # prompts in one completion request (one choice each)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
-ROLES = {**{role: role for role in MESSAGE_ROLES}, "developer": "system"}  # OpenAI's newer name for system
+MESSAGE_ROLE_NAMES = {**{role: role for role in MESSAGE_ROLES}, "developer": "system"}  # OpenAI's newer name for system
 
 
 class ApiError(Exception):
@@ -105,7 +105,8 @@ def _no_constant(name: str) -> Any:
 
 
 def load_json(raw: bytes) -> dict[str, Any]:
-    """Parse the body; NaN/Infinity and non-objects are refused."""
+    """Parse the body; NaN/Infinity, non-objects and text that isn't valid Unicode (a lone
+    surrogate such as ``"\\ud800"``, in any field or key) are refused."""
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
@@ -114,6 +115,10 @@ def load_json(raw: bytes) -> dict[str, Any]:
         raise bad(None, f"the request body is not valid JSON: {str(e).splitlines()[0][:200]}", "invalid_json") from None
     if not isinstance(body, dict):
         raise bad(None, "the request body must be a JSON object", "invalid_json")
+    found = bad_text_in(body)
+    if found:
+        where, problem = found
+        raise bad(where, f"'{where}' is not valid Unicode: {problem}", "invalid_value")
     return body
 
 
@@ -121,7 +126,7 @@ def load_json(raw: bytes) -> dict[str, Any]:
 # Generation settings come from the one schema (``settings.SETTINGS``): the same names, types,
 # ranges and defaults as the command line and JSONL rows. HTTP adds only OpenAI's own fields.
 HTTP_SETTINGS = ROW_KEYS  # the per-prompt settings: alpha, beta, temperature, top_p, top_k, …, draft_tokens, stop
-ALIASES = {"max_completion_tokens": "max_tokens"}  # OpenAI's newer name wins over max_tokens
+TOKEN_LIMIT = ("max_tokens", "max_completion_tokens")  # one limit: OpenAI's older and newer names for it
 
 
 def _typed(name: str, v: Any) -> None:
@@ -154,7 +159,7 @@ def setting(name: str, v: Any, field_name: str | None = None) -> Any:
         stops = [v] if isinstance(v, str) else v
         if len(stops) > MAX_STOP or any(len(x) > MAX_STOP_CHARS for x in stops):
             raise bad(field_name, f"'{field_name}' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
-        v = [_utf8(field_name, x) for x in stops if x]  # "" stops nothing: dropped, as OpenAI does
+        v = [x for x in stops if x]  # "" stops nothing: dropped, as OpenAI does
     try:
         return SETTINGS[name].check(v, f"'{field_name}'")
     except UserError as e:
@@ -177,14 +182,6 @@ def _one(name: str, v: Any) -> int:
     return 1
 
 
-def _utf8(where: str, text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad(where, f"'{where}' holds a lone surrogate (\\ud800-\\udfff): not encodable as UTF-8") from None
-    return text
-
-
 def parse_messages(v: Any) -> list[dict[str, str]]:
     if not isinstance(v, list) or not v:
         raise bad("messages", "'messages' must be a non-empty list of {role, content}", "invalid_type")
@@ -194,9 +191,11 @@ def parse_messages(v: Any) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise bad(where, f"'{where}' must be an object with role and content", "invalid_type")
         role = m.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}")
-        out.append({"role": ROLES[role], "content": _content(f"{where}.content", m.get("content"))})
+        if not isinstance(role, str) or role not in MESSAGE_ROLE_NAMES:
+            raise bad(
+                f"{where}.role", f"'{where}.role' must be one of {', '.join(MESSAGE_ROLE_NAMES)}, got {json.dumps(role)[:40]}"
+            )
+        out.append({"role": MESSAGE_ROLE_NAMES[role], "content": _content(f"{where}.content", m.get("content"))})
     return out
 
 
@@ -204,13 +203,13 @@ def _content(where: str, c: Any) -> str:
     if c is None:
         return ""
     if isinstance(c, str):
-        return _utf8(where, c)
+        return c
     if isinstance(c, list):  # content parts: text only
         parts = []
         for p in c:
             if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
                 raise bad(where, f'\'{where}\' may only hold text parts ({{"type": "text", "text": ...}})')
-            parts.append(_utf8(where, p["text"]))
+            parts.append(p["text"])
         return "".join(parts)
     raise bad(where, f"'{where}' must be a string or a list of text parts", "invalid_type")
 
@@ -240,7 +239,7 @@ def _prompts(v: Any, *, n_vocab: int, n_ctx: int) -> list[Prompt]:
 def _text_prompt(where: str, text: str) -> str:
     if not text:
         raise bad(where, f"'{where}' is empty: send the text to complete (or score)")
-    return _utf8(where, text)
+    return text
 
 
 def _ids(where: str, ids: list[int], n_vocab: int, n_ctx: int) -> list[int]:
@@ -303,10 +302,11 @@ def parse(
     _refuse_unsupported(body)
     echo = kind != "chat" and body.get("echo") is not None and setting("echo", body["echo"])
     body = dict(body)
+    limit_field = _token_limit(body)
     scoring_only = echo and body.get("max_tokens") == 0 and not isinstance(body["max_tokens"], bool)
     if scoring_only:
         del body["max_tokens"]  # max_tokens 0 with echo: score the prompt, generate nothing
-    effective = effective_settings(settings, _settings_layer(body, deltas))
+    effective = effective_settings(settings, _settings_layer(body, deltas, limit_field))
     effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
     config = _config(kind, body, effective)
     stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
@@ -335,15 +335,29 @@ def _refuse_fixed(body: Mapping[str, Any]) -> None:
         raise bad(fixed, f"'{fixed}' is fixed when the server starts ({flag}); it can't change per request", "unsupported_value")
 
 
-def _settings_layer(body: Mapping[str, Any], deltas: Sequence[str]) -> dict[str, Any]:
-    """The request's own settings (and aliases, and delta weights), each checked by its Setting."""
+def _token_limit(body: dict[str, Any]) -> str:
+    """``max_completion_tokens`` (chat and completions alike) moved to ``max_tokens``, which it
+    means; both given with different values is a 400. Returns the field the limit came from."""
+    given = [name for name in TOKEN_LIMIT if body.get(name) is not None]
+    if len(given) == 2:
+        old, new = body["max_tokens"], body["max_completion_tokens"]
+        if isinstance(old, bool) or isinstance(new, bool) or old != new:
+            raise bad(
+                "max_completion_tokens",
+                f"'max_tokens' ({json.dumps(old)[:40]}) and 'max_completion_tokens' ({json.dumps(new)[:40]}) disagree: "
+                "they are the same limit; send one of them",
+            )
+    if "max_completion_tokens" in given:
+        body["max_tokens"] = body.pop("max_completion_tokens")
+    return given[-1] if given else "max_tokens"
+
+
+def _settings_layer(body: Mapping[str, Any], deltas: Sequence[str], limit_field: str = "max_tokens") -> dict[str, Any]:
+    """The request's own settings (and delta weights), each checked by its Setting."""
     layer: dict[str, Any] = {}
     for name in HTTP_SETTINGS:
         if body.get(name) is not None:
-            layer[name] = setting(name, body[name])
-    for alias, name in ALIASES.items():
-        if body.get(alias) is not None:
-            layer[name] = setting(name, body[alias], alias)
+            layer[name] = setting(name, body[name], limit_field if name == "max_tokens" else name)
     if body.get("weights") is not None:
         try:
             layer["weights"] = check_weights(body["weights"], "'weights'")

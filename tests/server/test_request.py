@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from eft_local.server.request import ApiError, parse
 from tests.conftest import server_settings
@@ -45,3 +46,50 @@ def test_every_field_of_every_json_type_is_a_400_or_accepted_never_a_crash():
             parse(kind, body, settings, n_ctx=512)
         except ApiError as e:
             assert e.status in (400, 413) and (e.param is None or isinstance(e.param, str)), e.message
+
+
+# -- issue 23 item 7: max_completion_tokens is max_tokens wherever it is taken --------------------------------
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+def test_either_name_of_the_token_limit_is_honoured(kind, name):
+    body = {"messages": [{"role": "user", "content": "hi"}]} if kind == "chat" else {"prompt": "hi"}
+    assert parse(kind, {**body, name: 7}, server_settings(), n_ctx=512).config.max_tokens == 7
+    assert (
+        parse(kind, {**body, "max_tokens": 7, "max_completion_tokens": 7.0}, server_settings(), n_ctx=512).config.max_tokens == 7
+    )
+    with pytest.raises(ApiError, match=f"^'{name}' must be in") as e:
+        parse(kind, {**body, name: -1}, server_settings(), n_ctx=512)
+    assert e.value.param == name
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize(("old", "new"), [(0, 5), (5, 0), (3, 4), (True, 1), (4, "4")])
+def test_contradicting_token_limits_are_a_400(kind, old, new):
+    body = {"messages": [{"role": "user", "content": "hi"}]} if kind == "chat" else {"prompt": "hi", "echo": True}
+    with pytest.raises(ApiError, match="'max_tokens' .* and 'max_completion_tokens' .* disagree") as e:
+        parse(kind, {**body, "max_tokens": old, "max_completion_tokens": new}, server_settings(), n_ctx=512)
+    assert e.value.status == 400 and e.value.param == "max_completion_tokens"
+
+
+def test_echo_with_max_completion_tokens_0_scores_only_and_5_generates():
+    score = parse("completion", {"prompt": "hi", "echo": True, "max_completion_tokens": 0}, server_settings(), n_ctx=512)
+    assert score.echo and not score.generate
+    gen = parse("completion", {"prompt": "hi", "echo": True, "max_completion_tokens": 5}, server_settings(), n_ctx=512)
+    assert gen.echo and gen.generate and gen.config.max_tokens == 5
+
+
+def test_the_issue_example_is_a_400_and_either_field_alone_works_over_http(serve):
+    srv = serve()
+    url = srv.url + "/v1/completions"
+    r = httpx.post(url, json={"prompt": "hello", "max_tokens": 0, "echo": True, "max_completion_tokens": 5, "logprobs": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens", r.text
+    r = httpx.post(url, json={"prompt": "hello", "echo": True, "max_completion_tokens": 5, "temperature": 0}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0, r.text
+    assert r.json()["choices"][0]["text"].startswith("hello")
+    r = httpx.post(url, json={"prompt": "hello", "echo": True, "max_completion_tokens": 0, "logprobs": 1}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 0, r.text
+    chat = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    r = httpx.post(srv.url + "/v1/chat/completions", json={**chat, "max_completion_tokens": 3}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+    r = httpx.post(srv.url + "/v1/chat/completions", json={**chat, "max_tokens": 2, "max_completion_tokens": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
