@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from eft_local.batch.prompt_file import json_safe
-from eft_local.errors import UserError
+from eft_local.errors import UserError, unicode_problem
 
 _FD_ALIASES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 
@@ -446,11 +446,17 @@ def _to_device(target: Target) -> Iterator[IO[str]]:
 
 def row_json(row: dict) -> str:
     """One row as strict JSON (RFC 8259: no NaN/Infinity, which ``json.dumps`` writes by
-    default); raw non-ASCII (U+2028 included) is valid JSON and stays readable."""
+    default); raw non-ASCII (U+2028 included) is valid JSON and stays readable. Text that isn't
+    valid Unicode (only an error row echoes it: its ``error`` says why) is written with each
+    lone surrogate as U+FFFD, so the line is UTF-8."""
     try:
-        return json.dumps(row, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(row, ensure_ascii=False, allow_nan=False)
     except ValueError:
-        return json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False)
+    return text if unicode_problem(text) is None else _SURROGATE.sub("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _silence_stdout() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from eft_local.errors import UserError
+from eft_local.errors import UserError, bad_text_in, unicode_problem
 from eft_local.llama.prompts import MESSAGE_ROLES
 from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check, check_weights
 
@@ -38,7 +38,9 @@ def read_prompt_file(path: str | Path) -> list[PromptItem]:
     ``-`` reads standard input, and a pipe such as ``<(command)`` is read too: JSONL when its
     first non-blank line starts with ``{``, else one prompt per line (a ``.txt``/``.jsonl``
     name decides instead). A UTF-8 byte-order mark at the start is dropped. Lines end at
-    ``\n`` or ``\r\n`` only (U+2028, U+0085 or a form feed are part of a prompt).
+    ``\n`` or ``\r\n`` only (U+2028, U+0085 or a form feed are part of a prompt). A row
+    holding text that isn't valid Unicode (a byte that is not UTF-8, or ``"\ud800"`` in JSON)
+    is an error row; the others run.
     """
     if str(path) == "-":
         return _read_stdin()
@@ -61,10 +63,13 @@ def read_prompt_file(path: str | Path) -> list[PromptItem]:
 
 
 def read_text(f: IO[bytes], where: str, max_bytes: int = MAX_FILE_BYTES, max_line: int = MAX_LINE_BYTES) -> str:
-    """All of ``f`` as UTF-8 text, read in chunks: one UserError as soon as it is not UTF-8,
-    passes ``max_bytes``, or a line passes ``max_line`` (``/dev/urandom`` fails in the first
-    chunk, ``/dev/zero`` after one line's worth). A leading byte-order mark is dropped."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    """All of ``f`` as text, read in chunks: one UserError as soon as it is binary (NUL bytes
+    and bytes that aren't UTF-8 in one chunk), passes ``max_bytes``, or a line passes
+    ``max_line`` (``/dev/urandom`` fails in the first chunk, ``/dev/zero`` after one line's
+    worth). Other bytes that aren't UTF-8 are kept as ``surrogateescape`` keeps them
+    (U+DC80..U+DCFF), so that only their row fails (``errors.unicode_problem``). A leading
+    byte-order mark is dropped."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     parts: list[str] = []
     total = line_len = newlines = 0
     size = min(_CHUNK, max_line)  # so that a line inside one chunk is never too long
@@ -80,16 +85,11 @@ def read_text(f: IO[bytes], where: str, max_bytes: int = MAX_FILE_BYTES, max_lin
         _check_line(line_len, max_line, newlines + 1, where)
         if total > max_bytes:
             raise UserError(f"prompt file {where} is larger than {_mib(max_bytes)}; split it into several runs")
-        parts.append(_decode(decoder, chunk, where))
-    parts.append(_decode(decoder, b"", where, final=True))
+        parts.append(decoder.decode(chunk))
+        if b"\0" in chunk and unicode_problem(parts[-1]):  # NUL bytes and bytes that aren't UTF-8: binary
+            raise UserError(f"prompt file is not UTF-8 text: {where}")
+    parts.append(decoder.decode(b"", True))
     return "".join(parts).removeprefix("\ufeff")  # a BOM (Windows editors) is not part of prompt 1
-
-
-def _decode(decoder: codecs.IncrementalDecoder, chunk: bytes, where: str, final: bool = False) -> str:
-    try:
-        return decoder.decode(chunk, final)
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file is not UTF-8 text: {where}") from None
 
 
 def _check_line(length: int, max_line: int, lineno: int, where: str) -> None:
@@ -128,17 +128,20 @@ def _read_stdin() -> list[PromptItem]:
 
 
 def _parse(content: str, name: str, *, jsonl: bool, where: str) -> list[PromptItem]:
-    if jsonl:
-        items = _read_jsonl(name, content)
-    else:
-        items = [PromptItem(id=i, prompt=line, text=line) for i, line in enumerate(_lines(content))]
+    items = _read_jsonl(name, content) if jsonl else _read_lines(content)
     if not items:
         raise UserError(f"prompt file has no prompts: {where}")
     return items
 
 
-def _lines(content: str) -> list[str]:
-    return [line for line in split_lines(content) if line.strip()]
+def _read_lines(content: str) -> list[PromptItem]:
+    items = []
+    for lineno, line in enumerate(split_lines(content), 1):
+        if line.strip():
+            problem = unicode_problem(line)
+            error = f"line {lineno}: the prompt is not valid Unicode: {problem}" if problem else None
+            items.append(PromptItem(id=len(items), prompt=line, text=line, error=error))
+    return items
 
 
 def _read_jsonl(name: str, content: str) -> list[PromptItem]:
@@ -194,6 +197,10 @@ def json_safe(value: Any) -> Any:
 
 def _item(obj: dict, index: int, lineno: int) -> PromptItem:
     pid = json_safe(obj.get("id", index))
+    bad = bad_text_in(obj)
+    if bad:  # echoed with each bad character as U+FFFD (batch.output.row_json); the error says why
+        echo = json_safe(obj.get("prompt", obj.get("messages")))
+        return PromptItem(pid, echo, error=f"line {lineno}: {bad[0]} is not valid Unicode: {bad[1]}")
     if pid != obj.get("id", index):  # NaN/Infinity: echoed as a string, and the row fails
         return PromptItem(pid, json_safe(obj.get("prompt", obj.get("messages"))), error=f"line {lineno}: {_BAD_ID}")
     try:

@@ -103,7 +103,7 @@ def resolve_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str,
         overrides[name + REF_SUFFIX if name != CHAT else REFERENCE] = path
     has_delta = CHAT in overrides or deltas
     if not args.profile and {"base", "reference"} <= set(overrides) and has_delta:
-        return {r: role_file(r, p) for r, p in overrides.items()}, {}, None
+        return {r: role_file(r, p, missing_ok=True) for r, p in overrides.items()}, {}, None
     resolved = resolve_profile(
         args.profile,
         models_file=getattr(args, "models_file", None),

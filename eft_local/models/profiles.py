@@ -418,12 +418,13 @@ def _role_flag(role: str) -> str:
     return f"--delta-reference {role.removesuffix(REF_SUFFIX)}" if role.endswith(REF_SUFFIX) else f"--delta {role}"
 
 
-def role_file(role: str, raw: str | Path) -> Path:
-    """A file given for ``role`` by a flag, checked (one line naming the flag when it can't be a model)."""
+def role_file(role: str, raw: str | Path, missing_ok: bool = False) -> Path:
+    """A file given for ``role`` by a flag, checked (one line naming the flag when it can't be a
+    model); ``missing_ok``: a missing one is left to the loader's check (``model file not found``)."""
     flag = _role_flag(role)
     path = expand_user(raw, flag)
     problem = file_problem(path)
-    if problem:
+    if problem and not (missing_ok and problem == NO_FILE):
         raise UserError(f"{flag} {raw}: {problem}")
     return path
 
