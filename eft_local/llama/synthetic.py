@@ -87,7 +87,7 @@ class ModelSpec:
     chat_template: str | None = None
     eos_id: int = EOS
     name: str = "synthetic"
-    extra_kv: dict[str, str] = field(default_factory=dict)
+    extra_kv: dict[str, str | bool] = field(default_factory=dict)
 
 
 def _weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
@@ -184,7 +184,10 @@ def _write(path: Path, spec: ModelSpec, t: dict, texts: list, scores: list, type
     if spec.chat_template:
         w.add_chat_template(spec.chat_template)
     for key, value in spec.extra_kv.items():
-        w.add_string(key, value)
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        else:
+            w.add_string(key, value)
     for name, arr in t.items():
         w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
     w.write_header_to_file()

@@ -1,0 +1,165 @@
+"""``scripts/miniature.py build``: world, tokenizer, four models, GGUFs, world.jsonl, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from miniature.world import World, WorldConfig, make_world
+
+FILES = ("small-base.gguf", "large-base.gguf", "small-chat.gguf", "small-chat-2.gguf", "world.jsonl")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    world: WorldConfig
+    small: dict  # Shape fields
+    large: dict
+    small_sched: dict  # Schedule fields
+    large_sched: dict
+    chat_sched: dict
+
+
+FULL = BuildConfig(
+    world=WorldConfig(n_entities=1000, n_given=32, n_family=32),
+    small=dict(n_embd=64, n_layer=2, n_head=4, n_ff=192),
+    large=dict(n_embd=96, n_layer=4, n_head=4, n_ff=288),
+    small_sched=dict(lr=3e-3, max_steps=1000, min_steps=200, batch=128),
+    large_sched=dict(lr=3e-3, max_steps=1500, min_steps=200, batch=128),
+    chat_sched=dict(lr=1e-3, max_steps=300, min_steps=100, batch=64, target=0.95),
+)
+QUICK = BuildConfig(
+    world=WorldConfig(n_entities=300, n_given=20, n_family=20),
+    small=dict(n_embd=48, n_layer=2, n_head=4, n_ff=128),
+    large=dict(n_embd=80, n_layer=3, n_head=4, n_ff=224),
+    small_sched=dict(lr=3e-3, max_steps=400, min_steps=100, batch=64),
+    large_sched=dict(lr=3e-3, max_steps=450, min_steps=100, batch=64),
+    chat_sched=dict(lr=1e-3, max_steps=200, min_steps=60, batch=64, target=0.95),
+)
+N_CTX = 256  # context length written into the GGUFs (training rows are 33 tokens)
+
+
+def default_out() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(cache).expanduser() / "eft-local" / "miniature"
+
+
+def world_for(quick: bool, seed: int) -> World:
+    cfg = QUICK if quick else FULL
+    return make_world(WorldConfig(**{**asdict(cfg.world), "seed": seed}))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build(out: Path, *, quick: bool = False, seed: int = 0) -> dict:
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+    import jax
+
+    from miniature.export import write_gguf
+    from miniature.model import Shape, n_params
+    from miniature.tokenizer import Tokenizer
+    from miniature.train import Corpus, Schedule, finetune_batches, pretrain_batches, probe_set, train
+
+    jax.config.update("jax_platforms", "cpu")
+    cfg = QUICK if quick else FULL
+    t0 = time.monotonic()
+    world = world_for(quick, seed)
+    tok = Tokenizer.for_world(world)
+    out.mkdir(parents=True, exist_ok=True)
+    small = Shape(n_vocab=tok.n_vocab, n_ctx=N_CTX, **cfg.small)
+    large = Shape(n_vocab=tok.n_vocab, n_ctx=N_CTX, **cfg.large)
+    log(
+        f"miniature build ({'quick' if quick else 'full'}, seed {seed}) -> {out}: {len(world.entities)} entities, "
+        f"{len(world.facts)} facts, {tok.n_vocab} tokens; expect {'about 1-2 min' if quick else 'about 15-20 min'} "
+        "on 2 idle CPU cores"
+    )
+    a = Corpus(tok, world.by_split("A-tuned", "A-held"))
+    ab = Corpus(tok, world.facts)
+    tuned = Corpus(tok, world.by_split("A-tuned"))
+    stats: dict[str, dict] = {}
+
+    log("[1/4] small-base: pre-training on set A")
+    sb, stats["small-base"] = train(
+        "small-base",
+        small,
+        Schedule(**cfg.small_sched),
+        pretrain_batches(a, seed * 1000 + 1, cfg.small_sched["batch"]),
+        probe_set(a, None, 256, seed * 1000 + 2),
+        seed * 1000 + 3,
+    )
+    write_gguf(out / "small-base.gguf", "small-base", small, sb, tok)
+    log("[2/4] large-base: pre-training on sets A and B")
+    lb, stats["large-base"] = train(
+        "large-base",
+        large,
+        Schedule(**cfg.large_sched),
+        pretrain_batches(ab, seed * 1000 + 11, cfg.large_sched["batch"]),
+        probe_set(ab, None, 256, seed * 1000 + 12),
+        seed * 1000 + 13,
+    )
+    write_gguf(out / "large-base.gguf", "large-base", large, lb, tok)
+    for k, (name, style) in enumerate((("small-chat", "closing"), ("small-chat-2", "bare"))):
+        log(f"[{3 + k}/4] {name}: fine-tuning small-base on set A dialogues ({style} style)")
+        ch, stats[name] = train(
+            name,
+            small,
+            Schedule(**cfg.chat_sched),
+            finetune_batches(tuned, style, seed * 1000 + 21 + k, cfg.chat_sched["batch"]),
+            probe_set(tuned, style, 256, seed * 1000 + 22 + k),
+            seed,
+            params=sb,
+        )
+        write_gguf(out / f"{name}.gguf", name, small, ch, tok)
+    world.write_jsonl(out / "world.jsonl")
+    stats["small-base"]["params"] = n_params(sb)
+    stats["large-base"]["params"] = n_params(lb)
+    manifest = {
+        "seed": seed,
+        "quick": quick,
+        "config": json.loads(json.dumps(asdict(cfg))),
+        "n_vocab": tok.n_vocab,
+        "training": stats,
+        "sha256": {f: sha256(out / f) for f in FILES},
+        "build_seconds": round(time.monotonic() - t0, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"python {platform.python_version()}, jax {jax.__version__}".replace("  ", " "),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    log(f"done in {manifest['build_seconds']:.0f}s: {', '.join(FILES)} in {out}")
+    return manifest
+
+
+def check(seed: int | None = None) -> int:
+    """Rebuild the shipped family (its manifest's seed and size) in a temporary folder and
+    compare every file's sha256 with the shipped manifest; 0 when all match."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from eft_local.models.demo import shipped_dir
+
+    shipped = json.loads((shipped_dir() / "manifest.json").read_text())
+    seed = shipped["seed"] if seed is None else seed
+    with tempfile.TemporaryDirectory(prefix="miniature-check-") as tmp:
+        built = build(Path(tmp), quick=shipped["quick"], seed=seed)
+    bad = [f for f in FILES if built["sha256"][f] != shipped["sha256"].get(f)]
+    for f in FILES:
+        log(f"  {'same     ' if f not in bad else 'DIFFERENT'} {f}")
+    log("the rebuild matches the shipped family" if not bad else f"{len(bad)} file(s) differ from the shipped family")
+    return 1 if bad else 0

@@ -1,0 +1,41 @@
+"""Argument parsing for ``scripts/miniature.py``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from miniature.build import default_out
+
+    ap = argparse.ArgumentParser(prog="miniature.py", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the family (deterministic from --seed)")
+    b.add_argument("--quick", action="store_true", help="a smaller world and models (about 1-2 minutes)")
+    b.add_argument("--out", type=Path, default=None, help=f"output folder (default {default_out()})")
+    b.add_argument("--seed", type=int, default=None, help="world and training seed (default 0; --check: the shipped one)")
+    b.add_argument(
+        "--check", action="store_true", help="rebuild into a temporary folder and compare with the shipped files' hashes"
+    )
+    r = sub.add_parser("report", help="run the experiment through eft-local and write docs/miniature.md")
+    r.add_argument("--models-dir", type=Path, default=None, help="family folder (default: what the miniature profile finds)")
+    r.add_argument("--out", type=Path, default=Path("docs/miniature.md"))
+    r.add_argument("--n", type=int, default=100, help="questions per split")
+    r.add_argument("--eft-local", default=None, help="eft-local executable (default: the one beside this Python)")
+    args = ap.parse_args(argv)
+    if args.cmd == "build":
+        from miniature import build
+
+        if args.check:
+            return build.check(seed=args.seed)
+        build.build(args.out or default_out(), quick=args.quick, seed=args.seed or 0)
+        return 0
+    from miniature import report
+
+    return report.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
