@@ -33,10 +33,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
     paths: dict[str, Path] | None = None
     defaults: dict[str, Any] = {}
     profile_name = None
+    welcome = None
     try:
         paths, defaults, profile_name = resolve_models(args)
     except UserError as e:
         load_error = str(e)
+        missing = _default_not_downloaded(args)
+        if missing:  # first run: open on the demo family that ships with eft-local
+            from eft_local.models import demo
+
+            args.profile = demo.PROFILE
+            try:
+                paths, defaults, profile_name = resolve_models(args)
+                load_error, welcome = None, demo.welcome(missing)
+            except UserError:
+                args.profile = None
     settings = resolve_settings(args, defaults)
     settings["rpc"] = {}
     if paths is not None:
@@ -58,4 +69,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
         stop=tuple(settings["stop"]),
         draft_with=settings["draft_with"],
         rpc=settings["rpc"],
+        welcome=welcome,
     )
+
+
+def _default_not_downloaded(args: argparse.Namespace) -> str | None:
+    """The default profile's name when the app was started plainly (no --profile, no model
+    flags) and that profile's hub files are not all downloaded; else None."""
+    from eft_local.mix.mixture import ROLES
+    from eft_local.models.profiles import default_models_dir, get_profile, load_profiles
+
+    if args.profile or any(getattr(args, r, None) for r in ROLES) or getattr(args, "delta", None):
+        return None
+    try:
+        profile = get_profile(load_profiles(getattr(args, "models_file", None)), None)
+    except UserError:
+        return None
+    root = Path(args.models_dir).expanduser() if getattr(args, "models_dir", None) else default_models_dir()
+    hub = [mf for mf in profile.files.values() if not mf.is_local]
+    return profile.name if hub and not all(mf.local_path(root).is_file() for mf in hub) else None
