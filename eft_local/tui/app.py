@@ -39,11 +39,14 @@ from eft_local.tui.screens.system_prompt import SystemPromptScreen
 from eft_local.tui.settings import ChatSettings
 from eft_local.tui.stream import GenerationFinished, Pacer, StatsUpdated
 from eft_local.tui.widgets.chat_view import AssistantMessage, ChatView
+from eft_local.tui.widgets.fitted import Fitted
 from eft_local.tui.widgets.load_panel import ErrorPanel, LoadPanel
 from eft_local.tui.widgets.main_area import MainArea
 from eft_local.tui.widgets.prompt_input import PromptInput
 from eft_local.tui.widgets.settings_panel import SettingsPanel
 from eft_local.tui.widgets.status_bar import StatusBar
+
+COMPACT_FOOTER = 100  # columns below which the footer's keys sit closer together
 
 
 class EftChatApp(App[int]):
@@ -117,18 +120,19 @@ class EftChatApp(App[int]):
                 if self.welcome and not self.load_error:
                     yield Static(self.welcome, id="welcome", markup=False)
                 yield ChatView(id="chat")
-                yield Static(delta.legend(), id="legend")
+                yield Fitted(delta.legend_forms, id="legend")
                 yield PromptInput(id="prompt")
             yield SettingsPanel(self.settings, id="settings")
         yield StatusBar(id="status")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # Ctrl+P still opens it; its room goes to our keys
 
     def on_mount(self) -> None:
         self._uninstall_signals = signals.install(self._end_by_signal)
         self.query_one("#legend").display = False
         self.main_area.fit(self.size.width)
+        self.query_one(Footer).compact = self.size.width < COMPACT_FOOTER
         self.prompt_input.focus()
-        self._status(state="error" if self.load_error else "loading", settings=self.settings.describe())
+        self._status(state="error" if self.load_error else "loading", settings=self.settings.describe_forms())
         try:
             self.history = HistoryStore(self._history_path)
         except Exception as e:  # a broken history file must not stop the chat
@@ -136,6 +140,7 @@ class EftChatApp(App[int]):
 
     def on_resize(self, event) -> None:
         self.main_area.fit(event.size.width)
+        self.query_one(Footer).compact = event.size.width < COMPACT_FOOTER  # every key shows at 80 columns
 
     @property
     def main_area(self) -> MainArea:
@@ -308,8 +313,12 @@ class EftChatApp(App[int]):
     def action_preset(self, name: str) -> None:
         self.query_one(SettingsPanel).apply_preset(name)
 
+    def on_settings_panel_done(self, _: SettingsPanel.Done) -> None:
+        self.main_area.uncover_chat()
+        self.prompt_input.focus()
+
     def on_settings_panel_changed(self, message: SettingsPanel.Changed) -> None:
-        self._status(settings=self.settings.describe())
+        self._status(settings=self.settings.describe_forms())
 
     def action_system_prompt(self) -> None:
         def done(text: str | None) -> None:

@@ -44,13 +44,29 @@ def render(spans: Iterable[Span]) -> Text:
     return append_spans(Text(), spans)
 
 
-def legend() -> Text:
-    t = Text("delta view  ")
-    t.append(" fine-tuning raised ", _STYLES[(1, 2)])
-    t.append(" ")
-    t.append(" base preferred ", _STYLES[(-1, 2)])
-    t.append("  uncoloured: EFT ≈ base (knowledge)  ·  log p_EFT − log p_base", "dim")
-    return t
+def legend_forms() -> list[Text]:
+    """The delta view's legend, most detailed first (the widget shows the first that fits)."""
+
+    def legend(title: str, raised: str, preferred: str, rest: str) -> Text:
+        t = Text(title)
+        t.append(f" {raised} ", _STYLES[(1, 2)])
+        t.append(" ")
+        t.append(f" {preferred} ", _STYLES[(-1, 2)])
+        t.append(rest, "dim")
+        return t
+
+    return [
+        legend(
+            "delta view  ",
+            "fine-tuning raised",
+            "base preferred",
+            "  uncoloured: EFT ≈ base (knowledge)  ·  log p_EFT − log p_base",
+        ),
+        legend("delta view  ", "fine-tuning raised", "base preferred", "  uncoloured: EFT ≈ base (knowledge)"),
+        legend("delta  ", "tuning raised", "base preferred", "  plain: EFT ≈ base"),
+        legend("Δ ", "tuned ↑", "base ↑", " plain ≈ base"),
+        legend("", "tuned", "base", ""),
+    ]
 
 
 def summary(spans: Iterable[Span]) -> str:

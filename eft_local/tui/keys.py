@@ -7,6 +7,7 @@ from textual.binding import Binding
 # key, action, footer label, help text, shown in footer, priority (beats the prompt's own keys)
 KEYS: list[tuple[str, str, str, str, bool, bool]] = [
     ("escape", "stop", "Stop", "stop generating (keeps the partial answer); else back to the prompt", True, False),
+    ("f1", "help", "Help", "this help", True, False),
     ("ctrl+r", "regenerate", "Regen", "answer the last message again", True, False),
     ("ctrl+t", "toggle_delta", "Delta", "delta view: colour tokens by log p_EFT − log p_base", True, False),
     ("ctrl+b", "compare", "Compare", "answer with base alone / chat alone / EFT side by side", True, False),
@@ -20,7 +21,6 @@ KEYS: list[tuple[str, str, str, str, bool, bool]] = [
     ("ctrl+y", "copy_answer", "Copy", "copy the last answer (OSC 52 clipboard)", False, True),
     ("f3", "copy_code", "Copy code", "copy the last code block of the answers", False, False),
     ("f4", "export", "Export", "export the chat to Markdown in the current directory", False, False),
-    ("f1", "help", "Help", "this help", True, False),
     ("ctrl+q", "quit", "Quit", "quit", True, True),
 ]
 

@@ -99,8 +99,14 @@ class ChatSettings:
         return describe_mix({d: s.weights.get(d, 1.0) for d in self.deltas}, s.alpha, s.beta)
 
     def describe(self) -> str:
+        return self.describe_forms()[0]
+
+    def describe_forms(self) -> tuple[str, str, str]:
+        """``EFT α=1 β=1 T=0.7 top-p=0.95 spec adaptive``, then without speculation, then the mode."""
         s = self.sampling
         spec = "off" if not self.speculative else f"k={self.block_size}" if self.block_size else "adaptive"
         temp = "greedy" if s.temperature == 0 else f"T={s.temperature:g}"
         top_p = f" top-p={s.top_p:g}" if s.top_p < 1 else ""
-        return f"{PRESETS[self.mode][0]} {self.mix()} {temp}{top_p} spec {spec}"
+        mode = PRESETS[self.mode][0]
+        short = f"{mode} {self.mix()} {temp}{top_p}"
+        return f"{short} spec {spec}", short, mode

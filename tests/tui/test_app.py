@@ -70,8 +70,10 @@ async def test_invalid_setting_is_flagged_and_not_used(tui_family, spy):
         app = await loaded(pilot)
         await pilot.press("ctrl+g", "tab", "tab")
         assert app.focused.id == "temperature"
-        await pilot.press("minus", "1", "escape")
+        await pilot.press("minus", "1")
         assert "temperature" in str(app.query_one("#settings-error").render())
+        await pilot.press("escape")  # left invalid: the field shows the value in force again
+        assert app.query_one("#temperature", Input).value == f"{SETTINGS['temperature'].default:g}"
         await send(pilot, "hi")
         assert spy[-1][1].sampling.temperature == SETTINGS["temperature"].default  # the last valid value
 

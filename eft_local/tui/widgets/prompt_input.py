@@ -3,6 +3,7 @@ first/last line walk through the messages sent in this session (like a shell).""
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from textual import events
 from textual.message import Message
 from textual.strip import Strip
@@ -11,7 +12,13 @@ from textual.widgets import TextArea
 from eft_local.tui.escape_keys import printable
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "newline")
-PLACEHOLDER = "Message  (Enter send · Shift+Enter/Ctrl+J newline · ↑ earlier messages · F1 help)"
+PLACEHOLDERS = (  # the first that fits the prompt's width shows
+    "Message  (Enter send · Shift+Enter/Ctrl+J newline · ↑ earlier messages · F1 help)",
+    "Message  (Enter send · Ctrl+J newline · ↑ earlier · F1 help)",
+    "Message  (Enter send · F1 help)",
+    "Message",
+)
+PLACEHOLDER = PLACEHOLDERS[0]
 
 
 class PromptInput(TextArea):
@@ -28,7 +35,8 @@ class PromptInput(TextArea):
         self._draft = ""  # what was typed before browsing started
 
     def on_resize(self, event: events.Resize) -> None:
-        self.placeholder = PLACEHOLDER if event.size.width >= 12 else ""  # too narrow to read
+        width = self.content_size.width - 1  # the cursor's cell
+        self.placeholder = next((p for p in PLACEHOLDERS if cell_len(p) <= width), "")
 
     def render_line(self, y: int) -> Strip:
         # TextArea wraps its placeholder to the content width: at width 0 (a tiny terminal,

@@ -23,15 +23,23 @@ FIELDS = (  # input id, label, hint
 
 
 class SettingsPanel(VerticalScroll):
+    """Every valid change applies at once. A field left with a value that isn't valid (Tab, Esc,
+    Enter, a click elsewhere) shows the value in force again, so what the fields show is what the
+    next answer uses; Enter in a field goes back to the prompt (``Done``)."""
+
     class Changed(Message):
         def __init__(self, settings: ChatSettings) -> None:
             super().__init__()
             self.settings = settings
 
+    class Done(Message):
+        """Enter in a field: the user is done with the controls."""
+
     def __init__(self, settings: ChatSettings, **kwargs) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.border_title = "EFT controls"
+        self.border_subtitle = "Enter/Esc: back to chat"
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="presets"):
@@ -101,22 +109,44 @@ class SettingsPanel(VerticalScroll):
             max_tokens=check("max_tokens", max_tokens, "max tokens"),
         )
 
-    def _apply(self) -> None:
+    def _apply(self) -> str | None:
+        """Use the fields' values if all are valid; else show why. Returns the error, if any."""
         try:
             new = self._read()
         except UserError as e:
             self.set_class(True, "-invalid")
-            self.query_one("#settings-error", Label).update(Content(f"✗ {e}"))  # e quotes what was typed
-            return
+            error = self.query_one("#settings-error", Label)
+            error.update(Content(f"✗ {e}"))  # e quotes what was typed
+            if isinstance(self.screen.focused, Input) and self.screen.focused.parent is self:
+                self.move_child(error, after=self.screen.focused)  # right under the field being typed in
+            return str(e)
         self.set_class(False, "-invalid")
         self.query_one("#settings-error", Label).update("")
         if new != self.settings:
             self.settings.__dict__.update(new.__dict__)
             self.post_message(self.Changed(self.settings))
+        return None
+
+    def _revert_invalid(self) -> None:
+        """A field left invalid shows the value in force again, and a notice says so."""
+        error = self._apply()
+        if error is not None:
+            self.show(self.settings)
+            self._apply()
+            self.notify(f"{error} — the field shows the value in force again", severity="warning", markup=False)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         self._apply()
+
+    def on_input_blurred(self, event: Input.Blurred) -> None:
+        event.stop()
+        self._revert_invalid()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._revert_invalid()
+        self.post_message(self.Done())
 
     def on_switch_changed(self, event: Switch.Changed) -> None:
         event.stop()

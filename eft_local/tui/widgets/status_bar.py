@@ -1,20 +1,26 @@
-"""One line of live numbers: state, tokens/s, acceptance, tokens, context used per role."""
+"""One line of live numbers: state, settings, tokens/s, acceptance, tokens, context used.
+
+At its full width (about 110 columns) it shows the settings and each role's context; narrower,
+it shortens by design (see ``Fitted``): the settings shrink to the mode, the numbers to their
+abbreviations and the context to the fullest role's, so state, speed, acceptance, tokens and
+context always show at 80 columns.
+"""
 
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from eft_local.engine.events import GenStats
+from eft_local.tui.widgets.fitted import Fitted
 
 SHORT = {"base": "base", "chat": "chat", "reference": "ref"}
 
 
-class StatusBar(Static):
+class StatusBar(Fitted):
     def __init__(self, **kwargs) -> None:
-        super().__init__("", **kwargs)
+        super().__init__(**kwargs)
         self.state = "loading"
-        self.settings = ""
+        self.settings: tuple[str, ...] = ("",)  # the settings' description, most detailed first
         self.stats: GenStats | None = None
         self.context: dict[str, tuple[int, int]] = {}
 
@@ -22,7 +28,7 @@ class StatusBar(Static):
         self,
         *,
         state: str | None = None,
-        settings: str | None = None,
+        settings: tuple[str, ...] | None = None,
         stats: GenStats | None = None,
         context: dict[str, tuple[int, int]] | None = None,
     ) -> None:
@@ -34,26 +40,54 @@ class StatusBar(Static):
             self.stats = stats
         if context is not None:
             self.context = context
-        self.update(self.status_text())
+        self.refresh()
 
-    def status_text(self) -> Text:
+    def forms(self) -> list[Text]:
+        full, short, mode = (*self.settings, "", "")[:3]
+        numbers, nums = self._numbers(short=False), self._numbers(short=True)
+        context, ctx = (context_text(self.context), context_short(self.context)) if self.context else ("", "")
+        line = self._line
+        return [
+            line(full, numbers, context),
+            line(full, numbers, ctx),
+            line(short, numbers, ctx),
+            line(mode, numbers, ctx),
+            line(mode, nums, ctx),
+            line("", nums, ctx),
+            line("", nums, ""),
+            line("", "", ""),
+        ]
+
+    def _line(self, settings: str, numbers: str, context: str) -> Text:
         t = Text()
         t.append(f" {self.state} ", "bold reverse")
-        t.append(f"  {self.settings}")
-        s = self.stats
-        if s is not None:
-            t.append(f"  │ {s.tokens_per_second:,.1f} tok/s", "bold")
-            acc = s.acceptance
-            t.append(f" │ accept {acc:.0%}" if acc is not None else " │ accept –")
-            t.append(f" │ {s.n_tokens} tok")
-        if self.context:
-            t.append(f" │ ctx {context_text(self.context)}", "dim")
+        if settings:
+            t.append(f"  {settings}")
+        if numbers:
+            t.append(f" │ {numbers}", "bold")
+        if context:
+            t.append(f" │ {context}", "dim")
         return t
+
+    def _numbers(self, *, short: bool) -> str:
+        s = self.stats
+        if s is None:
+            return ""
+        acc = f"{s.acceptance:.0%}" if s.acceptance is not None else "–"
+        if short:
+            return f"{s.tokens_per_second:,.0f} tok/s  acc {acc}  {s.n_tokens} tok"
+        return f"{s.tokens_per_second:,.1f} tok/s │ accept {acc} │ {s.n_tokens} tok"
 
 
 def context_text(context: dict[str, tuple[int, int]]) -> str:
-    """``base 144 chat 140 ref 140 /4096`` (one n_ctx when all roles share it)."""
+    """``ctx base 144 chat 140 ref 140 /4096`` (one n_ctx when all roles share it)."""
     sizes = {c for _, c in context.values()}
     if len(sizes) == 1:
-        return " ".join(f"{SHORT.get(r, r)} {n}" for r, (n, _) in context.items()) + f" /{sizes.pop()}"
-    return " ".join(f"{SHORT.get(r, r)} {n}/{c}" for r, (n, c) in context.items())
+        return "ctx " + " ".join(f"{SHORT.get(r, r)} {n}" for r, (n, _) in context.items()) + f" /{sizes.pop()}"
+    return "ctx " + " ".join(f"{SHORT.get(r, r)} {n}/{c}" for r, (n, c) in context.items())
+
+
+def context_short(context: dict[str, tuple[int, int]]) -> str:
+    """``ctx 144/4096``: the role whose context is fullest (it runs out first)."""
+    used, size = max(context.values(), key=lambda nc: nc[0] / max(nc[1], 1))
+    return f"ctx {used}/{size}"
