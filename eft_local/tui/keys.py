@@ -28,6 +28,7 @@ EDITING = [
     ("enter", "send the message"),
     ("shift+enter / ctrl+j", "new line in the message"),
     ("tab / shift+tab", "move between the prompt and the controls"),
+    ("enter (in a control)", "back to the prompt (a value that isn't valid shows the one in force again)"),
 ]
 
 
