@@ -105,7 +105,7 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
         # the parent touches no device (a GPU context here would only take memory): the child lists them
         print(
             f"eft-local rpc-server on {host}:{args.port}, {threads} thread(s){', cache ' + cache if cache else ''}; "
-            "restarted after a crash; Ctrl+C stops it",
+            "if it crashes, it restarts; Ctrl+C stops it",
             file=sys.stderr,
             flush=True,
         )
