@@ -6,8 +6,9 @@
 #   2. creates .venv (if absent) and installs llama-cpp-python built that way: a prebuilt wheel
 #      from ../shared/wheels when one matches, else one from the wheelhouse
 #      (~/.cache/eft-local/wheelhouse, keyed by version + flags, because pip's own wheel cache
-#      ignores CMAKE_ARGS), else a fresh build (minutes: it says the expected time, then its
-#      progress once a minute, EFT_PROGRESS_SECONDS to change) that is kept there;
+#      ignores CMAKE_ARGS), else a fresh build (minutes: it says the expected time on idle cores,
+#      then its progress once a minute with the time left at the measured pace,
+#      EFT_PROGRESS_SECONDS to change) that is kept there;
 #   3. installs eft-local itself (editable).
 # Then:  .venv/bin/eft-local
 #
@@ -122,21 +123,36 @@ say "backend $BACKEND ($OS $ARCH); llama-cpp-python $LLAMA_VERSION with CMAKE_AR
 [ -n "$DRY_RUN" ] && exit 0
 
 # -- compiling llama.cpp, with progress --------------------------------------------------------
-expected_time() {  # measured: ~7-8 min for the CPU build on 2 cores; CUDA kernels take far longer
+expected_time() {  # measured on idle cores: ~7-8 min for the CPU build on 2; CUDA kernels take far longer
   case "$BACKEND" in
-    cuda) echo "expect 15-40 minutes" ;;
-    *) echo "expect about $(( 14 / JOBS + 1 )) minutes" ;;
+    cuda) echo "expect 15-40 minutes on idle cores" ;;
+    *) echo "expect about $(( 14 / JOBS + 1 )) minutes on idle cores" ;;
   esac
 }
 
-build_progress() {  # the build's latest "[12/180]" (ninja) or "[ 45%]" (make) step, as "45% (step 12/180)"
-  local step
+busy_note() {  # a machine busy with other work builds slower: say so, with its load
+  local load
+  load=$(cut -d' ' -f1 "${EFT_LOADAVG:-/proc/loadavg}" 2>/dev/null || true)
+  [ -n "$load" ] || return 0
+  if [ "$(awk -v l="$load" -v j="$JOBS" 'BEGIN { print (l >= j / 2) ? 1 : 0 }')" = 1 ]; then
+    say "  this machine is busy (load $load on $JOBS cores): the build will take longer; the progress lines re-estimate"
+  fi
+}
+
+build_progress() {  # LOG ELAPSED_S: "45% (step 12/180), 3 min 10 s so far, about 4 min left at this pace"
+  local step pct="" text
   step=$(grep -oE '^ *\[ *[0-9]+(/[0-9]+|%)\]' "$1" 2>/dev/null | tail -n1 | tr -d ' []' || true)
-  case "$step" in
-    */*) echo "$(( 100 * ${step%/*} / ${step#*/} ))% (step $step)" ;;
-    *%) echo "$step" ;;
-    *) echo "configuring" ;;
+  case "$step" in  # ninja's "[12/180]" or make's "[ 45%]"
+    */*) pct=$(( 100 * ${step%/*} / ${step#*/} )); text="$pct% (step $step)" ;;
+    *%) pct=${step%\%}; text="$step" ;;
+    *) text="configuring" ;;
   esac
+  text="$text, $(( $2 / 60 )) min $(( $2 % 60 )) s so far"
+  # the estimate from the pace measured so far (this machine, this load), once there is some
+  if [ -n "$pct" ] && [ "$pct" -ge 5 ] && [ "$pct" -lt 100 ]; then
+    text="$text, about $(( ($2 * (100 - pct) / pct + 59) / 60 )) min left at this pace"
+  fi
+  echo "$text"
 }
 
 build_with_progress() {  # LOG COMMAND...: run it with its output in LOG; a progress line every minute
@@ -148,7 +164,7 @@ build_with_progress() {  # LOG COMMAND...: run it with its output in LOG; a prog
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     if [ "$SECONDS" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
-      say "  still compiling: $(build_progress "$log"), $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s so far"
+      say "  still compiling: $(build_progress "$log" $(( SECONDS - start )))"
       next=$(( next + every ))
     fi
   done
@@ -184,6 +200,7 @@ else
     mkdir -p "$WHEELHOUSE"
     say "building llama.cpp (llama-cpp-python $LLAMA_VERSION): $(expected_time) on $JOBS cores, once;"
     say "  the wheel is kept in $WHEELHOUSE, the full build log in $WHEELHOUSE/build.log"
+    busy_note
     CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$JOBS}" \
       build_with_progress "$WHEELHOUSE/build.log" \
       "$PY" -m pip wheel -v --no-deps --no-cache-dir -w "$WHEELHOUSE" "llama-cpp-python==$LLAMA_VERSION" \
@@ -197,7 +214,12 @@ fi
 "$PY" -m pip install -q --force-reinstall --no-deps "$WHEEL"
 
 # -- eft-local --------------------------------------------------------------------------------
-"$PY" -m pip install -q -e .
+# setuptools ends every editable install of a flat layout (eft_local/ beside pyproject.toml) with a
+# "BuildBackendWarning: Editable installation. !! ... Please be careful with folders in your working
+# directory with the same name as your package" block: information only (InformationOnly), nothing
+# to act on (that folder is the package itself). Its other modes warn too ('compat' is deprecated,
+# 'strict' warns about its link tree), so this one message is filtered; every other warning shows.
+PYTHONWARNINGS="ignore:Editable installation" "$PY" -m pip install -q -e .
 RPC_OK=$("$PY" -c 'import llama_cpp; print("yes" if getattr(llama_cpp, "llama_supports_rpc", lambda: False)() else "no")')
 say "done: llama.cpp for $BACKEND, RPC $RPC_OK"
 say "start the chat app with: .venv/bin/eft-local   (or: . .venv/bin/activate && eft-local)"

@@ -109,6 +109,7 @@ if [ "$1 $2 $3" = "-m pip wheel" ]; then
   [ -n "${FAKE_BUILD_FAILS:-}" ] && { echo "error: no C compiler"; exit 1; }
   touch "$out/llama_cpp_python-0.3.36-cp312-cp312-linux_x86_64.whl"; exit 0
 fi
+[ "$1 $2 $3" = "-m pip install" ] && echo "$* PYTHONWARNINGS=${PYTHONWARNINGS:-}" >>"${FAKE_PIP_LOG:-/dev/null}"
 exit 0  # pip install: nothing to do
 """
 
@@ -139,12 +140,17 @@ def fake_install(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_build_says_the_expected_time_and_shows_progress(tmp_path):
-    r = fake_install(tmp_path)
+    idle = tmp_path / "loadavg"
+    idle.write_text("0.10 0.20 0.30 1/100 12345\n")
+    r = fake_install(tmp_path, EFT_LOADAVG=str(idle))
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "expect about" in out and "minutes on" in out
+    assert "expect about" in out and "minutes on idle cores" in out  # the estimate says what it assumes
+    assert "busy" not in out
     progress = [line for line in out.splitlines() if "still compiling" in line]
     assert len(progress) >= 2 and "% (step" in progress[-1] and "s so far" in progress[-1]
+    # re-estimated from the measured pace once a step is known (the fake's steps are 25 % each)
+    assert any("min left at this pace" in line for line in progress if "% (step" in line)
     assert "compiled in" in out and "done: llama.cpp for cpu" in out
     assert "Building C object" not in out  # the build's own chatter stays in the log
     assert "[80/80]" in next((tmp_path / ".cache" / "eft-local" / "wheelhouse").glob("*/build.log")).read_text()
@@ -154,3 +160,20 @@ def test_failed_build_shows_the_end_of_its_log(tmp_path):
     r = fake_install(tmp_path, FAKE_BUILD_FAILS="1", FAKE_STEP_SECONDS="0")
     assert r.returncode == 1
     assert "| error: no C compiler" in r.stderr and "building llama-cpp-python failed" in r.stderr
+
+
+def test_a_busy_machine_is_told_the_build_takes_longer(tmp_path):
+    busy = tmp_path / "loadavg"
+    busy.write_text("3.42 2.10 1.00 5/300 12345\n")
+    r = fake_install(tmp_path, EFT_LOADAVG=str(busy), FAKE_STEP_SECONDS="0")
+    assert r.returncode == 0, r.stderr
+    assert "this machine is busy (load 3.42" in r.stdout and "the progress lines re-estimate" in r.stdout
+
+
+def test_the_editable_install_filters_only_setuptools_information_block(tmp_path):
+    """setuptools' "Editable installation. !! ..." BuildBackendWarning is information only (install.sh says why)."""
+    log = tmp_path / "pip.log"
+    r = fake_install(tmp_path, FAKE_STEP_SECONDS="0", FAKE_PIP_LOG=str(log))
+    assert r.returncode == 0, r.stderr
+    editable = [line for line in log.read_text().splitlines() if " -e ." in line]
+    assert editable and all(line.endswith("PYTHONWARNINGS=ignore:Editable installation") for line in editable)
