@@ -36,6 +36,7 @@ class Candidates:
     ids: np.ndarray | None
     w: np.ndarray
     by_weight: bool = False
+    known_mass: float | None = None  # the float64 mass, when a filter already has it
 
     def __len__(self) -> int:
         return len(self.w)
@@ -45,7 +46,7 @@ class Candidates:
         return Candidates(idx if self.ids is None else self.ids[idx], self.w[idx], by_weight)
 
     def mass(self) -> float:
-        return float(self.w.sum(dtype=np.float64))
+        return float(self.w.sum(dtype=np.float64)) if self.known_mass is None else self.known_mass
 
     def sorted(self) -> Candidates:
         if self.by_weight:
@@ -167,9 +168,14 @@ def nucleus(c: Candidates, top_p_value: float) -> Candidates:
     found = _nucleus_from_bounds(c, heads, top_p_value)
     if found is not None:
         return found
-    target = top_p_value * c.mass()
+    total = c.mass()
+    target = top_p_value * total
     c = heads.first_holding(target)
     if len(c) > _SORT_LIMIT:
+        if c.ids is None:
+            found = _nucleus_by_bracket(c.w, target, total)
+            if found is not None:
+                return found
         return c.take(_nucleus_by_histogram(c.w, target))
     return _nucleus_sorted(c, target)
 
@@ -210,24 +216,36 @@ def _nucleus_from_bounds(c: Candidates, heads: _Heads, top_p_value: float) -> Ca
 class _Heads:
     """The candidates above each weight floor of ``_THRESHOLDS`` with their float64 masses,
     computed once per floor and only as far as asked. The two highest floors come from one
-    comparison pass (the highest is a subset of the second)."""
+    comparison pass (the highest is a subset of the second). A floor with more than
+    ``_SORT_LIMIT`` ids above it is only counted (listing 100k ids costs 0.2 ms): it and
+    every lower floor stand for all candidates."""
 
     def __init__(self, c: Candidates) -> None:
         self.c = c
-        self.heads: list[tuple[Candidates, float]] = []
+        self.heads: list[tuple[Candidates, float] | None] = []  # None: too broad to list
         self._second: np.ndarray | None = None  # positions above the second floor
 
-    def _head(self, j: int) -> tuple[Candidates, float]:
+    def _head(self, j: int) -> tuple[Candidates, float] | None:
         while len(self.heads) <= j:
             i = len(self.heads)
             w = self.c.w
-            if i == 0:
-                self._second = np.flatnonzero(w >= np.float32(_THRESHOLDS[1]))
-                idx = self._second[w[self._second] >= np.float32(_THRESHOLDS[0])]
-            elif i == 1 and self._second is not None:
+            if self.heads and self.heads[-1] is None:
+                idx = None
+            elif i == 0:
+                above = w >= np.float32(_THRESHOLDS[1])
+                if np.count_nonzero(above) <= _SORT_LIMIT:
+                    self._second = np.flatnonzero(above)
+                    idx = self._second[w[self._second] >= np.float32(_THRESHOLDS[0])]
+                else:
+                    idx = np.flatnonzero(w >= np.float32(_THRESHOLDS[0]))
+            elif i == 1:
                 idx = self._second
             else:
-                idx = np.flatnonzero(w >= np.float32(_THRESHOLDS[i]))
+                above = w >= np.float32(_THRESHOLDS[i])
+                idx = np.flatnonzero(above) if np.count_nonzero(above) <= _SORT_LIMIT else None
+            if idx is None:
+                self.heads.append(None)
+                continue
             head = self.c.take(idx)
             self.heads.append((head, float(head.w.sum(dtype=np.float64))))  # = w[idx]: no second gather
         return self.heads[j]
@@ -235,10 +253,79 @@ class _Heads:
     def first_holding(self, target: float) -> Candidates:
         """The head above the highest floor whose mass reaches ``target`` (else all candidates)."""
         for j in range(len(_THRESHOLDS)):
-            head, mass = self._head(j)
-            if mass >= target:
-                return head
+            found = self._head(j)
+            if found is None:
+                break
+            if found[1] >= target:
+                return found[0]
         return self.c
+
+
+_STRIDE = 16  # a broad nucleus's cut is first read off every 16th weight
+_BRACKET = 0.1  # the band: ± this share of the tail's mass around the cut (≈ 5σ of the sample's error on flat rows)
+_KEY_SHIFT = 16  # float32 bits >> 16: sign, exponent and 7 mantissa bits, a bin per 1/128 octave
+
+
+def _nucleus_by_bracket(w: np.ndarray, target: float, total: float) -> Candidates | None:
+    """The top-p nucleus of a broad dense row as a dense row (zero outside it), or None when
+    the sample misled.
+
+    A strided sample of the weights, binned by their float32 bits (monotone for positive
+    floats: no log, no sort), estimates the mass of the tail (the lightest ids) below each
+    bin edge — many small weights, so the estimate is good to ~2 % of the tail — and so two
+    weights around the cut, ``_BRACKET`` of the tail's mass either side. They split the row
+    into a sure part (heavier than both), the tail, and a thin band between; the exact
+    masses confirm that the cut lies inside the band, and only the band is ordered. Same set
+    as a full sort (ties by position) whenever it answers; kept dense because listing a
+    30k-id nucleus costs more than the rest of the cut.
+    """
+    sample = w[::_STRIDE]
+    keys = (sample.view(np.int32) >> _KEY_SHIFT).astype(np.intp)
+    k0 = int(keys.min())
+    below = np.cumsum(np.bincount(keys - k0, weights=sample)) * _STRIDE  # tail mass up to each bin's top
+    tail = total - target
+    lo, hi = (_bin_floor(k0 + int(np.searchsorted(below, tail * f)), _KEY_SHIFT) for f in (1.0 - _BRACKET, 1.0 + _BRACKET))
+    sure = w >= hi
+    kept = np.multiply(w, sure)
+    mass_sure = float(kept.sum(dtype=np.float64))
+    band = np.flatnonzero((w >= lo) & ~sure)
+    band_w = w[band]
+    if mass_sure >= target or mass_sure + float(band_w.sum(dtype=np.float64)) < target:
+        return None
+    take, mass_taken = _heaviest_holding(band_w, target - mass_sure)
+    kept[band[take]] = band_w[take]
+    return Candidates(None, kept, known_mass=mass_sure + mass_taken)
+
+
+def _bin_floor(key: int, shift: int) -> np.float32:
+    """The smallest float32 whose bits >> ``shift`` are ``key``."""
+    return np.array(key << shift, np.int32).view(np.float32)[()]
+
+
+def _heaviest_holding(w: np.ndarray, need: float) -> tuple[np.ndarray, float]:
+    """Positions of the heaviest weights (ties: lower position first) whose float64 sum first
+    reaches ``need``, and that sum: whole float32-bit bins first, then one bin sorted."""
+    if len(w) <= 64:
+        return _sorted_prefix(w, need)
+    bits = w.view(np.int32)
+    shift = max(0, int(bits.max() - bits.min()).bit_length() - 8)  # ~256 bins across the band
+    keys = (bits >> shift).astype(np.intp)
+    k_top = int(keys.max())
+    rev = k_top - keys  # heaviest bin first
+    mass = np.cumsum(np.bincount(rev, weights=w))
+    b = min(int(np.searchsorted(mass, need, side="left")), len(mass) - 1)
+    before = float(mass[b - 1]) if b else 0.0
+    edge = np.flatnonzero(rev == b)
+    inner, inner_mass = _heaviest_holding(w[edge], need - before) if len(edge) < len(w) else _sorted_prefix(w, need)
+    return np.concatenate([np.flatnonzero(rev < b), edge[inner]]), before + inner_mass
+
+
+def _sorted_prefix(w: np.ndarray, need: float) -> tuple[np.ndarray, float]:
+    """``_heaviest_holding`` by a full sort."""
+    order = np.argsort(-w, kind="stable")
+    cum = np.cumsum(w[order], dtype=np.float64)
+    keep = min(len(w), int(np.searchsorted(cum, need, side="left")) + 1)
+    return order[:keep], float(cum[keep - 1])
 
 
 def _nucleus_by_histogram(w: np.ndarray, target: float) -> np.ndarray:
