@@ -281,6 +281,8 @@ class Claim:
         except BaseException as e:
             if rows.good == 0:
                 self.release()  # unlinks the empty partial
+            elif isinstance(e, KeyboardInterrupt):  # said on the command's one "interrupted" line
+                raise KeyboardInterrupt(f"incomplete results kept in {partial}") from None
             elif not isinstance(e, WriteFailed):  # that one already says where the rows are
                 print(f"eft-local: incomplete results kept in {partial}", file=sys.stderr)
             raise

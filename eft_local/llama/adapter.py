@@ -31,7 +31,30 @@ _last_level = logging.DEBUG
 _backend_ready = False
 
 
+_swallowed = threading.Event()  # a Ctrl+C that landed inside a callback from llama.cpp
+
+
+def _keeps_interrupt(default: object) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """For a Python function llama.cpp calls back: ctypes prints and drops any exception raised
+    in one, so a Ctrl+C landing there (llama.cpp logs hundreds of lines while loading) would be
+    lost. It is kept instead, the callback returns ``default`` (a progress callback: False, which
+    stops the load), and ``LlamaModel._call`` raises it once llama.cpp returns."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        def guarded(*args):
+            try:
+                return fn(*args)
+            except KeyboardInterrupt:
+                _swallowed.set()
+                return default
+
+        return guarded
+
+    return wrap
+
+
 @ll.llama_log_callback
+@_keeps_interrupt(None)
 def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     global _last_level
     _last_level = _LEVELS.get(level, _last_level)
@@ -157,6 +180,7 @@ class LlamaModel:
         self._load_cancel = threading.Event()  # Ctrl+C during an RPC load: llama.cpp stops at the next tensor
         if progress is not None or self.rpc_servers:
 
+            @_keeps_interrupt(False)
             def _cb(fraction: float, _user) -> bool:
                 self._load_moved = time.monotonic()
                 if progress is not None:
@@ -213,8 +237,13 @@ class LlamaModel:
         """A llama.cpp call: bounded in time and interruptible when this model has RPC layers
         (ggml's RPC client waits forever otherwise, see ``rpc.bounded``), else a plain call."""
         if not getattr(self, "rpc_servers", None):
-            return fn()
-        return rpc.bounded(fn, self.rpc_servers, what, rpc.REPLY_TIMEOUT if timeout is None else timeout, **bounds)
+            result = fn()
+        else:
+            result = rpc.bounded(fn, self.rpc_servers, what, rpc.REPLY_TIMEOUT if timeout is None else timeout, **bounds)
+        if _swallowed.is_set():  # a Ctrl+C kept by a callback (``_keeps_interrupt``)
+            _swallowed.clear()
+            raise KeyboardInterrupt
+        return result
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
