@@ -191,7 +191,7 @@ def canonical(endpoint: str) -> str:
     host, port = parse_endpoint(endpoint)
     try:
         ip = socket.gethostbyname(host)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: not a host name IDNA can spell (a label of 64+, a bad byte)
         raise UserError(f"RPC server {endpoint}: unknown host '{host}'") from None
     return f"{ip}:{port}"
 
@@ -658,7 +658,7 @@ def check_bindable(host: str, port: int) -> str:
     error (ggml only says 'Failed to create server socket'). Returns the address."""
     try:
         ip = socket.gethostbyname(host)
-    except OSError:
+    except (OSError, UnicodeError):
         raise UserError(f"--host {host}: not an IPv4 address or known host name") from None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
