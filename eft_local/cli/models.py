@@ -88,9 +88,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     selected = _selected(args)
     try:
         return run_download(selected, models_dir_of(args))
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # main says it on its one line
+        raise KeyboardInterrupt("run the same command again to resume") from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
