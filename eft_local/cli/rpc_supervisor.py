@@ -31,12 +31,13 @@ STARTUP_FAILURES = 5  # children in a row that die before they listen: give up
 STARTED = "Starting RPC server"  # llama.cpp's first line once it listens
 STOP_GRACE = 2.0  # s a child gets to end after SIGTERM before SIGKILL
 ACCEPTED = "Accepted client connection"
-_LISTEN = "0A"  # /proc/net/tcp states (include/net/tcp_states.h)
+PROC_NET = Path("/proc/net/tcp")  # Linux's IPv4 connection table (ggml's RPC is IPv4 only)
+_LISTEN = "0A"  # its states (include/net/tcp_states.h)
 _ESTABLISHED = "01"
 _CLOSING = {"04", "05", "06", "07", "08", "09", "0B"}  # FIN_WAIT1/2, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING
 
 
-def peers(port: int, proc_net: Path = Path("/proc/net/tcp"), *, likeliest: bool = False) -> list[str]:
+def peers(port: int, proc_net: Path | None = None, *, likeliest: bool = False) -> list[str]:
     """Remote ``ip:port`` of the TCP connections to local ``port``, likeliest client first:
 
     1. open and owned by a process (the client being served: only accepted sockets have an inode);
@@ -44,20 +45,24 @@ def peers(port: int, proc_net: Path = Path("/proc/net/tcp"), *, likeliest: bool 
     3. open but not accepted yet (queued behind it: a health probe, say);
     4. anything else but LISTEN.
 
-    ``likeliest``: only those of the best rank present. Linux; [] elsewhere.
+    ``likeliest``: only those of the best rank present. Linux only: elsewhere (no table, or
+    one it can't read) [], and the supervisor says the peer is unknown.
     """
     try:
-        lines = proc_net.read_text().splitlines()[1:]
-    except OSError:
+        lines = (proc_net or PROC_NET).read_text().splitlines()[1:]
+    except (OSError, UnicodeDecodeError):
         return []
     ranked = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 10 or fields[3] == _LISTEN or int(fields[1].rsplit(":", 1)[1], 16) != port:
+        try:
+            if len(fields) < 10 or fields[3] == _LISTEN or int(fields[1].rsplit(":", 1)[1], 16) != port:
+                continue
+            state, inode = fields[3], fields[9]
+            rank = (0 if inode != "0" else 2) if state == _ESTABLISHED else 1 if state in _CLOSING else 3
+            ranked.append((rank, _address(fields[2])))
+        except (ValueError, IndexError):  # a line in a format this doesn't know: skipped, never a crash
             continue
-        state, inode = fields[3], fields[9]
-        rank = (0 if inode != "0" else 2) if state == _ESTABLISHED else 1 if state in _CLOSING else 3
-        ranked.append((rank, _address(fields[2])))
     ranked.sort(key=lambda r: r[0])  # stable: the table's order within a rank
     if likeliest and ranked:
         ranked = [r for r in ranked if r[0] == ranked[0][0]]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from eft_local.cli import rpc_supervisor
-from eft_local.cli.rpc_supervisor import Supervisor, peers
+from eft_local.cli.rpc_supervisor import Supervisor
 from eft_local.errors import UserError
 from eft_local.llama import rpc
 from tests.conftest import ROOT
@@ -132,25 +132,6 @@ def test_a_child_that_cannot_start_makes_the_parent_give_up(monkeypatch, capsys)
     assert text.splitlines().count("cannot listen on 127.0.0.1:1: in use") == rpc_supervisor.STARTUP_FAILURES
     assert text.count("rpc-server failed to start") == rpc_supervisor.STARTUP_FAILURES - 1
     assert text.strip().splitlines()[-1].startswith("eft-local: error: the RPC server could not start (exit status 3")
-
-
-def test_peers_reads_connections_to_the_port(tmp_path):
-    table = tmp_path / "tcp"
-    table.write_text(
-        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-        "   0: 0100007F:C35C 00000000:0000 0A 00000000:00000000 00:00000000 00000000  0 0 1\n"  # LISTEN :50012
-        "   1: 0100007F:C35C 0700000A:D433 01 00000000:00000000 00:00000000 00000000  0 0 0\n"  # queued (no inode)
-        "   2: 0100007F:C35C 0500000A:D431 01 00000000:00000000 00:00000000 00000000  0 0 2\n"  # 10.0.0.5:54321
-        "   3: 0100007F:C35C 0600000A:D432 05 00000000:00000000 00:00000000 00000000  0 0 0\n"  # FIN_WAIT2
-        "   4: 0100007F:D431 0100007F:C35D 01 00000000:00000000 00:00000000 00000000  0 0 3\n"  # another port
-    )
-    # served (accepted: an inode), then closing, then queued
-    assert peers(0xC35C, table) == ["10.0.0.5:54321", "10.0.0.6:54322", "10.0.0.7:54323"]
-    assert peers(0xC35C, table, likeliest=True) == ["10.0.0.5:54321"]
-    table.write_text(table.read_text().replace(" 0 0 2\n", " 0 0 0\n").replace("D431 01", "D431 04"))
-    # the served client already cut off (FIN_WAIT1) outranks a probe queued behind it
-    assert peers(0xC35C, table, likeliest=True) == ["10.0.0.5:54321", "10.0.0.6:54322"]
-    assert peers(0xC35C, tmp_path / "missing") == []
 
 
 @needs_rpc
