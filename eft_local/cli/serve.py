@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the server's modules load only when `serve` runs (`eft-loca
 
 API_KEY_ENV = "EFT_LOCAL_API_KEY"
 MAX_KEY_FILE_BYTES = 4096
-SHUTDOWN_GRACE_SECONDS = 10  # after the engine stopped, answers still being written may take this long
+SHUTDOWN_GRACE_SECONDS = 10  # after the engine stopped, answers still being written may take this long (a second signal: none)
 
 
 def register(sub) -> None:
@@ -204,10 +204,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     ready = f"eft-local: serving {name} at http://{shown}:{port}/v1 (OpenAI-compatible; Ctrl+C stops)"
     server = _Server(_uvicorn_config(app, policy, args.verbose), ready, app.state.worker)
+    # The server's own handler from here on, left in place: a signal before uvicorn's handlers are in
+    # place stops it the same way, and one after (a second Ctrl+C while the models are freed, or as the
+    # process exits) is no KeyboardInterrupt: no traceback, no death by SIGINT.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.handle_exit)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # a Ctrl+C that came before uvicorn's own handlers were in place
-        pass
     finally:
         sock.close()
         app.state.worker.stop()  # (already done by the app's shutdown, unless a second Ctrl+C forced the exit)
@@ -294,6 +297,20 @@ def _server_class():
                     conn.drop()
             await asyncio.to_thread(self.worker.stop)
             await super().shutdown(sockets)
+            if self.force_exit:
+                await self._end_the_rest()
+
+        async def _end_the_rest(self) -> None:
+            """After a second signal uvicorn stops waiting and skips the app's shutdown; left so,
+            asyncio cancels the tasks still running at exit, each with a traceback. So: cut the
+            connections still being written to (their tasks then end at once), then shut the app down."""
+            for conn in list(self.server_state.connections):
+                conn.transport.abort()
+            for _ in range(40):  # (at most 2 s)
+                if not self.server_state.tasks:
+                    break
+                await asyncio.sleep(0.05)
+            await self.lifespan.shutdown()
 
     return Server
 

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from eft_local.engine.events import FinishedEvent, TokenEvent
 from eft_local.server.answers import Answer
+from eft_local.server.connections import client_left
 from eft_local.server.reply import Reply
 from eft_local.server.request import MAX_BODY_BYTES, ApiError, load_json, parse
 from eft_local.server.state import ServerState, state_of
 from eft_local.server.worker import Channel, Failed, Job, QueueFull, Started
 
 DISCONNECT_POLL_SECONDS = 0.25
+ASK_AFTER_SECONDS = 1.0  # a queued request whose client ended its input is asked this late whether it is still there
 STREAM_PACE_SECONDS = 0.02  # after sending a chunk, let tokens gather this long (fewer writes, wake-ups, GIL hand-offs)
 
 
@@ -59,7 +63,8 @@ async def _answer(st: ServerState, request: Request, kind: str) -> Response:
     except BaseException:
         job.cancel()
         raise
-    if started is None:  # the client left while queued
+    if started is None:  # the client left while queued: its request never starts
+        st.worker.withdraw(job)
         return Response(status_code=499)
     reply = Reply(kind, req.model or st.options.model_name, req, started.prompt_tokens, st.texts)
     if req.stream:
@@ -80,6 +85,10 @@ async def _answer(st: ServerState, request: Request, kind: str) -> Response:
 
 
 async def _wait_start(job: Job, request: Request) -> Started | None:
+    """The job's start, or None once its client is gone. A client that closed its connection
+    (rather than only its sending side) is told apart after ``ASK_AFTER_SECONDS`` in the queue
+    (``connections.client_left``), so an abandoned request never runs."""
+    queued = time.monotonic()
     while True:
         items = await job.channel.get(DISCONNECT_POLL_SECONDS)
         for i, item in enumerate(items):
@@ -88,7 +97,8 @@ async def _wait_start(job: Job, request: Request) -> Started | None:
             if isinstance(item, Started):
                 job.channel.unget(items[i + 1 :])
                 return item
-        if await request.is_disconnected():
+        late = time.monotonic() - queued >= ASK_AFTER_SECONDS
+        if await request.is_disconnected() or (late and client_left(request.scope)):
             job.cancel()
             return None
 
@@ -162,11 +172,14 @@ async def read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # it left mid-body: nobody to answer
+        raise ApiError(499, "the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 

@@ -190,6 +190,16 @@ class EngineWorker:
             (self._jobs if job.request.messages is None else self._preparing).append(job)
             self._cond.notify_all()
 
+    def withdraw(self, job: Job) -> None:
+        """A queued job whose client left: cancelled, and out of the queue at once (it neither
+        starts nor keeps a place that another request could have)."""
+        job.cancel()
+        with self._cond:
+            for queue in (self._jobs, self._preparing):
+                if job in queue:
+                    queue.remove(job)
+                    self.completed += 1
+
     # -- chat templates render on their own thread, never on the engine's ---------------------------
     def _prepare_main(self) -> None:
         """Render each chat request's templates before it queues for the engine: a template that
@@ -376,8 +386,8 @@ class EngineWorker:
             job.channel.put(answer_prompts(self.session, job.request, job.cancelled.is_set), last=True)
         except ApiError as e:
             job.channel.put(Failed(e), last=True)
-        except Cancelled:
-            job.channel.put(Failed(ApiError(499, "the client went away")), last=True)
+        except Cancelled:  # the client went away, or the server stops: then its answer says so
+            job.channel.put(Failed(shutting_down() if self._stopping else ApiError(499, "the client went away")), last=True)
 
     # -- one at a time -------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:

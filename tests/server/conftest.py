@@ -93,6 +93,24 @@ def serve(session):
         s.stop()
 
 
+@pytest.fixture
+def stalled(session, monkeypatch):
+    """Every prompt waits (on the engine thread) until the test ends or sets the event: an answer
+    that stays unfinished, and a queue behind it. ``release.calls`` counts the prompts that started."""
+    release = threading.Event()
+    release.calls = 0
+    prompt = session.prompt
+
+    def slow(*args, **kw):
+        release.calls += 1
+        release.wait(60)
+        return prompt(*args, **kw)
+
+    monkeypatch.setattr(session, "prompt", slow)
+    yield release
+    release.set()
+
+
 def raw(port: int, data: bytes, *, half_close: bool = False, timeout: float = 10.0) -> bytes:
     """Send ``data``, optionally shut the sending side, read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from eft_local.server.connections import ConnectionLimits
-from tests.server.conftest import HELLO, post_bytes, raw, status_of
+from tests.server.conftest import HELLO, body_of, post_bytes, raw, status_of
 
 QUICK = ConnectionLimits(head_seconds=0.6, body_seconds=0.6, keep_alive_seconds=0.6, max_connections=40)
 
@@ -133,21 +133,6 @@ def send_until_refused(sock: socket.socket, data: bytes, total: int) -> int:
 
 
 STREAM = post_bytes("/v1/completions", {"prompt": "a long story", "max_tokens": 400, "stream": True, "temperature": 0})
-
-
-@pytest.fixture
-def stalled(session, monkeypatch):
-    """Every prompt waits (on the engine thread) until the test ends: an answer that stays unfinished."""
-    release = threading.Event()
-    prompt = session.prompt
-
-    def slow(*args, **kw):
-        release.wait(60)
-        return prompt(*args, **kw)
-
-    monkeypatch.setattr(session, "prompt", slow)
-    yield release
-    release.set()
 
 
 PIPELINED = [
@@ -314,3 +299,41 @@ def test_the_private_uvicorn_hooks_are_still_there():
     assert "on_response" in inspect.signature(RequestResponseCycle.__init__).parameters, where
     pipelining = inspect.getsource(cls.__mro__[1].on_headers_complete)
     assert "pipeline.appendleft" in pipelining and "pause_reading" in pipelining, f"{where}: pipelining changed"
+
+
+# -- issue 23 item 8: a queued request whose client left never starts ---------------------------------------------
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_queued_requests_whose_clients_left_never_start(serve, stalled, how):
+    """Before: 16 abandoned queued requests all ran (150 s to drain) -- a client that closes sends a
+    FIN, which the server took for a half-close. Now a request that waits past ASK_AFTER_SECONDS is
+    asked (an interim 100 Continue; a closed client answers with a reset) and withdrawn. A client that
+    only half-closed still gets its answer."""
+    srv = serve()
+    url = srv.url + "/v1/chat/completions"
+    body = {**HELLO, "max_tokens": 3}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.post, url, json=body, timeout=60)  # holds the engine (stalled)
+        wait_until(lambda: stalled.calls == 1, "the first request to start")
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(post_bytes("/v1/chat/completions", body))
+            if how == "reset":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        half = pool.submit(raw, srv.port, post_bytes("/v1/chat/completions", body), half_close=True, timeout=60)
+        wait_until(lambda: srv.worker.waiting == 13, "the requests to queue")
+        wait_until(lambda: srv.worker.waiting == 1, "the abandoned requests to leave the queue", limit=20)
+        assert stalled.calls == 1
+        stalled.set()
+        assert first.result(60).status_code == 200
+        answer = half.result(60)
+    assert status_of(answer) == 200 and json.loads(body_of(answer))["choices"][0]["message"]["role"] == "assistant"
+    assert stalled.calls == 2  # the first and the half-closed one; none of the twelve
+    assert httpx.get(srv.url + "/health").json()["waiting"] == 0
+
+
+def wait_until(condition, what: str, limit: float = 30) -> None:
+    end = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)

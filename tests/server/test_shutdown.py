@@ -89,3 +89,67 @@ def test_a_flood_beyond_the_file_limit_leaves_the_command_serving(family):
         code = proc.wait(30)
         proc.kill()
     assert code == 0 and "Too many open files" not in rest and "Traceback" not in rest, rest
+
+
+# -- issue 23 item 5: every running request gets the documented 503, and two signals print no traceback ----------------
+WHOLE = {
+    "echo": {"prompt": [[5] * 1000] * 48, "max_tokens": 0, "echo": True, "logprobs": 5},  # scoring, seconds long
+    "multi-prompt": {"prompt": ["a long story"] * 8, "max_tokens": 1000, "temperature": 0},  # several generations
+    "echo+generate": {"prompt": ["a long story", "another"], "max_tokens": 1000, "echo": True, "logprobs": 1, "temperature": 0},
+}
+
+
+def wait_running(port: int) -> None:
+    end = time.monotonic() + 60
+    while not httpx.get(f"http://127.0.0.1:{port}/health").json()["running"]:
+        assert time.monotonic() < end, "the request did not start"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", list(WHOLE))
+@pytest.mark.parametrize(
+    "sig, parallel", [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)], ids=["term", "int", "term-parallel"]
+)
+def test_a_running_blocking_echo_or_multi_prompt_request_gets_503_shutting_down(family, kind, sig, parallel):
+    """Before: an empty 499."""
+    proc, port = start_serve(family, "--parallel", str(parallel))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v1/completions", json=WHOLE[kind], timeout=120)
+            wait_running(port)
+            time.sleep(0.2)
+            proc.send_signal(sig)
+            r = answer.result(60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutting_down", (r.status_code, r.text[:300])
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0 and "Traceback" not in rest, rest
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["stream", "blocking", "echo", "idle"])
+def test_two_sigints_close_together_print_no_traceback(family, kind):
+    proc, port = start_serve(family)
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    bodies = {
+        "stream": {"prompt": "a long story", "max_tokens": 1000, "stream": True},
+        "blocking": {"prompt": "a long story", "max_tokens": 1000},
+        "echo": WHOLE["echo"],
+    }
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            if kind != "idle":
+                pool.submit(lambda: httpx.post(url, json=bodies[kind], timeout=60).status_code)
+                wait_running(port)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            rest = proc.stderr.read()
+            code = proc.wait(30)
+        assert "Traceback" not in rest and "CancelledError" not in rest and "Exception in ASGI" not in rest, rest
+        # (a signal that lands while the interpreter exits, after its handlers are gone, ends it by SIGINT: -2)
+        assert code in (0, 130, -signal.SIGINT) and rest.strip().splitlines()[-1] == "eft-local: server stopped", rest
+    finally:
+        proc.kill()
+        proc.wait()
