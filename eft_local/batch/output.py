@@ -1,20 +1,13 @@
 """Where batch rows go (``--output``): checked before any model loads, never replacing what isn't ours.
 
-- absent or ``-``: stdout.
-- a regular file or a new path: rows go to ``OUT.partial`` (next to it), renamed to ``OUT``
-  only when every row is in, so an interrupted run never leaves a half-written file under
-  the final name and a failed run leaves any previous ``OUT`` untouched.
-- a symlink is followed: its target gets the partial-then-rename treatment in the target's
-  directory; the link itself stays.
-- a fifo or a character device (``/dev/null``, a terminal) is written directly, row by row;
-  ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` write to that open descriptor.
-- anything else (a directory, ``""``, a block device, a socket, a GGUF model file, a
-  ``.partial`` name taken by something that isn't a partial result of ours) is refused with
-  one line; so is the file the prompts are read from, however it is named (compared by
-  device and inode: a hard link, ``/dev/stdin``, ``/proc/self/fd/0``, stdout appending to it).
-- ``OUT.partial`` is locked (``flock``) from before the models load until the rename: a second
-  run on the same OUT fails at once (exit 2) instead of mixing its rows in.
-- a failed write (disk full) cuts the file back to its last whole row and says so in one line.
+- absent or ``-``: stdout; ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``: that open descriptor.
+- a regular file or a new name (a symlink: its target): rows go to ``OUT.partial``, locked
+  (``flock``) from before the models load and renamed to ``OUT`` when every row is in; an
+  interrupted run leaves only the partial, a second run on the same OUT fails at once.
+- a fifo or a character device (``/dev/null``, a terminal): written row by row.
+- anything else (a directory, ``""``, a block device, a GGUF model file, a ``.partial`` that
+  isn't an earlier run's rows, the prompt file itself by device and inode) is refused in one line.
+- a failed write (disk full) leaves whole rows only and says so in one line.
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +28,15 @@ from typing import IO
 from eft_local.batch.prompt_file import json_safe
 from eft_local.errors import UserError, unicode_problem
 
-_FD_ALIASES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+Identity = tuple[int, int, int]  # st_dev, st_ino, st_mode
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_STD = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+_FD_NAME = re.compile(r"/(?:dev|proc/self)/fd/(\d+)")
+_DESCRIPTOR_LINK = re.compile(r"/dev/std(?:in|out|err)|/(?:dev|proc/[^/]+)/fd/\d+")  # a name for an open descriptor
+
+
+class WriteFailed(UserError):
+    """Writing a row failed (disk full, …); the rows before it are whole."""
 
 
 @dataclass(frozen=True)
@@ -50,91 +51,74 @@ class Target:
         return self.path.with_name(self.path.name + ".partial")
 
 
-def _fd_alias(out: str) -> int | None:
-    if out in _FD_ALIASES:
-        return _FD_ALIASES[out]
-    for prefix in ("/dev/fd/", "/proc/self/fd/"):
-        if out.startswith(prefix) and out[len(prefix) :].isdigit():
-            return int(out[len(prefix) :])
-    return None
-
-
+# -- where the rows may go ----------------------------------------------------------------------
 def check_output(out: str | os.PathLike | None, prompt_file: str | os.PathLike | None = None) -> Target:
     """Decide where rows go, or refuse with one line; creates nothing (call before loading models)."""
-    source = _prompt_identity(prompt_file)
+    source = _identity(prompt_file)
     if out is None or str(out) == "-":
-        _not_the_prompts(_fd_identity(1), source, "standard output")
+        _not_the_prompts(_identity(1), source, "standard output")
         return Target("stdout")
     text = os.fspath(out)
     if not text.strip():
         raise UserError("--output is empty: give a file name, or leave --output out to write to stdout")
-    fd = _fd_alias(text)
-    if fd is not None:
-        return _fd_target(text, fd, source)
+    alias = _FD_NAME.fullmatch(text)
+    if text in _STD or alias:
+        return _fd_target(text, _STD.get(text) if alias is None else int(alias[1]), source)
     if text.endswith(os.sep):
         raise UserError(f"--output names a directory: {text} (give a file name)")
-    given = Path(text).expanduser()
+    try:
+        given = Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser/out.jsonl
+        raise UserError(f"--output {text}: cannot expand {text.split('/')[0]} (no such user)") from None
     path = Path(os.path.realpath(given))  # a symlink is followed, never replaced
     where = f"{given} (-> {path})" if path != given.absolute() else str(given)
     try:
         st = os.stat(given)  # through /proc/self/fd/N and /dev/stdin links too: the file they open
     except FileNotFoundError:
-        st = None
+        return _file_target(path)
     except OSError as e:
         raise UserError(f"--output {where}: {e.strerror}") from None
-    if st is not None:
-        _not_the_prompts((st.st_dev, st.st_ino, st.st_mode), source, f"--output {where}")
-    if st is not None and stat.S_ISDIR(st.st_mode):
+    _not_the_prompts((st.st_dev, st.st_ino, st.st_mode), source, f"--output {where}")
+    if stat.S_ISDIR(st.st_mode):
         raise UserError(f"--output is a directory: {where} (give a file name inside it)")
-    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
         if not os.access(given, os.W_OK):
             raise UserError(f"--output {where}: permission denied")
-        return Target("direct", given if _is_proc_link(given) else path)
-    if st is not None and not stat.S_ISREG(st.st_mode):
+        return Target("direct", given if _DESCRIPTOR_LINK.fullmatch(os.path.abspath(given)) else path)
+    if not stat.S_ISREG(st.st_mode):
         raise UserError(f"--output {where} is not a regular file, fifo or character device; refusing to write to it")
-    if _is_proc_link(given):  # /dev/stdin -> a regular file we did not name: never replace it by renaming
+    if _DESCRIPTOR_LINK.fullmatch(os.path.abspath(given)):  # /dev/stdin -> a file we did not name: never rename over it
         raise UserError(f"--output {where}: give the file's own name, not a descriptor alias of it")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UserError(f"output directory does not exist: {parent}")
-    if st is not None and _is_gguf(path):
+    if _starts_with(path, b"GGUF"):
         raise UserError(f"--output {where} is a GGUF model file; refusing to replace it")
-    if st is not None and not os.access(path, os.W_OK):
+    if not os.access(path, os.W_OK):
         raise UserError(f"--output {where} is read-only; it would be replaced (chmod it or choose another name)")
+    return _file_target(path)
+
+
+def _file_target(path: Path) -> Target:
+    if not path.parent.is_dir():
+        raise UserError(f"output directory does not exist: {path.parent}")
     target = Target("file", path)
     _check_partial(target.partial)
     return target
 
 
-Identity = tuple[int, int, int]  # st_dev, st_ino, st_mode
-
-
-def _prompt_identity(prompt_file: str | os.PathLike | None) -> Identity | None:
-    """The file the prompts come from (standard input for ``-``), by device and inode."""
-    if prompt_file is None:
+def _identity(what: int | str | os.PathLike | None) -> Identity | None:
+    """A descriptor's or a path's file (``-``: standard input), by device and inode."""
+    if what is None:
         return None
-    if str(prompt_file) == "-":
-        return _fd_identity(0)
     try:
-        st = os.stat(prompt_file)
+        st = os.fstat(what) if isinstance(what, int) else os.fstat(0) if str(what) == "-" else os.stat(what)
     except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino, st.st_mode
-
-
-def _fd_identity(fd: int) -> Identity | None:
-    try:
-        st = os.fstat(fd)
-    except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_mode
 
 
 def _not_the_prompts(out: Identity | None, source: Identity | None, where: str) -> None:
     """Writing where the prompts are read from would destroy them (a terminal may be both)."""
-    if out is None or source is None or out[:2] != source[:2] or stat.S_ISCHR(out[2]):
-        return
-    raise UserError(f"{where} is the prompt file itself; write the results elsewhere")
+    if out is not None and source is not None and out[:2] == source[:2] and not stat.S_ISCHR(out[2]):
+        raise UserError(f"{where} is the prompt file itself; write the results elsewhere")
 
 
 def _fd_target(text: str, fd: int, source: Identity | None) -> Target:
@@ -144,95 +128,80 @@ def _fd_target(text: str, fd: int, source: Identity | None) -> Target:
         raise UserError(f"--output {text}: file descriptor {fd} is not open") from None
     if mode == os.O_RDONLY:
         raise UserError(f"--output {text}: file descriptor {fd} is open for reading only")
-    _not_the_prompts(_fd_identity(fd), source, f"--output {text}")
+    _not_the_prompts(_identity(fd), source, f"--output {text}")
     return Target("fd", fd=fd)
 
 
-def _is_proc_link(path: Path) -> bool:
-    """``/dev/stdin``, ``/proc/<pid>/fd/N``: a name for an open descriptor, not a file of its own."""
-    text = os.path.abspath(path)
-    return text in ("/dev/stdin", "/dev/stdout", "/dev/stderr") or bool(re.fullmatch(r"/(dev|proc/[^/]+)/fd/\d+", text))
-
-
-def _is_gguf(path: Path) -> bool:
+def _starts_with(path: Path, prefix: bytes) -> bool:
     try:
         with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
+            return f.read(len(prefix)) == prefix
     except OSError:
         return False
 
 
 def _check_partial(partial: Path) -> None:
-    """OUT.partial must be free, or hold an earlier interrupted run's rows (ours to overwrite)."""
+    """OUT.partial must be free (and creatable), or hold an earlier interrupted run's rows."""
     try:
         st = os.lstat(partial)
     except FileNotFoundError:
-        st = None
+        try:  # can we create it at all? (permissions, read-only file system, name too long)
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644))
+            os.unlink(partial)
+        except OSError as e:
+            raise UserError(f"cannot write {partial}: {e.strerror or e}") from None
+        return
     except OSError as e:
         raise UserError(f"cannot write {partial}: {e.strerror}") from None
-    if st is not None:
-        if stat.S_ISREG(st.st_mode) and _locked(partial):
-            raise UserError(
-                f"another eft-local run is writing {partial.with_name(partial.name.removesuffix('.partial'))} "
-                f"({partial.name} is locked); "
-                "wait for it to finish or choose another --output"
-            )
-        if not stat.S_ISREG(st.st_mode) or not _looks_like_our_rows(partial):
-            raise UserError(f"{partial} exists and is not a partial result of eft-local; move it away or choose another --output")
-        return
-    try:  # can we create it at all? (permissions, read-only file system, name too long)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as e:
-        raise UserError(f"cannot write {partial}: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(partial)
+    if stat.S_ISREG(st.st_mode) and _locked(partial):
+        raise _busy(partial)
+    if not stat.S_ISREG(st.st_mode) or not _our_rows(partial):
+        raise UserError(f"{partial} exists and is not a partial result of eft-local; move it away or choose another --output")
+
+
+def _busy(partial: Path) -> UserError:
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    return UserError(
+        f"another eft-local run is writing {final} ({partial.name} is locked); wait for it to finish or choose another --output"
+    )
 
 
 def _locked(path: Path) -> bool:
     """Does a running eft-local hold this partial's lock?"""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
     except BlockingIOError:
         return True
     except OSError:
         return False
     finally:
         os.close(fd)
-    return False
 
 
-def _looks_like_our_rows(path: Path) -> bool:
-    """Empty, or its first line is one of our rows (an interrupted run's leftovers)."""
+def _our_rows(path: Path) -> bool:
+    """Empty, or its first line is one of our rows (run, score or error: an interrupted run's leftovers)."""
     try:
         with open(path, "rb") as f:
             first = f.readline(1 << 20)
-    except OSError:
+        row = json.loads(first) if first.strip() else {}
+    except (OSError, ValueError):
         return False
     if not first.strip():
         return os.path.getsize(path) == 0
-    try:
-        row = json.loads(first)
-    except ValueError:
-        return False
-    if not isinstance(row, dict):
-        return False
-    return (
-        ("finish_reason" in row and "token_ids" in row) or "continuations" in row or {"id", "error"} <= row.keys()
-    )  # run / score rows
+    return isinstance(row, dict) and (
+        {"finish_reason", "token_ids"} <= row.keys() or "continuations" in row or {"id", "error"} <= row.keys()
+    )
 
 
-class WriteFailed(UserError):
-    """Writing a row failed (disk full, …); the rows before it are whole."""
-
-
+# -- taking it for this run ------------------------------------------------------------------------
 class Claim:
-    """``--output`` checked and, for a regular file, ``OUT.partial`` opened and locked
-    (``flock``) before any model loads: a second run writing the same OUT fails at once
-    with one line instead of interleaving rows; the lock is held until OUT is renamed."""
+    """``--output`` checked and, for a regular file, ``OUT.partial`` opened and locked before any
+    model loads; the lock is held until OUT is renamed (``rows``) or the claim is released."""
 
     def __init__(self, target: Target, fd: int | None = None, created: bool = False) -> None:
         self.target, self._fd, self._created = target, fd, created
@@ -256,17 +225,22 @@ class Claim:
         self._fd = None
 
     @contextmanager
-    def rows(self) -> Iterator[IO[str]]:
+    def rows(self) -> Iterator[RowWriter]:
         """Where rows are written (``write(row + "\\n")`` per row); see the module docstring."""
-        kind = self.target.kind
-        if kind in ("stdout", "fd"):
-            yield from _to_descriptor(self.target)
-        elif kind == "direct":
-            yield from _to_device(self.target)
-        else:
+        if self.target.kind == "file":
             yield from self._to_partial()
+            return
+        sink, name, done = _open_sink(self.target)
+        try:
+            yield RowWriter(sink, name)
+        except BrokenPipeError:
+            if sink is _stdout():
+                _silence_stdout()
+            raise UserError(f"{name} was closed by its reader before every row was written") from None
+        finally:
+            done()
 
-    def _to_partial(self) -> Iterator[IO[str]]:
+    def _to_partial(self) -> Iterator[RowWriter]:
         final, partial = self.target.path, self.target.partial
         assert final is not None and self._fd is not None
         try:
@@ -275,7 +249,7 @@ class Claim:
             mode = None
         os.ftruncate(self._fd, 0)  # an earlier interrupted run's rows
         self._created = True
-        rows = RowFile(self._fd, str(partial), truncate=True)
+        rows = RowWriter(self._fd, str(partial), truncate=True)
         try:
             yield rows
         except BaseException as e:
@@ -296,9 +270,7 @@ class Claim:
 def claim_output(out: str | os.PathLike | None, prompt_file: str | os.PathLike | None = None) -> Claim:
     """Check ``--output`` and take it for this run (see ``Claim``); one UserError if we can't."""
     target = check_output(out, prompt_file)
-    if target.kind != "file":
-        return Claim(target)
-    return Claim(target, *_lock_partial(target))
+    return Claim(target, *_lock_partial(target)) if target.kind == "file" else Claim(target)
 
 
 def _lock_partial(target: Target) -> tuple[int, bool]:
@@ -306,20 +278,15 @@ def _lock_partial(target: Target) -> tuple[int, bool]:
     partial = target.partial
     for _ in range(5):
         created = not os.path.lexists(partial)
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(partial, flags, 0o644)
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            msg = "it is a symlink" if e.errno == errno.ELOOP else e.strerror
-            raise UserError(f"cannot write {partial}: {msg}") from None
+            raise UserError(f"cannot write {partial}: {'it is a symlink' if e.errno == errno.ELOOP else e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(
-                f"another eft-local run is writing {target.path} ({partial.name} is locked); "
-                "wait for it to finish or choose another --output"
-            ) from None
+            raise _busy(partial) from None
         except OSError:
             pass  # a file system without locks: carry on as before
         if _same_inode(fd, partial):
@@ -337,31 +304,57 @@ def _same_inode(fd: int, path: Path) -> bool:
 
 
 @contextmanager
-def open_output(out: str | os.PathLike | None, prompt_file: str | os.PathLike | None = None) -> Iterator[IO[str]]:
-    """A text stream for the rows; see the module docstring for what each kind of OUT gets."""
+def open_output(out: str | os.PathLike | None, prompt_file: str | os.PathLike | None = None) -> Iterator[RowWriter]:
+    """A writer for the rows; see the module docstring for what each kind of OUT gets."""
     with claim_output(out, prompt_file) as claim, claim.rows() as rows:
         yield rows
 
 
-class RowFile:
-    """Whole rows onto a descriptor with ``os.write``: a failed write (disk full) is cut back
-    to the last whole row (``truncate``, for a regular file) and raised as one line."""
+# -- writing rows ---------------------------------------------------------------------------------
+def _stdout() -> IO[bytes] | None:
+    """Standard output as Python sees it (tests capture it), as bytes: rows are UTF-8 whatever the locale."""
+    return getattr(sys.stdout, "buffer", None)
 
-    def __init__(self, fd: int, name: str, truncate: bool = False) -> None:
-        self.fd, self.name, self.truncate = fd, name, truncate
+
+def _open_sink(target: Target) -> tuple[int | IO[bytes], str, Callable[[], None]]:
+    """(where the bytes go, its name for messages, what ends it) for a target that isn't a file."""
+    if target.kind == "stdout" or target.fd == 1:
+        return _stdout() or sys.stdout.fileno(), "standard output", lambda: None
+    if target.kind == "fd":
+        fd = os.dup(target.fd)
+        return fd, f"file descriptor {target.fd}", lambda: os.close(fd)
+    try:
+        fd = os.open(target.path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"cannot open --output {target.path}: {e.strerror}") from None
+    return fd, str(target.path), lambda: os.close(fd)
+
+
+class RowWriter:
+    """Whole rows onto a descriptor (``os.write``) or a byte stream: a failed write is cut back to
+    the last whole row (``truncate``, for a regular file) and raised as one line."""
+
+    def __init__(self, sink: int | IO[bytes], name: str, truncate: bool = False) -> None:
+        self.sink, self.name, self.truncate = sink, name, truncate
         self.good = 0  # bytes of whole rows written
         self.rows = 0
 
     def write(self, text: str) -> int:
         data = text.encode("utf-8")
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self.fd, view) :]
+            if isinstance(self.sink, int):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.sink, view) :]
+            else:
+                self.sink.write(data)
+                self.sink.flush()
         except BrokenPipeError:
             raise
         except OSError as e:
             self._cut_back()
+            if self.sink is _stdout():
+                _silence_stdout()
             raise WriteFailed(_write_error(e, self.name, self.rows)) from None
         self.good += len(data)
         self.rows += text.count("\n")
@@ -373,8 +366,8 @@ class RowFile:
     def _cut_back(self) -> None:
         if self.truncate:
             try:
-                os.ftruncate(self.fd, self.good)
-                os.lseek(self.fd, self.good, os.SEEK_SET)
+                os.ftruncate(self.sink, self.good)
+                os.lseek(self.sink, self.good, os.SEEK_SET)
             except OSError:
                 pass
 
@@ -388,62 +381,14 @@ def _write_error(e: OSError, name: str, rows: int) -> str:
     return f"cannot write {name}: {e.strerror or e}; {kept}"
 
 
-def _to_descriptor(target: Target) -> Iterator[IO[str]]:
-    """Standard output (as Python sees it: tests capture it) or an inherited descriptor."""
-    stream = sys.stdout if target.fd in (None, 1) else os.fdopen(os.dup(target.fd), "w", encoding="utf-8")
-    name = "standard output" if stream is sys.stdout else f"file descriptor {target.fd}"
+def _silence_stdout() -> None:
+    """After a failed or closed stdout, stop Python's exit-time flush of it from printing a traceback."""
     try:
-        yield _Checked(stream, name)
-        stream.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        raise UserError("the output was closed by its reader before every row was written") from None
-    except OSError as e:
-        _silence_stdout()
-        raise WriteFailed(_write_error(e, name, 0).split(";")[0]) from None
-    finally:
-        if stream is not sys.stdout:
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-
-class _Checked:
-    """A text stream whose write errors (other than a closed pipe) are one line."""
-
-    def __init__(self, stream: IO[str], name: str) -> None:
-        self.stream, self.name, self.rows = stream, name, 0
-
-    def write(self, text: str) -> int:
-        try:
-            n = self.stream.write(text)
-            self.stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            _silence_stdout()
-            raise WriteFailed(_write_error(e, self.name, self.rows)) from None
-        self.rows += text.count("\n")
-        return n
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _to_device(target: Target) -> Iterator[IO[str]]:
-    """A fifo or a character device: written row by row, never created or truncated."""
-    assert target.path is not None
-    try:
-        fd = os.open(target.path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise UserError(f"cannot open --output {target.path}: {e.strerror}") from None
-    try:
-        yield RowFile(fd, str(target.path))
-    except BrokenPipeError:
-        raise UserError(f"{target.path} was closed by its reader before every row was written") from None
-    finally:
-        os.close(fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def row_json(row: dict) -> str:
@@ -459,13 +404,3 @@ def row_json(row: dict) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _silence_stdout() -> None:
-    """After a closed pipe, stop Python's exit-time flush of stdout from printing a traceback."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass

@@ -455,3 +455,59 @@ def test_disk_full_on_standard_output_is_one_line(family, tmp_path):
         )  # fmt: skip
     assert r.returncode == 2 and "disk full while writing standard output" in last_line(r.stderr)
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+
+
+# -- the output's reader, encoding and name --------------------------------------------------------
+def test_standard_output_closed_by_its_reader_is_one_line(family, tmp_path):
+    import subprocess
+    import sys
+
+    pf = tmp_path / "p.txt"
+    pf.write_text("hello\n" * 50)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "eft_local", "run", "--prompt-file", str(pf), *role_args(family), "--max-tokens", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    p.stdout.close()  # `... | head -c 0`
+    err = p.stderr.read()
+    assert p.wait(60) == 2 and last_line(err) == (
+        "eft-local: error: standard output was closed by its reader before every row was written"
+    )
+    assert "Exception ignored" not in err
+
+
+def test_a_fifo_closed_by_its_reader_is_one_line(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    closed = threading.Event()
+
+    def read_one_row_then_leave():
+        with open(fifo) as f:
+            f.readline()
+        closed.set()
+
+    threading.Thread(target=read_one_row_then_leave, daemon=True).start()
+    with pytest.raises(UserError, match=f"^{fifo} was closed by its reader before every row was written$"):
+        with open_output(fifo) as f:
+            f.write('{"id": 0}\n')
+            assert closed.wait(10)
+            f.write('{"id": 1}\n')
+
+
+def test_rows_are_utf8_whatever_the_locale_says(family, tmp_path):
+    """Before: PYTHONIOENCODING=ascii (or a Latin-1 locale) made a row with 'é' an unexpected UnicodeEncodeError."""
+    pf = tmp_path / "p.txt"
+    pf.write_text("héllo €\n", encoding="utf-8")
+    r = run_cli("run", "--prompt-file", str(pf), *role_args(family), "--max-tokens", "2", env={"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0, r.stderr
+    assert rows(r.stdout)[0]["prompt"] == "héllo €"
+
+
+def test_an_output_under_an_unknown_users_home_is_one_line():
+    with pytest.raises(UserError, match=r"^--output ~nosuchuser/o.jsonl: cannot expand ~nosuchuser"):
+        check_output("~nosuchuser/o.jsonl")
