@@ -165,13 +165,14 @@ def _read_key_file(path: str) -> str:
 
 def access(args: argparse.Namespace):
     """The Host/Origin policy of ``guard`` for these flags (a bad --allow-origin is a UserError)."""
-    from eft_local.server.guard import access_policy, check_origin_option
+    from eft_local.server.guard import access_policy, check_host_option, check_origin_option
 
     try:
         origins = [check_origin_option(o) for o in args.allow_origin]
+        hosts = [check_host_option(h) for h in args.allowed_host]
     except ValueError as e:
         raise UserError(str(e)) from None
-    return access_policy(args.host, args.allowed_host, origins)
+    return access_policy(args.host, hosts, origins)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -91,14 +91,50 @@ def normalise_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
+_HOST = r"(?:\[[0-9a-f:.%a-z]+\]|[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?)"  # a DNS name, an IPv4 or a [bracketed IPv6]
+
+
 def check_origin_option(origin: str) -> str:
-    """An --allow-origin value: '*' or scheme://host[:port] (what browsers send), else a UserError text."""
+    """An --allow-origin value: '*' or exactly what a browser sends, scheme://host[:port]; a
+    ValueError naming the flag for anything that could never match (a path, a pattern such as
+    ``http://*.example.com``) and for ``null`` (sent by sandboxed iframes, file:// pages and
+    redirects: any page can make its requests carry it, so allowing it would allow every page)."""
     o = normalise_origin(origin)
-    if o == "*" or o == "null" or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", o):
+    if o == "*":
         return o
-    raise ValueError(
-        f"--allow-origin takes '*' or an origin such as http://localhost:3000 (scheme://host[:port]), got {origin!r}"
-    )
+    if o == "null":
+        raise ValueError(
+            "--allow-origin null would let any web page in (sandboxed iframes, file:// pages and redirects "
+            "all send 'Origin: null'); it is refused: serve the page from an http(s) origin and allow that"
+        )
+    if "*" in o:
+        raise ValueError(f"--allow-origin takes exact origins, not patterns ('*' alone allows every page), got {origin!r}")
+    if not re.fullmatch(rf"[a-z][a-z0-9+.-]*://{_HOST}(?::\d{{1,5}})?", o):
+        raise ValueError(
+            f"--allow-origin takes '*' or an origin such as http://localhost:3000 (scheme://host[:port]), got {origin!r}"
+        )
+    return o
+
+
+def check_host_option(host: str) -> str:
+    """An --allowed-host value: '*' or a host name or address as the Host header names it, without
+    a port (the port is never compared: any port of an allowed name is allowed); a ValueError
+    for a port, a scheme, a path or a pattern, which would never match."""
+    name = host.strip().lower().rstrip(".")
+    if name == "*":
+        return name
+    shown = "--allowed-host takes a host name or address such as my.box or 192.168.1.5 (any port)"
+    if "://" in name or "/" in name:
+        raise ValueError(f"{shown}, not a URL, got {host!r}")
+    if "*" in name:
+        raise ValueError(f"{shown}; patterns are not supported ('*' alone allows every name), got {host!r}")
+    if ip_of(name) is None and ":" in name:
+        bare = host_name(name)
+        hint = f"; use {bare}" if bare else ""
+        raise ValueError(f"{shown}, without a port (the port is not checked){hint}, got {host!r}")
+    if not re.fullmatch(_HOST, name if ip_of(name) is None or name.startswith("[") else f"[{name}]"):
+        raise ValueError(f"{shown}, got {host!r}")
+    return name.strip("[]")
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -12,8 +12,8 @@ import pytest
 
 from eft_local.cli.serve import api_key
 from eft_local.errors import UserError
-from eft_local.server.guard import access_policy
-from tests.conftest import run_cli
+from eft_local.server.guard import access_policy, check_host_option, check_origin_option
+from tests.conftest import role_args, run_cli
 from tests.server.conftest import HELLO
 
 
@@ -148,3 +148,42 @@ def test_api_key_sources(tmp_path):
             api_key(key_args(api_key=bad), {})
     with pytest.raises(UserError, match="cannot read"):
         api_key(key_args(api_key_file=str(tmp_path / "absent")), {})
+
+
+# -- issue 23 item 6: flag values that look valid but could never match are refused at start ---------------------
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("--allowed-host", "evil.com:8080", "without a port"),
+        ("--allowed-host", "[::1]:8080", "without a port"),
+        ("--allowed-host", "*.example.com", "patterns are not supported"),
+        ("--allowed-host", "http://my.box", "not a URL"),
+        ("--allowed-host", "my.box/x", "not a URL"),
+        ("--allowed-host", "two words", "host name or address"),
+        ("--allow-origin", "http://*.example.com", "not patterns"),
+        ("--allow-origin", "*.example.com", "not patterns"),
+        ("--allow-origin", "null", "any web page"),
+        ("--allow-origin", "NULL", "any web page"),
+        ("--allow-origin", "http://a.example:port", "scheme://host[:port]"),
+        ("--allow-origin", "http://a.example/app", "scheme://host[:port]"),
+    ],
+)
+def test_host_and_origin_flags_that_could_never_match_exit_2_naming_them(family, flag, value, says):
+    r = run_cli("serve", *role_args(family), "--port", "0", flag, value, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert flag in r.stderr and says in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "value, kept", [("my.box", "my.box"), ("MY.Box.", "my.box"), ("192.168.1.5", "192.168.1.5"), ("[::1]", "::1"), ("*", "*")]
+)
+def test_allowed_host_forms_that_match_are_kept(value, kept):
+    assert check_host_option(value) == kept
+
+
+def test_an_allowed_host_matches_on_any_port_and_origins_match_exactly(serve):
+    srv = serve(allowed_hosts=[check_host_option("my.box")], allow_origins=[check_origin_option("http://app.example:3000")])
+    for host in ("my.box", "my.box:8080", "MY.BOX:1"):
+        assert httpx.get(srv.url + "/v1/models", headers={"Host": host}).status_code == 200, host
+    for origin in ("http://app.example:3001", "http://x.app.example:3000", "null"):
+        assert httpx.get(srv.url + "/v1/models", headers={"Origin": origin}).status_code == 403, origin
