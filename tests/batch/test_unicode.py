@@ -105,6 +105,19 @@ def test_a_template_whose_output_is_not_unicode_is_an_error_row(tmp_path):
     assert "chat template of chat.gguf failed: its output is not valid Unicode" in got[1]["error"]
 
 
+def test_score_a_template_whose_output_is_not_unicode_is_an_error_row(tmp_path):
+    family = write_family(tmp_path / "fam", chat_template=BAD_ON_DEMAND)
+    pf = tmp_path / "s.jsonl"
+    pf.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "continuation": "b"}\n'
+        '{"messages": [{"role": "user", "content": "BAD"}], "continuation": "b"}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    assert main(["score", "--prompt-file", str(pf), "--output", str(out), *role_args(family)]) == 0
+    got = rows_of(out)
+    assert "error" not in got[0] and "its output is not valid Unicode" in got[1]["error"]
+
+
 @pytest.mark.parametrize("command", ["run", "score"])
 @pytest.mark.parametrize("flags", [["--system", BYTE], ["--system", "a\ud800"], ["--stop", f"x{BYTE}"], ["--stop", "\udfff"]])
 def test_text_flags_that_are_not_unicode_exit_2_with_one_line(tmp_path, models, capsys, command, flags):

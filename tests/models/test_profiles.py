@@ -69,7 +69,8 @@ def test_repo_models_toml_has_the_promised_profiles():
     assert "0.5B-Instruct" in default_files["chat"].filename
     assert "0.5B" in default_files["reference"].filename and "Instruct" not in default_files["reference"].filename
     for p in profiles.values():
-        assert set(p.files) == set(ROLES) and p.description
+        extra = {"bare"} if p.name == "miniature" else set()  # the demo family's second behaviour delta
+        assert set(p.files) == set(ROLES) | extra and p.description
         assert p.defaults["prompt_style"] in ("template", "transcript")
         assert {"n_ctx", "temperature", "alpha", "beta"} <= set(p.defaults)
 
@@ -446,6 +447,13 @@ def test_unusable_flag_path_is_one_line_naming_the_flag(tmp_path, family, path, 
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert f"--base {path}: " in line and reason in line
+
+
+def test_a_symlink_loop_is_one_line(tmp_path, family):
+    loop = tmp_path / "loop.gguf"
+    loop.symlink_to(loop)
+    (line,) = run_profile(bad_path_profile(tmp_path, family, str(loop)), tmp_path)
+    assert f"profile 'p': base {loop}: Too many levels of symbolic links" in line
 
 
 def test_unusable_delta_path_names_the_delta(tmp_path, family):
