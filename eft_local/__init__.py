@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "EftEngine": "eft_local.engine.decoder",
+    "EftEngine": "eft_local.engine.eft_engine",
     "GenerationConfig": "eft_local.engine.config",
     "Session": "eft_local.engine.session",
     "SamplingParams": "eft_local.mix.params",

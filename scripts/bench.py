@@ -413,12 +413,13 @@ PROFILE_COLUMNS = ("decode", "combine+filter", "sample/accept", "row copies", "p
 
 
 def _profiled_functions() -> dict:
-    """(module, name) -> function for every PROFILE_PARTS name the decoder and its position
-    math (engine/targets.py; absent in older checkouts) call, to be wrapped by a timer."""
+    """(module, name) -> function for every PROFILE_PARTS name the decoder, its rounds
+    (engine/generation.py) and its position math (engine/targets.py) call — modules absent in
+    older checkouts are skipped — to be wrapped by a timer."""
     import importlib
 
     mods = []
-    for name in ("eft_local.engine.decoder", "eft_local.engine.targets"):
+    for name in ("eft_local.engine.decoder", "eft_local.engine.generation", "eft_local.engine.targets"):
         try:
             mods.append(importlib.import_module(name))
         except ImportError:

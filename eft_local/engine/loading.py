@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eft_local.engine.decoder import EftEngine
+from eft_local.engine.eft_engine import EftEngine
 from eft_local.llama.adapter import check_gguf
 from eft_local.mix.mixture import check_roles
 from eft_local.settings import SETTINGS

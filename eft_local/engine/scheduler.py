@@ -1,7 +1,7 @@
 """Many generations at once over one EftEngine: continuous batching of speculative EFT.
 
-Each generation (``decoder.Generation``) is a coroutine that yields the evaluations it needs next
-(``decoder.Eval``) and owns one sequence id in every context. A tick of the scheduler
+Each generation (``generation.Generation``) is a coroutine that yields the evaluations it needs next
+(``generation.Eval``) and owns one sequence id in every context. A tick of the scheduler
 gathers the outstanding requests of all live sequences and runs them grouped by model, one
 ``eval_many`` (one ``llama_decode``) per model, then hands each sequence its rows back.
 
@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.decoder import EftEngine, Eval, Generation
 from eft_local.engine.draft_control import batch_k
+from eft_local.engine.eft_engine import EftEngine
 from eft_local.engine.events import Event, FinishedEvent
+from eft_local.engine.generation import Eval, Generation
 from eft_local.errors import UserError
 from eft_local.llama.adapter import LlamaModel
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from eft_local.engine.decoder import EftEngine
+from eft_local.engine.eft_engine import EftEngine
 from eft_local.errors import Cancelled, UserError
 from eft_local.mix.logprobs import TokenLogprob, token_logprobs
 from eft_local.mix.params import SamplingParams

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from eft_local.engine.config import GenerationConfig
-from eft_local.engine.decoder import EftEngine
+from eft_local.engine.eft_engine import EftEngine
 from eft_local.engine.events import Event
 from eft_local.engine.prompt_check import PromptTooLong, check_prompt
 

@@ -47,12 +47,29 @@ def test_rollback_then_eval_equals_fresh_evaluation(base, family, cut):
     np.testing.assert_allclose(after, expect, atol=1e-4)
 
 
-def test_prefill_reuses_common_prefix(base):
+def decoded_tokens(model, monkeypatch) -> list[int]:
+    """Every token ``model`` hands to llama.cpp from now on (a spy on its one decode path)."""
+    seen: list[int] = []
+    real = type(model)._decode
+
+    def spy(batch):
+        seen.extend(t for span in batch for t in span.tokens)
+        return real(model, batch)
+
+    monkeypatch.setattr(model, "_decode", spy)
+    return seen
+
+
+def test_prefill_reuses_common_prefix(base, monkeypatch):
     a = base.tokenize("one two three four", add_bos=True, special=False)
     b = a[:-1] + base.tokenize(" five", add_bos=False, special=False)
     base.prefill(a)
+    decoded = decoded_tokens(base, monkeypatch)
     row = base.prefill(b).copy()
     assert base.tokens == b
+    assert decoded == b[len(a) - 1 :]  # only what differs from the cached prompt is evaluated
+    decoded.clear()
+    assert base.prefill(b) is not None and decoded == b[-1:]  # the same prompt again: its last token, for its row
     base.rollback(0)
     np.testing.assert_allclose(row, base.eval(b, 1)[0], atol=1e-4)
 
