@@ -10,15 +10,18 @@ so greedy corners reproduce it bit for bit) and its last logits row is ``held``.
 A round with k drafts (Leviathan/Chen speculative sampling, target = the EFT distribution),
 ``Generation._round``:
 
-1. draft: the drafter drafts x_1..x_k, each from its own filtered distribution q_i;
+1. draft: the drafter drafts x_1..x_k, each from a proposal q_i: its filtered distribution
+   over the head of its row (any q keeps the output exact; this one is cheap and close to p);
 2. verify: every other model evaluates [pending, x_1..x_k] in one batch -> k+1 logit rows;
 3. accept: x_i stands with probability min(1, p_i(x_i)/q_i(x_i)); the first that does not is
    replaced by a draw from norm(max(0, p_i − q_i)) and ends the round; when all stand, a
    bonus token is drawn at position k+1;
 4. commit: every cache keeps the accepted prefix; the last token becomes ``pending``.
 
-Every position draws from its own three uniforms (draft, accept, resample), so a seeded run
-emits the same tokens whatever the block length.
+Every position of a speculative run draws from its own three uniforms (draft, accept,
+resample), so a seeded run emits the same tokens whatever the block length; a naive run
+(``draft_tokens`` 0) draws each token from p directly with the first (the same distribution,
+another stream, one distribution per token instead of two).
 """
 
 from __future__ import annotations
@@ -177,6 +180,7 @@ class Generation:
             direct_cost=None if self.plan.drafter in self.plan.names else self._size(self.plan.verifiers),
         )
         self._block_length = block_length or self.controller.next_k
+        self.speculative = False  # drafting rounds at all (set when the rounds start): else each token is drawn from p
         # the caches: each model's not yet evaluated tokens, and the logits row the prompt left
         self.pending: dict[str, list[int]] = {name: [] for name in self.plan.active}
         self.held: dict[str, np.ndarray] = {}
@@ -268,7 +272,7 @@ class Generation:
 
     # -- rounds -----------------------------------------------------------------------------
     def _loop(self) -> Generator[list[Eval], list[np.ndarray], str]:
-        speculative = self._speculative()
+        self.speculative = speculative = self._speculative()
         while True:
             left = self.max_tokens - self.stats.n_tokens
             room = min(self.models[n].n_ctx - self.models[n].n_past - len(self.pending[n]) for n in self.plan.active)
@@ -353,16 +357,24 @@ class Generation:
         return tokens, True
 
     def _bonus(self, rows: Rows, draft: Draft, pos: int) -> Generator[list[Eval], list[np.ndarray], Token]:
-        """Every draft stood: one more token at position m, drawn like a draft from the
-        drafter's row after the last draft, and decided like one."""
+        """Every draft stood: one more token at position m. In a speculative run it is drawn
+        like a draft from the drafter's row after the last one, and decided like one (so a
+        position's token does not depend on where a round ends); a naive run draws it from p."""
         i = len(draft.tokens)
         drafter = self.plan.drafter
+        if not self.speculative:
+            return self._draw({name: r[i] for name, r in rows.items()}, pos)
         if draft.tokens:  # the drafter has not evaluated its last draft yet
             for name in self.plan.verifiers:  # another sequence's step may reuse these views' buffer
                 rows[name][i] = keep_row(rows[name][i])
             rows[drafter].append(keep_row((yield [Eval(drafter, [draft.tokens[-1]], 1, light=True)])[0][0]))
         q = self.targets.drafted(rows[drafter][i], self.draft_params)
         return self._decide(rows, i, q, sample(q, self.u[pos, 0]), pos)
+
+    def _draw(self, here: Mapping[str, np.ndarray], pos: int) -> Token:
+        """A token drawn from p itself, with the position's first uniform (no proposal)."""
+        p, z = self.targets.target(here)
+        return self._token(here, p.argmax if self.params.temperature == 0 else sample(p, self.u[pos, 0]), z)
 
     def _decide(self, rows: Rows, i: int, q: Dist, x: int, pos: int) -> Token:
         """Keep x (drawn from q) with prob min(1, p/q), else resample from norm(max(0, p − q)),
@@ -402,8 +414,7 @@ class Generation:
         reqs = [Eval(name, self.pending[name], 1) for name in self.plan.verifiers if self.pending[name]]
         got = dict(zip((r.name for r in reqs), (yield reqs))) if reqs else {}
         here = {name: got[name][0] if name in got else self.held.pop(name) for name in self.plan.verifiers}
-        p, z = self.targets.target(here)
-        token = self._token(here, sample(p, self.u[pos, 0]), z)
+        token = self._draw(here, pos)
         self.held.pop(self.plan.drafter, None)  # its prompt row is stale once a token passes it by
         self.pending[self.plan.drafter].append(token.id)
         for name in self.plan.verifiers:

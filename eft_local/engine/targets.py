@@ -1,6 +1,6 @@
 """The distributions at one position of a round, from the rows its models returned there.
 
-``drafted`` is q (the drafter's own filtered distribution), ``target`` is p (the EFT
+``drafted`` is q (the drafter's proposal: its filtered distribution over its row's head), ``target`` is p (the EFT
 distribution: every weighted row combined, masked, filtered) together with the combined row
 it was filtered from, and for the emitted token ``delta`` (how far the fine-tuning moved it,
 for the app's delta view) and ``logprob`` (its log-probability at T = 1, no filters, for the
@@ -18,7 +18,7 @@ import numpy as np
 from eft_local.llama.vocab import SharedVocab
 from eft_local.mix.logprobs import TokenLogprob, token_logprobs
 from eft_local.mix.params import SamplingParams
-from eft_local.mix.sampling import Dist, base_nucleus, combine, distribution, eft_distribution, token_logprob
+from eft_local.mix.sampling import Dist, base_nucleus, combine, distribution, eft_distribution, proposal, token_logprob
 
 Rows = Mapping[str, np.ndarray]  # model name -> its logits row at one position
 
@@ -40,7 +40,12 @@ class Targets:
         self.trace = trace
 
     def drafted(self, row: np.ndarray, params: SamplingParams) -> Dist:
-        """The drafter's own distribution q (one model: its row, masked, filtered)."""
+        """The proposal q a draft is drawn from: the drafter's filtered distribution over the
+        head of its row (``mix.sampling.proposal``: speculative sampling is exact for any q,
+        and this one costs a fraction of a full softmax) — or all of it when the drafter alone
+        is the target, whose drafts stand untested (q must then be p)."""
+        if not self.plan.p_is_q:
+            return proposal(row[: self.n], params, self.mask)
         if not self.mask.size:  # nothing to mask: filter the row itself (filters never write to it)
             return distribution(row[: self.n], params)
         return eft_distribution([row], [1.0], params, self.n, self.mask)
