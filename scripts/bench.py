@@ -402,6 +402,7 @@ PROFILE_PARTS = {  # decoder module name -> column (names an older decoder lacks
     "eft_distribution": "combine+filter",
     "combine": "combine+filter",
     "distribution": "combine+filter",
+    "proposal": "combine+filter",
     "base_nucleus": "combine+filter",
     "sample": "sample/accept",
     "accept": "sample/accept",

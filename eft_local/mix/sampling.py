@@ -18,7 +18,7 @@ import numpy as np
 from eft_local.mix.filters import _TINY_T, FILTERS, Candidates, candidates, nucleus
 from eft_local.mix.params import SamplingParams
 
-__all__ = ["Dist", "combine", "distribution", "eft_distribution", "greedy_token", "proposal", "sample"]
+__all__ = ["Dist", "combine", "distribution", "eft_distribution", "proposal", "sample"]
 
 
 class Dist:
@@ -188,20 +188,6 @@ def base_nucleus(base: np.ndarray, n: int, params: SamplingParams) -> np.ndarray
         return None
     c = nucleus(candidates(base[:n], params.temperature), params.top_p)
     return np.flatnonzero(c.w) if c.ids is None else np.sort(c.ids)
-
-
-def greedy_token(
-    rows: Sequence[np.ndarray], weights: Sequence[float], n: int, mask: np.ndarray | None = None, out: np.ndarray | None = None
-) -> int:
-    """The greedy EFT token: argmax of the combined, masked row (first index on ties).
-
-    The same float32 operations as ``eft_distribution`` at temperature 0, without building a
-    distribution: greedy output is exactly what it always was.
-    """
-    z = combine(rows, weights, out if out is not None else np.empty(n, np.float32))
-    if mask is not None and mask.size:
-        z[mask] = -np.inf
-    return int(np.argmax(z))
 
 
 def eft_distribution(
