@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from eft_local.engine.events import FinishedEvent, TokenEvent
-from eft_local.server.answers import Answer
+from eft_local.server.answers import AllAnswered, Answer
 from eft_local.server.connections import client_left
-from eft_local.server.reply import Reply
-from eft_local.server.request import MAX_BODY_BYTES, ApiError, load_json, parse
+from eft_local.server.reply import Reply, to_json
+from eft_local.server.request import MAX_ANSWER_BYTES, MAX_BODY_BYTES, ApiError, load_json, parse
 from eft_local.server.state import ServerState, state_of
 from eft_local.server.worker import Channel, Failed, Job, QueueFull, Started
 
@@ -75,13 +75,13 @@ async def _answer(st: ServerState, request: Request, kind: str) -> Response:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        answers = await _finish(job, request)
+        body = await _finish(job, request, _Body(reply))
     except BaseException:
         job.cancel()
         raise
-    if answers is None:
+    if body is None:
         return Response(status_code=499)
-    return JSONResponse(reply.full(answers))
+    return body.response()
 
 
 async def _wait_start(job: Job, request: Request) -> Started | None:
@@ -103,9 +103,9 @@ async def _wait_start(job: Job, request: Request) -> Started | None:
             return None
 
 
-async def _finish(job: Job, request: Request) -> list[Answer] | None:
-    """The answers of a non-streamed job: one per prompt (the token events of a plain
-    generation are gathered for its log-probabilities)."""
+async def _finish(job: Job, request: Request, body: _Body) -> _Body | None:
+    """``body`` with the choices of a non-streamed job: one per prompt, each turned into JSON as it
+    comes (the token events of a plain generation are gathered for its log-probabilities)."""
     tokens: list[TokenEvent] = []
     while True:
         for item in await job.channel.get(DISCONNECT_POLL_SECONDS):
@@ -116,12 +116,55 @@ async def _finish(job: Job, request: Request) -> list[Answer] | None:
             elif isinstance(item, FinishedEvent):
                 if item.reason == "error":
                     raise ApiError(400, item.error or "generation failed", code="generation_error")
-                return [Answer(0, tokens=tokens, fin=item)]
-            elif isinstance(item, list):  # answers.answer_prompts: every prompt done
-                return item
+                body.add(Answer(0, tokens=tokens, fin=item))
+                return body
+            elif isinstance(item, Answer):  # one prompt of an echo / several-prompt request
+                body.add(item)
+            elif isinstance(item, AllAnswered):
+                return body
         if await request.is_disconnected():
             job.cancel()
             return None
+
+
+class _Body:
+    """A non-streamed answer kept as compact JSON, one choice at a time (a prompt's log-probability
+    objects live only until its choice is written), then sent in pieces: the transport's buffer
+    stays bounded however large the answer (``MAX_ANSWER_BYTES``)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.choices: dict[int, bytes] = {}
+        self.counts: list[Answer] = []  # what usage and the eft stats need, without the log-probabilities
+        self.size = 0
+
+    def add(self, a: Answer) -> None:
+        data = to_json(self.reply.choice(a))
+        self.size += len(data) + 1
+        if self.size > MAX_ANSWER_BYTES:
+            raise ApiError(
+                400,
+                f"the answer would be larger than {MAX_ANSWER_BYTES / 2**20:g} MiB; send fewer prompts per request "
+                "or ask for fewer log-probabilities",
+                param="logprobs" if self.reply.req.logprobs is not None else "prompt",
+                code="answer_too_large",
+            )
+        self.choices[a.index] = data
+        self.counts.append(Answer(a.index, prompt_count=a.prompt_tokens, fin=a.fin))
+
+    def response(self) -> Response:
+        head, tail = self.reply.envelope(self.counts)
+        pieces = [head]
+        for i, index in enumerate(sorted(self.choices)):
+            pieces += [b","] * bool(i) + [self.choices.pop(index)]
+        pieces.append(tail)
+        length = sum(map(len, pieces))
+
+        async def send_pieces() -> AsyncIterator[bytes]:
+            while pieces:
+                yield pieces.pop(0)
+
+        return StreamingResponse(send_pieces(), media_type="application/json", headers={"content-length": str(length)})
 
 
 async def _stream(job: Job, reply: Reply) -> AsyncIterator[str]:

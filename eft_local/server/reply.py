@@ -8,6 +8,7 @@ token has ``null``) and the chat shape ``{content: [{token, logprob, bytes, top_
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,6 +21,11 @@ from eft_local.server.request import GenRequest
 from eft_local.server.state import TokenTexts
 
 Entry = tuple[int, TokenLogprob | None]  # a token id and its log-probability (None: the first prompt token)
+
+
+def to_json(obj: Any) -> bytes:
+    """Compact JSON, as starlette's JSONResponse writes it."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def generated(tokens: Sequence[TokenEvent]) -> list[Entry]:
@@ -96,23 +102,25 @@ class Reply:
     def reason(fin: FinishedEvent | None) -> str:
         return "length" if fin is None or fin.reason == "length" else "stop"
 
-    def full(self, answers: Sequence[Answer]) -> dict[str, Any]:
-        if self.kind == "chat":
-            a = answers[0]
-            choices = [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": a.fin.text if a.fin else ""},
-                    "logprobs": self._chat_logprobs(a.tokens) if self.req.logprobs is not None else None,
-                    "finish_reason": self.reason(a.fin),
-                }
-            ]
-            out = self._head("chat.completion")
-        else:
-            choices = [self._completion_choice(a) for a in answers]
-            out = self._head("text_completion")
-        out.update(choices=choices, usage=self.usage(answers), eft=self.eft(answers))
-        return out
+    def choice(self, a: Answer) -> dict[str, Any]:
+        """One prompt's choice of a non-streamed answer."""
+        if self.kind != "chat":
+            return self._completion_choice(a)
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": a.fin.text if a.fin else ""},
+            "logprobs": self._chat_logprobs(a.tokens) if self.req.logprobs is not None else None,
+            "finish_reason": self.reason(a.fin),
+        }
+
+    def envelope(self, answers: Sequence[Answer]) -> tuple[bytes, bytes]:
+        """A non-streamed answer's JSON around its choices: (up to ``"choices":[``, from ``]`` on).
+        ``answers`` need only their counts (``prompt_count``, ``fin``): the choices are already bytes."""
+        out = self._head("chat.completion" if self.kind == "chat" else "text_completion")
+        out.update(choices=[], usage=self.usage(answers), eft=self.eft(answers))
+        text = to_json(out)
+        cut = text.index(b'"choices":[]') + len(b'"choices":[')
+        return text[:cut], text[cut:]
 
     def _completion_choice(self, a: Answer) -> dict[str, Any]:
         echoed = list(zip(a.prompt_ids or (), a.echo)) if a.echo is not None else []

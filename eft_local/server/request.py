@@ -30,6 +30,10 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 500
 MAX_PROMPTS = 256  # prompts in one completion request (one choice each)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer averages more: longer text can't fit, refused without tokenizing it
+# One answer's log-probabilities: positions (echoed prompt tokens + max_tokens, over its prompts) x (1 + top
+# alternatives). 2^20 is 48 prompts of 1,024 scored tokens with logprobs 20, or ~16,000 with logprobs 1 (lm-eval).
+MAX_LOGPROB_ENTRIES = 1 << 20
+MAX_ANSWER_BYTES = 64 << 20  # one non-streamed answer's JSON
 MESSAGE_ROLE_NAMES = {**{role: role for role in MESSAGE_ROLES}, "developer": "system"}  # OpenAI's newer name for system
 
 
@@ -311,6 +315,8 @@ def parse(
     config = _config(kind, body, effective)
     stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
     messages, raw, prompts = _prompt(kind, body, stream, bool(echo), n_ctx=n_ctx, n_vocab=n_vocab)
+    lengths = [len(p) if isinstance(p, list) else None for p in prompts or [None]]  # (text: counted once tokenized)
+    check_logprobs_size(logprob_positions(lengths, bool(echo), config.max_tokens if not scoring_only else 0), config.logprobs)
     return GenRequest(
         messages,
         raw,
@@ -325,6 +331,27 @@ def parse(
         body.get("return_tokens_as_token_ids") is not None
         and setting("return_tokens_as_token_ids", body["return_tokens_as_token_ids"]),
     )
+
+
+def check_logprobs_size(positions: int, top: int | None) -> None:
+    """A 400 that says the limit when an answer would hold more than ``MAX_LOGPROB_ENTRIES``
+    log-probabilities (``positions`` scored or generated tokens, each with ``top`` alternatives)."""
+    if top is None:
+        return
+    entries = positions * (1 + top)
+    if entries > MAX_LOGPROB_ENTRIES:
+        raise bad(
+            "logprobs",
+            f"this request asks for {entries:,} log-probabilities ((echoed prompt tokens + max_tokens) x (1 + {top} "
+            f"alternatives) over its prompts); one answer holds at most {MAX_LOGPROB_ENTRIES:,}: send fewer prompts "
+            "or tokens per request, or ask for fewer alternatives",
+            "too_many_logprobs",
+        )
+
+
+def logprob_positions(prompt_lengths: Sequence[int | None], echo: bool, generated: int) -> int:
+    """Positions whose log-probabilities an answer carries (an unknown length, None, counts 0)."""
+    return sum((length or 0) * echo + generated for length in prompt_lengths)
 
 
 def _refuse_fixed(body: Mapping[str, Any]) -> None:

@@ -23,7 +23,7 @@ from eft_local.engine.session import PromptTooLong, Session, rng_for, with_syste
 from eft_local.errors import Cancelled, UserError
 from eft_local.llama.prompts import prerender
 from eft_local.server import redact
-from eft_local.server.answers import Gather, answer_prompts
+from eft_local.server.answers import AllAnswered, Gather, answer_prompts
 from eft_local.server.request import ApiError, GenRequest
 
 
@@ -383,7 +383,8 @@ class EngineWorker:
         """Echo scoring / several prompts: the engine to itself (caller holds the session lock)."""
         job.channel.put(Started(0))
         try:
-            job.channel.put(answer_prompts(self.session, job.request, job.cancelled.is_set), last=True)
+            answer_prompts(self.session, job.request, job.cancelled.is_set, job.channel.put)
+            job.channel.put(AllAnswered(), last=True)
         except ApiError as e:
             job.channel.put(Failed(e), last=True)
         except Cancelled:  # the client went away, or the server stops: then its answer says so
