@@ -299,7 +299,36 @@ def test_eight_concurrent_streams_each_get_their_solo_answer(client):
     assert together == solo
 
 
-def test_disconnect_mid_stream_frees_the_engine_within_a_round(served, client):
+@pytest.fixture
+def generations(served, monkeypatch):
+    """What each generation on the engine thread did: its end and how many tokens it produced once
+    its cancel flag was set. Tests assert these events, not a stopwatch (which flaked under load)."""
+    log: list[dict] = []
+    session = served.worker.session
+    generate = session.generate
+
+    def spy(prompt, config, rng, cancel=None):
+        record = {"reason": None, "after_cancel": 0}
+        log.append(record)
+        for ev in generate(prompt, config, rng, cancel=cancel):
+            if isinstance(ev, TokenEvent) and ev.token_id >= 0 and cancel is not None and cancel():
+                record["after_cancel"] += 1
+            if isinstance(ev, FinishedEvent):
+                record["reason"] = ev.reason
+            yield ev
+
+    monkeypatch.setattr(session, "generate", spy)
+    return log
+
+
+def wait_freed(worker, since: float) -> float:
+    while worker.running is not None:
+        assert time.perf_counter() - since < 60, "generation kept running after the client left"
+        time.sleep(0.001)
+    return time.perf_counter() - since
+
+
+def test_disconnect_mid_stream_frees_the_engine_within_a_round(served, generations):
     body = {"prompt": "a long story", "max_tokens": 900, "temperature": 0.0, "stream": True, "draft_tokens": 4}
     with httpx.Client(timeout=30) as http, http.stream("POST", served.url + "/v1/completions", json=body) as r:
         lines = r.iter_lines()
@@ -308,30 +337,18 @@ def test_disconnect_mid_stream_frees_the_engine_within_a_round(served, client):
         assert served.worker.running is not None
         closed = time.perf_counter()
     # leaving the block closed the connection: the engine must stop at its next round
-    while served.worker.running is not None:
-        assert time.perf_counter() - closed < 2.0, "generation kept running after the client left"
-        time.sleep(0.001)
-    freed = time.perf_counter() - closed
-    # one round here is one batched verify of <= 5 tokens on tiny models: a few ms
-    full = client.completions.create(
-        model=MODEL, prompt="a long story", max_tokens=900, temperature=0, extra_body={"draft_tokens": 4}
-    )
-    eft = full.model_extra["eft"]
-    round_s = full.usage.completion_tokens / max(eft["tokens_per_second"], 1) / max(eft["drafted"] / 4, 1)  # k = 4 drafts a round
-    print(
-        f"freed {freed * 1000:.1f} ms after disconnect; one round ≈ {round_s * 1000:.2f} ms; full answer {full.usage.completion_tokens} tokens"
-    )
-    assert freed < 0.1 + 2 * round_s  # the round in flight, plus the time TCP and the loop take to notice
+    freed = wait_freed(served.worker, closed)
+    print(f"freed {freed * 1000:.1f} ms after disconnect; {generations[-1]}")
+    assert generations[-1]["reason"] == "cancelled"  # stopped, not finished
+    assert generations[-1]["after_cancel"] <= 5  # at most the round in flight (k = 4 drafts + 1)
 
 
-def test_disconnect_while_waiting_for_a_blocking_answer_cancels_it(served):
+def test_disconnect_while_waiting_for_a_blocking_answer_cancels_it(served, generations):
     body = {"prompt": "a long story", "max_tokens": 900, "temperature": 0.0, "draft_tokens": 4}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(served.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
-    gone = time.perf_counter()
-    while served.worker.running is not None:
-        assert time.perf_counter() - gone < 1.5, "generation kept running after the client left"
-        time.sleep(0.001)
+    wait_freed(served.worker, time.perf_counter())
+    assert generations[-1]["reason"] == "cancelled" and generations[-1]["after_cancel"] <= 5, generations[-1]
 
 
 def test_queue_full_is_503_with_retry_after(served):
@@ -495,7 +512,5 @@ def test_parallel_server_disconnect_frees_the_sequence(served_parallel):
         lines = r.iter_lines()
         assert any(next(lines).startswith("data: {") for _ in range(6))
         closed = time.perf_counter()
-    while served_parallel.worker.running is not None:
-        assert time.perf_counter() - closed < 2.0, "generation kept running after the client left"
-        time.sleep(0.001)
+    wait_freed(served_parallel.worker, closed)  # (a 2 s stopwatch here flaked under load: the event is the freed slot)
     assert served_parallel.worker.scheduler.kv_used() == 0
