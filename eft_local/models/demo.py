@@ -18,7 +18,7 @@ PROFILE = "miniature"
 PREFIX = "<miniature>/"
 FILES = ("small-base.gguf", "large-base.gguf", "small-chat.gguf", "small-chat-2.gguf", "world.jsonl")
 ABOUT = (
-    "This is the miniature demo family that ships with eft-local: four tiny models (0.2-1 M parameters) "
+    "This is the miniature demo family that ships with eft-local: four tiny models (under a million parameters each) "
     "trained on this machine's CPU on a made-up world of fictional people, not a real language model. "
     "The large base knows every person's city, trade, favourite colour and birth year; the small chat "
     "model was tuned to answer in one style ('... Glad to help!') but only ever saw some of the people. "
