@@ -306,7 +306,7 @@ def _markdown(r: dict, png: str, flags: list[str]) -> str:
         lines.append(
             f"| {name} | {params} | {desc} | {t.get('steps', '?')} | {100 * t.get('probe', 0):.0f} % | {t.get('seconds', '?')} |"
         )
-    lines += ["", _DESIGN]
+    lines += ["", _DESIGN, _findings(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -331,6 +331,48 @@ Design decisions (from the prototype in the project notes):
 - **Export check**: a test compares llama.cpp's logits (`flash_attn=True, logits_all=True`) for an
   exported model with the JAX training code's own logits on the same tokens.
 """
+
+
+def _findings(r: dict) -> str:
+    """What the table says, with its own numbers (so the text can't drift from the run)."""
+
+    def pct(key, split, what="exact", acc=None):
+        a = (acc or r["acc"])[(key, split)]
+        return 100 * a[what] / a["n"] if a.get("n") else 0.0
+
+    eft, chat, base = pct((1.0, 1.0), "large only"), pct((1.0, 0.0), "large only"), pct((0.0, 1.0), "large only")
+    base_value = pct((0.0, 1.0), "large only", "value")
+    best_beta = max(BETAS, key=lambda b: pct((1.0, b), "large only"))
+    w1 = r["wacc"]
+    bare_style = pct(1.0, "large only", "bare", w1)
+    bare_value = pct(1.0, "large only", "value", w1)
+    sp = r["speed"]
+    return f"""
+## What the run shows
+
+- **Up-scaling works here**: on facts only the large base saw, EFT (α = β = 1) replies exactly the
+  expected answer for {eft:.0f} % of the questions; small-chat alone {chat:.0f} % (right style,
+  but it never saw these facts) and large-base alone {base:.0f} % (it names the right value
+  {base_value:.0f} % of the time, but in its own plain style, without the closing).
+- **Knowledge rises with β** up to the best point, β = {best_beta:g} for exact match; at β = 2 the
+  bases' difference outweighs the chat model and the replies fall apart (the paper's β sweep also
+  peaks). On facts both bases saw, the β term adds little and large β hurts.
+- **Behaviour follows the weight** between the two fine-tunes: at w = 1 (small-chat-2 alone as the
+  behaviour delta) {bare_style:.0f} % of replies are a bare value, but only {bare_value:.0f} % the right one.
+  The bare-value fine-tune answers with the value as its *first* token, straight after the
+  question, where it is confidently wrong about people it never saw; the β term (a few nats) does
+  not overturn that. small-chat states the fact at the end of a sentence, through the same
+  name-to-value path the small base uses, so chat and reference cancel there and the large base
+  decides. Knowledge transfers through EFT where the tuned model still predicts like its base.
+- **Speed**: these models are tiny (a decode is well under a millisecond), so per-token overhead,
+  not model compute, sets the pace; speculative decoding's acceptance on trained distributions was
+  {_acc(sp.get(("0", "speculative")))} greedy and {_acc(sp.get(("1", "speculative")))} at T = 1. The speed-up the paper
+  measures needs a base model that is slow to run.
+"""
+
+
+def _acc(s: dict | None) -> str:
+    return f"{100 * s['acceptance']:.0f} %" if s and s.get("acceptance") is not None else "n/a"
 
 
 def _plot(r: dict, png: Path) -> None:
