@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line. Run as the program (``argv`` None), an interrupted command ends the
     process at once (``_leave``), and a Ctrl+C after it returns, while the interpreter exits,
     still ends it with the one line and 130."""
+    global _interrupt_said
+    _interrupt_said = False  # per command (tests call main many times in one process)
     try:
         code = _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt as e:
