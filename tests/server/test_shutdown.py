@@ -108,7 +108,13 @@ def wait_running(port: int) -> None:
 
 @pytest.mark.parametrize("kind", list(WHOLE))
 @pytest.mark.parametrize(
-    "sig, parallel", [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)], ids=["term", "int", "term-parallel"]
+    "sig, parallel",
+    [
+        (signal.SIGTERM, 1),
+        pytest.param(signal.SIGINT, 1, marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, 2, marks=pytest.mark.slow),
+    ],
+    ids=["term", "int", "term-parallel"],
 )
 def test_a_running_blocking_echo_or_multi_prompt_request_gets_503_shutting_down(family, kind, sig, parallel):
     """Before: an empty 499."""
@@ -128,7 +134,7 @@ def test_a_running_blocking_echo_or_multi_prompt_request_gets_503_shutting_down(
         proc.wait()
 
 
-@pytest.mark.parametrize("kind", ["stream", "blocking", "echo", "idle"])
+@pytest.mark.parametrize("kind", ["stream", pytest.param("blocking", marks=pytest.mark.slow), "echo", "idle"])
 def test_two_sigints_close_together_print_no_traceback(family, kind):
     proc, port = start_serve(family)
     url = f"http://127.0.0.1:{port}/v1/completions"

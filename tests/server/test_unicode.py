@@ -95,19 +95,33 @@ def test_a_template_whose_output_is_not_unicode_is_a_400_naming_it(served):
 BYTE = b"\xff".decode("utf-8", "surrogateescape")  # how Python sees a byte that isn't UTF-8 in argv
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [
-        ["--model-name", f"bad{BYTE}"],
-        ["--system", BYTE],
-        ["--stop", f"x{BYTE}"],
-        ["--allowed-host", f"h{BYTE}.example"],
-        ["--allow-origin", f"http://a{BYTE}.example"],
-        ["--variant", f"v{BYTE}:alpha=1"],
-        ["--host", f"127.0.0.{BYTE}"],
-    ],
-)
-def test_serve_flags_that_are_not_unicode_exit_2_with_one_line(family, flags):
+FLAGS = [
+    ["--model-name", f"bad{BYTE}"],
+    ["--system", BYTE],
+    ["--stop", f"x{BYTE}"],
+    ["--allowed-host", f"h{BYTE}.example"],
+    ["--allow-origin", f"http://a{BYTE}.example"],
+    ["--variant", f"v{BYTE}:alpha=1"],
+    ["--host", f"127.0.0.{BYTE}"],
+]
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=[f[0] for f in FLAGS])
+def test_serve_flags_that_are_not_unicode_are_refused_before_anything_loads(flags):
+    from eft_local.cli import build_parser
+    from eft_local.cli.options import prepare
+    from eft_local.cli.serve import _check_flags
+    from eft_local.errors import UserError
+
+    args = build_parser().parse_args(["serve", "--base", "b.gguf", "--chat", "c.gguf", "--reference", "r.gguf", *flags])
+    with pytest.raises(UserError, match="is not valid Unicode") as e:
+        _check_flags(args)
+        prepare(args)  # (--system and --stop: the settings' own check)
+    assert flags[0] in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags", [FLAGS[0], FLAGS[1]], ids=["--model-name", "--system"])
+def test_the_issue_examples_exit_2_with_one_line(family, flags):
     r = run_cli("serve", *role_args(family), "--port", "0", *flags, timeout=60)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "is not valid Unicode" in lines[0], r.stderr
