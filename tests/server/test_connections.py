@@ -232,6 +232,21 @@ def test_chunked_trailers_count_against_the_head_limit(serve, trailer):
     assert httpx.get(srv.url + "/health").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [b"1;ext=" + b"e" * 4096, b"0" * 4096, b"1;a=b" * 1000],
+    ids=["long-extension", "long-size-line", "many-extensions"],
+)
+def test_a_chunk_size_line_that_never_ends_counts_against_the_head_limit(serve, framing):
+    srv = serve()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        sent = send_until_refused(s, framing, 256 << 20)
+    assert sent < 64 << 20
+    assert httpx.get(srv.url + "/health").status_code == 200
+
+
 def test_chunked_bodies_with_trailers_or_many_small_chunks_are_served(serve):
     srv = serve()
     body = json.dumps(HELLO).encode()
