@@ -83,14 +83,15 @@ def models(family) -> list[str]:
 class ServerThread:
     """uvicorn serving ``app`` from a thread, on an ephemeral 127.0.0.1 port."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, config: uvicorn.Config | None = None) -> None:
+        """``config``: how to serve (default: ``app`` as it is, uvicorn's defaults)."""
         from eft_local.cli.serve import bind
 
         self.app = app
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(config or uvicorn.Config(app, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         end = time.monotonic() + 20

@@ -9,24 +9,22 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import uvicorn
 
-from eft_local.cli.serve import bind
 from eft_local.engine.decoder import EftEngine
 from eft_local.engine.session import Session
 from eft_local.server.app import ServerOptions, create_app
 from eft_local.server.connections import ConnectionLimits, guarded_protocol
 from eft_local.server.guard import Guard, access_policy
-from tests.conftest import server_settings
+from tests.conftest import ServerThread, server_settings
 
 MODEL = "synthetic-eft"
 HELLO = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 
 
-class GuardedServer:
+class GuardedServer(ServerThread):
     """The app as `serve` runs it (Guard + guarded protocol), from a thread, on 127.0.0.1."""
 
     def __init__(
@@ -41,34 +39,16 @@ class GuardedServer:
         settings: dict | None = None,
     ) -> None:
         options = ServerOptions(model_name=MODEL, settings=settings or server_settings(), api_key=api_key, max_queue=max_queue)
-        self.app = create_app(session, options)
-        policy = access_policy("127.0.0.1", allowed_hosts, allow_origins)
+        app = create_app(session, options)
         limits = limits or ConnectionLimits()
-        sock = bind("127.0.0.1", 0)
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            Guard(self.app, policy),
+            Guard(app, access_policy("127.0.0.1", allowed_hosts, allow_origins)),
             http=guarded_protocol(limits),
             log_level="warning",
             lifespan="on",
             timeout_keep_alive=int(limits.keep_alive_seconds),
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < end, "server did not start"
-            time.sleep(0.01)
-
-    @property
-    def worker(self):
-        return self.app.state.worker
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
+        super().__init__(app, config)
 
 
 @pytest.fixture(scope="module")
