@@ -58,8 +58,10 @@ def test_a_template_that_builds_a_huge_string_in_one_call_is_refused(template):
 def test_template_errors_and_values_survive_the_round_trip():
     with pytest.raises(UserError, match="only user and assistant"):
         render_chat(model("{{ raise_exception('only user and assistant') }}"), HELLO)
-    odd = [{"role": "user", "content": "\ud800 lone surrogate, \u2028 and emoji \U0001f600"}]
+    odd = [{"role": "user", "content": "\u2028, \x00 and emoji \U0001f600"}]
     assert render_chat(model("{{ messages[0]['content'] }}"), odd) == odd[0]["content"]
+    with pytest.raises(UserError, match="not valid Unicode"):  # a lone surrogate survives the trip, then is refused
+        render_chat(model("{{ messages[0]['content'] }}"), [{"role": "user", "content": "\ud800"}])
 
 
 def test_ctrl_c_interrupts_a_render_at_once(short_bound, monkeypatch):
