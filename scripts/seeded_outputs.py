@@ -6,12 +6,18 @@ and diff the outputs: a change that claims "behaviour unchanged" must print the 
 ``scripts/bench.py --shape host-152k``), where the 152k-row sampling paths run.
 Cases: greedy and sampled (T = 0.7 top-p 0.95, min-p, top-k, DExperts top-p), naive,
 fixed k = 4 and adaptive, lone and ``--parallel 4`` (scheduler), with per-token deltas.
+
+``--check FILE`` compares the lines with a stored fingerprint instead (exit 1 naming the
+first line that differs): ``scripts/seeded_outputs.txt`` holds the test family's, as of the
+last release that changed seeded output (0.2.0); ``tests/scripts/test_seeded_outputs.py``
+keeps them bit-identical from then on.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 from eft_local.engine.config import GenerationConfig
@@ -73,7 +79,9 @@ def main() -> None:
     ap.add_argument("folder", type=Path, help="where the family's GGUFs are written")
     ap.add_argument("--vocab", type=at_least(512), default=None, help="vocabulary size, >= 512 (default: the test family's)")
     ap.add_argument("--tokens", type=at_least(1), default=40, help="tokens per generation (default 40)")
+    ap.add_argument("--check", type=Path, help="compare with this stored fingerprint (exit 1 on the first difference)")
     args = ap.parse_args()
+    lines = []
     args.folder.mkdir(parents=True, exist_ok=True)
     shape = ModelSpec(n_vocab=args.vocab) if args.vocab is not None else None
     family = write_family(args.folder, shape=shape, chat_shift=0.6, base_shift=0.6)
@@ -84,8 +92,21 @@ def main() -> None:
             for dname, draft in DRAFTS.items():
                 cfg = GenerationConfig(sampling=sampling, max_tokens=args.tokens, draft_tokens=draft, trace=n_seq == 1)
                 engine.reset()
-                print(f"seq{n_seq} {sname:9} {dname:8}", " ".join(runner(engine, prompts, cfg)), flush=True)
+                lines.append(f"seq{n_seq} {sname:9} {dname:8} " + " ".join(runner(engine, prompts, cfg)))
+                print(lines[-1], flush=True)
         engine.close()
+    if args.check is not None:
+        sys.exit(compare(lines, args.check.read_text(encoding="utf-8").splitlines()))
+
+
+def compare(got: list[str], want: list[str]) -> int:
+    """0 when the fingerprints match; else 1, after naming the first case that differs."""
+    for i in range(max(len(got), len(want))):
+        g, w = (got[i] if i < len(got) else "(none)"), (want[i] if i < len(want) else "(none)")
+        if g != w:
+            print(f"seeded output changed at case {i + 1}:\n  stored: {w}\n  now:    {g}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
