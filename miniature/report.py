@@ -204,6 +204,16 @@ def main(args) -> int:
     return 0
 
 
+def _where(family: str) -> str:
+    from eft_local.models import demo
+
+    if Path(family) == demo.shipped_dir():
+        return "the shipped family (`eft_local/models/miniature/`)"
+    if Path(family) == demo.built_dir():
+        return "the user's build (`~/.cache/eft-local/miniature/`)"
+    return f"`{family}`"
+
+
 def _pct(a: dict, k: str) -> str:
     return f"{100 * a[k] / a['n']:.0f}" if a.get("n") else "–"
 
@@ -227,7 +237,7 @@ def _markdown(r: dict, png: str, flags: list[str]) -> str:
         "",
         "Written by `python scripts/miniature.py report` from one run; every number below comes from",
         "`eft-local run` / `eft-local score` subprocesses on the family in",
-        f"`{Path(r['family']).name}/` ({'quick' if m.get('quick') else 'full'} build, seed {m.get('seed', '?')}; model flags `{' '.join(flags)}`).",
+        f"{_where(r['family'])} ({'quick' if m.get('quick') else 'full'} build, seed {m.get('seed', '?')}; model flags `{' '.join(flags)}`).",
         f"{r['n']} questions per split from `world.jsonl`, greedy (`--temperature 0`), at most {MAX_TOKENS} tokens.",
         "See [the design](#how-the-family-is-built) below.",
         "",
@@ -283,7 +293,8 @@ def _markdown(r: dict, png: str, flags: list[str]) -> str:
         "",
         f"![EFT in miniature]({png})",
         "",
-        f"The report took {r['seconds']:.0f} s. Build: {m.get('build_seconds', '?')} s on {m.get('machine', '?')}.",
+        f"The report took {r['seconds']:.0f} s. The build's wall time (`manifest.json`): {m.get('build_seconds', '?')} s on "
+        f"{m.get('machine', '?')}, built {m.get('built_at', '?')} (the machine's cores may have been shared with other work).",
         "",
         "## How the family is built",
         "",
@@ -311,6 +322,20 @@ def _markdown(r: dict, png: str, flags: list[str]) -> str:
 
 
 _DESIGN = """\
+Reproduce (the family is deterministic from the seed; the shipped one is `build`'s default, seed 0):
+
+```sh
+pip install -e ".[miniature]"              # JAX + optax + matplotlib, for building only
+python scripts/miniature.py build          # -> ~/.cache/eft-local/miniature (the profile then uses it)
+python scripts/miniature.py build --quick  # smaller world and models, for tests (--out DIR)
+python scripts/miniature.py build --check  # rebuild in a temp folder, compare with the shipped sha256s
+python scripts/miniature.py report         # this page, through `eft-local run` / `score`
+```
+
+The build's time estimate assumes two idle cores; `manifest.json` records what it took. The
+chat app opens on this family when the default profile is not downloaded
+(`eft-local --profile miniature` any time).
+
 Design decisions (from the prototype in the project notes):
 
 - **Names are two tokens from shared lists** (given name + family name, each list used by every
@@ -364,11 +389,17 @@ def _findings(r: dict) -> str:
   not overturn that. small-chat states the fact at the end of a sentence, through the same
   name-to-value path the small base uses, so chat and reference cancel there and the large base
   decides. Knowledge transfers through EFT where the tuned model still predicts like its base.
-- **Speed**: these models are tiny (a decode is well under a millisecond), so per-token overhead,
-  not model compute, sets the pace; speculative decoding's acceptance on trained distributions was
-  {_acc(sp.get(("0", "speculative")))} greedy and {_acc(sp.get(("1", "speculative")))} at T = 1. The speed-up the paper
-  measures needs a base model that is slow to run.
+- **Speed**: speculative decoding's acceptance on these trained distributions was
+  {_acc(sp.get(("0", "speculative")))} greedy and {_acc(sp.get(("1", "speculative")))} at T = 1, yet it ran at
+  {_tps(sp, "0", "speculative")} tok/s against {_tps(sp, "0", "naive")} naive (greedy) and {_tps(sp, "1", "speculative")} against
+  {_tps(sp, "1", "naive")} at T = 1: these models are so small (a decode takes well under a millisecond)
+  that per-round overhead, not model compute, sets the pace. The paper's speed-up needs a base
+  model that is slow to run (see docs/bench.md for the synthetic large shapes).
 """
+
+
+def _tps(sp: dict, temp: str, mode: str) -> str:
+    return f"{sp[(temp, mode)]['tok_s']:.0f}" if (temp, mode) in sp else "n/a"
 
 
 def _acc(s: dict | None) -> str:

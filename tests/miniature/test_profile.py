@@ -73,3 +73,21 @@ async def test_app_shows_the_welcome(cache):
     async with app.run_test() as pilot:
         await pilot.pause()
         assert "made-up world" in str(app.query_one("#welcome", Static).render())
+
+
+def test_plain_eft_local_opens_the_demo_family(cache, tmp_path, monkeypatch):
+    """`eft-local` with nothing downloaded: the app gets the miniature files and the notice."""
+    import eft_local.tui as tui
+    from eft_local.cli import main
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("EFT_LOCAL_MODELS_DIR", raising=False)
+    seen = {}
+    monkeypatch.setattr(tui, "run_chat", lambda **kw: seen.update(kw) or 0)
+    assert main([]) == 0
+    assert seen["load_error"] is None and seen["profile_name"] == "miniature"
+    assert seen["paths"]["base"] == demo.shipped_dir() / "large-base.gguf"
+    assert "made-up world" in seen["welcome"]
+    seen.clear()
+    assert main(["--profile", "qwen2.5-7b"]) == 0  # asked for by name: its own error, no demo
+    assert seen["load_error"] and seen["welcome"] is None
