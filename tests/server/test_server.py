@@ -116,7 +116,9 @@ def test_seeded_sampling_and_eft_fields_equal_batch(client, reference):
     settings = {"temperature": 0.9, "top_p": 0.9, "top_k": 40, "min_p": 0.01, "alpha": 1.5, "beta": 0.5, "max_tokens": 40}
     expected = batch_answer(reference, messages=hello("tell me"), seed=1234, **settings)
     extra = {k: settings[k] for k in ("top_k", "min_p", "alpha", "beta")}
-    for draft_tokens in (None, 0, 3):  # exact speculative decoding: the block length changes nothing
+    naive = batch_answer(reference, messages=hello("tell me"), seed=1234, draft_tokens=0, **settings)
+    # speculative: the block length changes nothing; naive draws from p directly (other tokens)
+    for draft_tokens, want in ((None, expected), (0, naive), (3, expected)):
         r = client.chat.completions.create(
             model=MODEL,
             messages=hello("tell me"),
@@ -126,7 +128,7 @@ def test_seeded_sampling_and_eft_fields_equal_batch(client, reference):
             seed=1234,
             extra_body={**extra, "draft_tokens": draft_tokens},
         )
-        assert r.choices[0].message.content == expected, draft_tokens
+        assert r.choices[0].message.content == want, draft_tokens
     other = client.chat.completions.create(
         model=MODEL, messages=hello("tell me"), max_tokens=40, temperature=0.9, top_p=0.9, seed=99, extra_body=extra
     )
