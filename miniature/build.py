@@ -86,7 +86,7 @@ def build(out: Path, *, quick: bool = False, seed: int = 0) -> dict:
     large = Shape(n_vocab=tok.n_vocab, n_ctx=N_CTX, **cfg.large)
     log(
         f"miniature build ({'quick' if quick else 'full'}, seed {seed}) -> {out}: {len(world.entities)} entities, "
-        f"{len(world.facts)} facts, {tok.n_vocab} tokens; expect {'about 1-2 min' if quick else 'about 15-20 min'} "
+        f"{len(world.facts)} facts, {tok.n_vocab} tokens; expect {'about 1-2 min' if quick else 'about 8-12 min (at most about 20)'} "
         "on 2 idle CPU cores"
     )
     a = Corpus(tok, world.by_split("A-tuned", "A-held"))

@@ -236,7 +236,7 @@ def _markdown(r: dict, png: str, flags: list[str]) -> str:
         "# The miniature EFT experiment",
         "",
         "Written by `python scripts/miniature.py report` from one run; every number below comes from",
-        "`eft-local run` / `eft-local score` subprocesses on the family in",
+        "`eft-local run` / `eft-local score` subprocesses on",
         f"{_where(r['family'])} ({'quick' if m.get('quick') else 'full'} build, seed {m.get('seed', '?')}; model flags `{' '.join(flags)}`).",
         f"{r['n']} questions per split from `world.jsonl`, greedy (`--temperature 0`), at most {MAX_TOKENS} tokens.",
         "See [the design](#how-the-family-is-built) below.",
