@@ -148,6 +148,7 @@ SLOW_TESTS = {
     "test_streams_before_end_and_esc_keeps_partial_answer",
     "test_a_signal_that_ends_the_app_restores_the_terminal",
     "test_pastes_of_control_characters_never_end_the_real_app",
+    "test_control_keys_typed_outside_a_paste_never_end_the_real_app",
     "test_narrow_lines_shorten_instead_of_being_cut",
     "test_nothing_that_matters_is_cut",
     "test_a_field_left_invalid_shows_the_value_in_force",

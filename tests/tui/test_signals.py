@@ -122,6 +122,22 @@ def test_pastes_of_control_characters_never_end_the_real_app(tmp_path):
     assert "Traceback" not in app.after_start()
 
 
+def test_control_keys_typed_outside_a_paste_never_end_the_real_app(tmp_path):
+    """Outside a paste each control character is its key (Ctrl+O opens the history, Esc closes a
+    screen, ...): none but Ctrl+Q ends the app."""
+    app = PtyApp(tmp_path)
+    assert app.read_until(b"no models here"), app.output[-2000:]
+    time.sleep(0.3)
+    for code in (c for c in range(1, 0x20) if c != 0x11):
+        app.write(chr(code))
+        app.read_until(b"\x00never", timeout=0.1)
+    app.read_until(b"\x00never", timeout=1.0)
+    assert app.proc.poll() is None, f"a control key ended the app (status {app.proc.returncode})"
+    app.write("\x11")
+    assert app.finish(timeout=10) == 1
+    assert "Traceback" not in app.after_start()
+
+
 # -- signal handlers put back when the app ends
 async def test_signal_handlers_are_put_back_when_the_app_ends():
     import signal
