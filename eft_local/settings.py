@@ -4,13 +4,19 @@ CLI flags, profile ``defaults``, JSONL row overrides, the chat app's fields and 
 fields are all derived from ``SETTINGS`` and checked by ``Setting.check`` — so a non-finite
 or out-of-range number gets the same one-line error wherever it comes from, naming the
 place (``--alpha``, ``models.toml: profile 'x': defaults.alpha``, ``line 3: alpha``, …).
+The library's own objects (``SamplingParams``, ``GenerationConfig``) check their fields by
+the same definitions, strictly (``strict=True``: typed values only, no text to parse).
+A bad value is a ``BadValue`` (a ``ValueError``), a value of the wrong type a ``BadType``
+(a ``TypeError``); both are ``UserError``s, one line for a front end to print.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +30,48 @@ MAX_SEED = 2**63 - 1
 # overflow float32 (inf − inf = nan): refused like a non-finite number.
 MAX_WEIGHT = 1000.0
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for logprobs / top_logprobs
+
+
+class BadValue(UserError, ValueError):
+    """A setting's value is out of its range, not finite, or not one of its choices."""
+
+
+class BadType(UserError, TypeError):
+    """A setting's value is of the wrong type (text for a number, a bool for a number, …)."""
+
+
+class Fixable(UserError):
+    """A fact that a setting can change (the context is full, speculation is impossible, …).
+
+    ``str()`` is the fact alone: what a library caller reads. ``fix`` says what to do, with
+    ``{name}`` for each setting (or front-end option: ``raw``, ``verbose``) it names, e.g.
+    ``"raise {n_ctx}"``; each front end words it in its own terms with ``advice``."""
+
+    def __init__(self, fact: str, fix: str) -> None:
+        super().__init__(fact)
+        self.fix = fix
+
+
+def cli_name(key: str) -> str:
+    """How the command line names a setting, or one of its own options (``raw``, ``verbose``)."""
+    return SETTINGS[key].cli_flag if key in SETTINGS else "--" + key.replace("_", "-")
+
+
+def field_name(key: str) -> str:
+    """How an HTTP client changes it: a request field, else the server's own flag (its operator's)."""
+    if key == "raw":
+        return "/v1/completions (the prompt as it is)"
+    setting = SETTINGS.get(key)
+    return f"'{key}'" if setting is not None and setting.per_prompt else f"the server's {cli_name(key)}"
+
+
+def advice(error: BaseException, name: Callable[[str], str] = cli_name) -> str:
+    """``error``'s message; for a ``Fixable`` one, what to do, each setting named by ``name``
+    (the command line's flags unless a front end names them otherwise)."""
+    if not isinstance(error, Fixable):
+        return str(error)
+    keys = {field for _, field, _, _ in string.Formatter().parse(error.fix) if field}
+    return f"{error}; {error.fix.format(**{key: name(key) for key in keys})}"
 
 
 @dataclass(frozen=True)
@@ -55,78 +103,111 @@ class Setting:
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
 
-    def check(self, value: Any, where: str | None = None) -> Any:
-        """``value`` converted to this setting's type, or one UserError naming ``where``."""
+    def check(self, value: Any, where: str | None = None, *, strict: bool = False) -> Any:
+        """``value`` converted to this setting's type, or one ``BadType``/``BadValue`` naming
+        ``where``. ``strict`` (the library's objects): no text is parsed as a number and no
+        float stands for an integer; NumPy numbers count as numbers."""
         where = where or self.cli_flag
         if value is None:
             if self.nullable:
                 return None
-            raise UserError(f"{where} needs a value")
+            raise BadType(f"{where} needs a value")
         if self.type is bool:
             if not isinstance(value, bool):
-                raise UserError(f"{where} must be true or false, got {value!r}")
+                raise BadType(f"{where} must be true or false, got {_show(value)}")
             return value
         if self.type is str:
             return self._check_str(value, where)
         if self.type is list:
             return self._check_list(value, where)
-        number = _number(value, self.type, where)
+        number = _number(value, self.type, where, strict)
         self._check_range(number, where)
         return number
 
+    def holds(self, value: Any) -> bool:
+        """True when ``value`` already is a checked value of this setting: exactly its type, in
+        range (a quick test for objects rebuilt often; anything else goes through ``check``)."""
+        if type(value) is not self.type or self.type not in (int, float):
+            return False
+        low = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        high = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return low and high and (self.type is int or math.isfinite(value))
+
     def _check_str(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {_show(value)}")
-        check_text(value, where)
+            raise BadType(f"{where} must be a string, got {_show(value)}")
+        _unicode(value, where)
         if self.choices and value not in self.choices:
-            raise UserError(f"{where} must be one of {', '.join(self.choices)}, got {_show(value)}")
+            raise BadValue(f"{where} must be one of {', '.join(self.choices)}, got {_show(value)}")
         return value
 
     def _check_list(self, value: Any, where: str) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise UserError(f"{where} must be a string or a list of non-empty strings, got {_show(value)}")
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise BadType(f"{where} must be a string or a list of non-empty strings, got {_show(value)}")
+        if not all(value):
+            raise BadValue(f"{where} must be a string or a list of non-empty strings, got {_show(value)}")
         for text in value:
-            check_text(text, where)
+            _unicode(text, where)
         return tuple(value)
 
     def _check_range(self, x: float, where: str) -> None:
         below = self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo)
         above = self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi)
         if below or above:
-            raise UserError(f"{where} must be {self.range_text()}, got {x:g}")
+            raise BadValue(f"{where} must be {self.range_text()}, got {self._fmt(x)}")
 
     def range_text(self) -> str:
+        lo, hi = self._fmt(self.lo), self._fmt(self.hi)
         if self.lo is not None and self.hi is not None:
             left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-            return f"in {left}{self.lo:g}, {self.hi:g}{right}"
+            return f"in {left}{lo}, {hi}{right}"
         if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            return f"{'>' if self.lo_open else '>='} {lo}"
         if self.hi is not None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            return f"{'<' if self.hi_open else '<='} {hi}"
         return "a finite number"
 
+    def _fmt(self, x: float | None) -> str:
+        """A bound or value as a message shows it: integers whole (16777216, not 1.67772e+07)."""
+        if x is None:
+            return ""
+        return str(int(x)) if self.type is int else f"{x:g}"
 
-def _number(value: Any, kind: type, where: str) -> float | int:
+
+def _unicode(text: str, where: str) -> None:
+    try:
+        check_text(text, where)
+    except UserError as e:  # a lone surrogate: a bad value of the right type
+        raise BadValue(str(e)) from None
+
+
+def _number(value: Any, kind: type, where: str, strict: bool = False) -> float | int:
     """Accept ints for floats and integral floats for ints; never bools, never nan/inf.
 
     An integer too large for a float (JSON and TOML allow 400 digits) is refused here like
     any out-of-range number, never converted (``float(10**400)`` raises OverflowError).
+    ``strict``: text is not parsed, a float is no integer, and NumPy scalars are numbers.
     """
-    if isinstance(value, str):
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, str) and not strict:
         value = _parse_number(value, kind, where)
+    elif strict and isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)) and hasattr(value, "item"):
+        value = value.item()  # a NumPy scalar (np.float32, np.int64)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {_show(value)}")
+        raise BadType(f"{where} must be {what}, got {_show(value)}")
     if isinstance(value, int):
         if abs(value) > _MAX_EXACT:
-            raise UserError(f"{where} is too large: {_show(value)}")
+            raise BadValue(f"{where} is too large: {_show(value)}")
         return value if kind is int else float(value)
+    if kind is int and strict:
+        raise BadType(f"{where} must be {what}, got {_show(value)}")
     if not math.isfinite(value):
-        raise UserError(f"{where} must be a finite number, got {value}")
+        raise BadValue(f"{where} must be a finite number, got {value}")
     if kind is int:
         if value != int(value):
-            raise UserError(f"{where} must be an integer, got {value!r}")
+            raise BadType(f"{where} must be {what}, got {value!r}")
         return int(value)
     return float(value)
 
@@ -151,7 +232,7 @@ def _parse_number(text: str, kind: type, where: str) -> float | int:
     try:
         return int(text) if kind is int else float(text)
     except ValueError:
-        raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {_show(text)}") from None
+        raise BadType(f"{where} must be {'an integer' if kind is int else 'a number'}, got {_show(text)}") from None
 
 
 def _max_threads() -> int:
@@ -318,20 +399,22 @@ def check(name: str, value: Any, where: str | None = None) -> Any:
     return SETTINGS[name].check(value, where)
 
 
-def check_weight(name: str, value: Any, where: str) -> float:
+def check_weight(name: str, value: Any, where: str, *, strict: bool = False) -> float:
     """A delta weight: any finite real number (negative steers away) up to ±MAX_WEIGHT."""
-    w = float(_number(value, float, where))
+    w = float(_number(value, float, where, strict))
     if abs(w) > MAX_WEIGHT:
-        raise UserError(f"{where} must be in [{-MAX_WEIGHT:g}, {MAX_WEIGHT:g}], got {w:g}")
+        raise BadValue(f"{where} must be in [{-MAX_WEIGHT:g}, {MAX_WEIGHT:g}], got {w:g}")
     return w
 
 
-def check_weights(raw: Any, where: str) -> dict[str, float]:
+def check_weights(raw: Any, where: str, *, strict: bool = False) -> dict[str, float]:
     """An object NAME → weight (JSONL ``weights``, HTTP ``weights``, profile defaults); which
     names exist is the mixture's to say (``mixture.check_known_deltas``)."""
     if not isinstance(raw, Mapping):
-        raise UserError(f"{where} must be an object mapping delta names to numbers, got {_show(raw)}")
-    return {str(name): check_weight(name, value, f"{where}.{name}") for name, value in raw.items()}
+        raise BadType(f"{where} must be an object mapping delta names to numbers, got {_show(raw)}")
+    if strict and not all(isinstance(name, str) for name in raw):
+        raise BadType(f"{where} must map delta names (strings) to numbers, got {_show(raw)}")
+    return {str(name): check_weight(name, value, f"{where}.{name}", strict=strict) for name, value in raw.items()}
 
 
 def check_mapping(raw: Mapping[str, Any], keys: Iterable[str], where: str, fmt: Callable[[str], str] = str) -> dict[str, Any]:

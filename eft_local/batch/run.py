@@ -50,7 +50,7 @@ class Summary:
         self.accepted += fin.stats.accepted
         if fin.reason == "error":
             self.errors += 1
-            self.first_error = self.first_error or fin.error
+            self.first_error = self.first_error or fin.error_text()
 
     def line(self) -> str:
         tps = self.tokens / self.decode_seconds if self.decode_seconds else 0.0
@@ -96,7 +96,9 @@ def run_one(
     except (UserError, RuntimeError) as e:
         if isinstance(e, RuntimeError):  # llama.cpp refused a batch: the next prompt starts clean
             engine.reset()
-        fin = FinishedEvent("error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e))
+        fin = FinishedEvent(
+            "error", "", [], GenStats(seconds=time.perf_counter() - t0), str(e), e if isinstance(e, UserError) else None
+        )
     assert fin is not None
     return make_row(engine, item, opts, settings, prompt_ids, fin, time.perf_counter() - t0), fin
 
@@ -133,7 +135,7 @@ def _row(item: PromptItem, prompt_ids: list[int], fin: FinishedEvent, seconds: f
         "accepted": fin.stats.accepted,
     }
     if reason == "error":
-        row["error"] = fin.error or "generation failed"
+        row["error"] = fin.error_text() or "generation failed"
     return row
 
 

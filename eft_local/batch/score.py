@@ -30,6 +30,7 @@ from eft_local.engine.decoder import EftEngine
 from eft_local.engine.scoring import score_continuations
 from eft_local.errors import UserError
 from eft_local.mix.logprobs import TokenLogprob
+from eft_local.settings import advice
 
 
 @dataclass
@@ -126,7 +127,7 @@ def score_row(engine: EftEngine, item: ScoreItem, opts: BatchOptions, point: dic
         params.validate()
         scored = score_continuations(engine, prompt, conts, params, top_k=1)
     except UserError as e:
-        return {**row, "prompt": item.prompt.prompt, "error": str(e)}, 0
+        return {**row, "prompt": item.prompt.prompt, "error": advice(e)}, 0
     except RuntimeError as e:  # llama.cpp refused a batch: the next row starts clean
         engine.reset()
         return {**row, "prompt": item.prompt.prompt, "error": f"scoring failed: {e}"}, 0

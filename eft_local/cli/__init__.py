@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     from eft_local.errors import UserError
+    from eft_local.settings import advice
 
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -115,7 +116,7 @@ def _main(argv: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        say(f"error: {e}")
+        say(f"error: {advice(e)}")
         return 2
     except Exception as e:  # a bug or a llama.cpp failure: still one line, details on --verbose
         if getattr(args, "verbose", False):

@@ -169,13 +169,10 @@ def check_delta_names(names: Iterable[str], paths: dict[str, Path], flag: str) -
 
 
 def gpu_layers(settings: dict[str, Any]) -> int:
-    """``--gpu-layers``; by default all layers when a GPU (or an RPC server) can take them, else 0."""
-    value = settings["gpu_layers"]
-    if value is None:
-        from eft_local.llama.rpc import has_local_gpu
+    """``--gpu-layers``, or the engine's default (all layers when a GPU or an RPC server can take them, else 0)."""
+    from eft_local.engine.loading import gpu_layers as layers
 
-        value = -1 if settings.get("rpc") or has_local_gpu() else 0
-    return int(value)
+    return layers(settings["gpu_layers"], settings.get("rpc"))
 
 
 def load_engine(paths: dict[str, Path], settings: dict[str, Any], n_seq: int = 1):

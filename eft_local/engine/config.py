@@ -13,11 +13,17 @@ from typing import Any
 
 from eft_local.mix.mixture import CHAT
 from eft_local.mix.params import SamplingParams
-from eft_local.settings import SETTINGS
+from eft_local.settings import SETTINGS, BadType, Setting
 
 
 @dataclass
 class GenerationConfig:
+    """What one generation runs with. Every field is checked when the object is built: the
+    settings among them by their one definition in ``settings`` (as ``SamplingParams``); a bad
+    value raises ``ValueError``, one of the wrong type ``TypeError``, naming the field.
+    ``max_tokens`` beyond what the context holds is allowed: a generation stops when its
+    context is full."""
+
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = SETTINGS["max_tokens"].default
     draft_tokens: int | None = SETTINGS["draft_tokens"].default  # None: adaptive; 0: naive EFT; k: fixed block
@@ -26,6 +32,22 @@ class GenerationConfig:
     stats_interval: float = 0.25  # seconds between StatsEvents
     draft_with: str | None = None  # delta whose chat model drafts; None: largest |weight|
     logprobs: int | None = None  # per token: its EFT log-probability and this many top alternatives (None: off)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, SamplingParams):
+            raise BadType(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
+        for name in ("max_tokens", "draft_tokens", "stop", "logprobs"):
+            setattr(self, name, SETTINGS[name].check(getattr(self, name), name, strict=True))
+        if not isinstance(self.trace, bool):
+            raise BadType(f"trace must be true or false, got {self.trace!r}")
+        if self.draft_with is not None and not isinstance(self.draft_with, str):
+            raise BadType(f"draft_with must be a delta's name or None, got {self.draft_with!r}")
+        interval = STATS_INTERVAL.check(self.stats_interval, "stats_interval", strict=True)
+        self.stats_interval = interval
+
+
+# Not a user setting, checked the same way: seconds between StatsEvents (0: after every round).
+STATS_INTERVAL = Setting("stats_interval", float, 0.25, "seconds between StatsEvents", lo=0.0)
 
 
 def effective_settings(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:

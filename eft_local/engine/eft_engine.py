@@ -21,6 +21,17 @@ from eft_local.llama.prompts import role_prompts
 from eft_local.llama.vocab import SharedVocab, check_vocab
 from eft_local.mix.mixture import Delta, check_known_deltas, check_roles, coefficients, deltas_of, role_order
 from eft_local.mix.params import SamplingParams
+from eft_local.settings import SETTINGS, Fixable
+
+
+def gpu_layers(requested: int | None, rpc: Mapping[str, Sequence[str]] | None = None) -> int:
+    """Layers each model offloads: ``requested``, or by default (None) all of them when llama.cpp
+    can place them on a local GPU or RPC servers hold a role, else 0 (the CPU)."""
+    if requested is not None:
+        return int(requested)
+    from eft_local.llama.rpc import has_local_gpu
+
+    return -1 if rpc or has_local_gpu() else 0
 
 
 class EftEngine:
@@ -51,8 +62,8 @@ class EftEngine:
         cls,
         paths: Mapping[str, str | Path],
         *,
-        n_ctx: int = 4096,
-        n_gpu_layers: int = 0,
+        n_ctx: int = SETTINGS["n_ctx"].default,
+        n_gpu_layers: int | None = SETTINGS["gpu_layers"].default,
         n_threads: int | None = None,
         on_progress: Callable[[str, float], None] | None = None,
         rpc: Mapping[str, Sequence[str]] | None = None,
@@ -65,9 +76,12 @@ class EftEngine:
         shared in RAM); the same file in two roles of one kind is loaded once. ``rpc``:
         role -> llama.cpp RPC servers that hold its layers. ``n_seq`` > 1: every context
         holds that many sequences of ``n_ctx`` each (``scheduler.Scheduler``).
+        ``n_gpu_layers`` None: all layers when a GPU (or an RPC server) can take them, else 0
+        (``gpu_layers``, the command line's default too).
         """
         check_roles(paths)
         rpc = rpc or {}
+        n_gpu_layers = gpu_layers(n_gpu_layers, rpc)
         chats = {d.chat for d in deltas_of(paths)}
         loaded: dict[tuple, LlamaModel] = {}
         roles: dict[str, LlamaModel] = {}
@@ -140,8 +154,8 @@ class EftEngine:
             prompt = self.prompt(messages=system + rest[dropped:], style=style)
             if all(len(prompt[r]) + reserve <= m.n_ctx for r, m in self.models.items()):
                 return prompt, dropped
-        raise UserError(
-            f"the last message alone does not fit in n_ctx {self.chat.n_ctx} with {reserve} tokens to answer; raise --n-ctx"
+        raise Fixable(
+            f"the last message alone does not fit in n_ctx {self.chat.n_ctx} with {reserve} tokens to answer", "raise {n_ctx}"
         )
 
     def context_used(self) -> dict[str, tuple[int, int]]:
@@ -164,7 +178,7 @@ class EftEngine:
             try:
                 run = Generation(self, prompt, config, rng, cancel)
             except UserError as e:
-                yield FinishedEvent("error", "", [], GenStats(), str(e))
+                yield FinishedEvent("error", "", [], GenStats(), str(e), e)
                 return
             yield from run.events()
         finally:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from eft_local.errors import UserError
 from eft_local.mix.logprobs import TokenLogprob
+from eft_local.settings import advice, cli_name
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
@@ -59,7 +62,12 @@ class FinishedEvent:
     text: str
     token_ids: list[int]
     stats: GenStats
-    error: str | None = None
+    error: str | None = None  # the fact, as a library caller reads it
+    cause: UserError | None = field(default=None, repr=False)  # the error itself: a front end words its advice
+
+    def error_text(self, name: Callable[[str], str] = cli_name) -> str | None:
+        """The error with a front end's advice (``settings.advice``): settings named by ``name``."""
+        return advice(self.cause, name) if self.cause is not None else self.error
 
 
 Event = TokenEvent | StatsEvent | FinishedEvent

@@ -44,6 +44,7 @@ from eft_local.mix.logprobs import TokenLogprob
 from eft_local.mix.mixture import BASE, pick_drafter
 from eft_local.mix.params import SamplingParams
 from eft_local.mix.sampling import Dist, accept, base_nucleus_needed, residual, sample
+from eft_local.settings import Fixable
 
 EftEngine = Any  # an eft_engine.EftEngine (which imports this module: named, not imported)
 
@@ -235,16 +236,18 @@ class Generation:
         except Cancelled:
             reason = "cancelled"
         except UserError as e:
-            reason, error = "error", str(e)
+            reason, error = "error", e
         self.finish(reason, error)
 
-    def finish(self, reason: str, error: str | None = None) -> None:
+    def finish(self, reason: str, error: str | UserError | None = None) -> None:
         """Push the held-back text and the FinishedEvent."""
         tail = self.stream.flush()
         if tail:
             self._out.append(TokenEvent(-1, tail))
         self.stats.seconds = time.perf_counter() - self.t0
-        self._out.append(FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), error))
+        cause = error if isinstance(error, UserError) else None
+        text = None if error is None else str(error)
+        self._out.append(FinishedEvent(reason, self.stream.text, list(self.token_ids), self.stats.snapshot(), text, cause))
 
     # -- the prompt -------------------------------------------------------------------------
     def _prefill(self) -> None:
@@ -431,8 +434,8 @@ class Generation:
     def _speculative(self) -> bool:
         fixed = self.cfg.draft_tokens
         if fixed and not self.engine.can_rollback:
-            raise UserError(
-                "speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid); use --draft-tokens 0"
+            raise Fixable(
+                "speculative decoding needs models whose cache can be trimmed (not recurrent/hybrid)", "set {draft_tokens} to 0"
             )
         return self.engine.can_rollback and fixed != 0
 

@@ -1,5 +1,8 @@
 """Loading an engine: the one policy every front end shares (CLI commands and the chat app).
 
+Where layers go by default (``gpu_layers``: all of them when a GPU or RPC servers can take
+them, else none) is decided with ``EftEngine.load``, so a library caller gets it too.
+
 Every role's file is checked first, so a missing or non-GGUF third file fails in a second
 with one line instead of after minutes of loading the first two; then ``EftEngine.load``
 loads each distinct model, reporting ``on_progress(role, fraction)`` per role (a front end
@@ -12,10 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eft_local.engine.eft_engine import EftEngine
+from eft_local.engine.eft_engine import EftEngine, gpu_layers
 from eft_local.llama.adapter import check_gguf
 from eft_local.mix.mixture import check_roles
 from eft_local.settings import SETTINGS
+
+__all__ = ["LoadOptions", "ProgressFn", "check_files", "gpu_layers", "load_engine"]
 
 ProgressFn = Callable[[str, float], None]
 
@@ -25,7 +30,7 @@ class LoadOptions:
     """Where and how the models load (the load-scope settings, resolved by a front end)."""
 
     n_ctx: int = SETTINGS["n_ctx"].default
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | None = SETTINGS["gpu_layers"].default  # None: all on a GPU (or RPC) build, else 0
     n_threads: int | None = None
     rpc: Mapping[str, Sequence[str]] = field(default_factory=dict)  # role -> RPC servers holding its layers
     n_seq: int = 1  # sequences per context (the server's --parallel)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from eft_local.errors import UserError
+from eft_local.settings import Fixable
 
 
 class _Context(Protocol):
@@ -17,11 +18,11 @@ class _Context(Protocol):
     n_vocab: int
 
 
-class PromptTooLong(UserError):
+class PromptTooLong(Fixable):
     """The prompt alone does not leave room for one generated token."""
 
     def __init__(self, n_tokens: int, n_ctx: int, role: str) -> None:
-        super().__init__(f"the prompt is {n_tokens} tokens for {role} but n_ctx is {n_ctx}; shorten it or raise --n-ctx")
+        super().__init__(f"the prompt is {n_tokens} tokens for {role} but n_ctx is {n_ctx}", "shorten it or raise {n_ctx}")
         self.n_tokens, self.n_ctx, self.role = n_tokens, n_ctx, role
 
 

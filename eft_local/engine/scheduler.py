@@ -208,7 +208,7 @@ class Scheduler:
                 try:
                     prompt, config, rng = make()
                 except UserError as e:
-                    yield tag, _error_event(str(e))
+                    yield tag, _error_event(e)
                     continue
                 self.submit(prompt, config, rng, tag=tag)
             if not self.busy:
@@ -237,7 +237,7 @@ class Scheduler:
                     self.engine, ticket.prompt, ticket.config, ticket.rng, ticket.cancelled, views, lambda: self.round_k
                 )
             except UserError as e:
-                self._finish_unstarted(ticket, str(e), done)
+                self._finish_unstarted(ticket, e, done)
                 continue
             slot = _Slot(seq, ticket, run, run.steps(self.prefill_chunk, self.solo_prefill), [])
             self._advance(slot, None, None, done)
@@ -331,9 +331,9 @@ class Scheduler:
             done.append(ticket)
 
     @staticmethod
-    def _finish_unstarted(ticket: Ticket, message: str, done: list[Ticket]) -> None:
+    def _finish_unstarted(ticket: Ticket, error: UserError, done: list[Ticket]) -> None:
         """A job whose settings or prompt cannot run ends as an error before taking a sequence."""
-        ticket.finished = _error_event(message)
+        ticket.finished = _error_event(error)
         ticket.events.put(ticket.finished)
         done.append(ticket)
 
@@ -344,7 +344,7 @@ class Scheduler:
             m.rollback_seq(slot.seq, 0)
 
 
-def _error_event(message: str) -> FinishedEvent:
+def _error_event(error: str | UserError) -> FinishedEvent:
     from eft_local.engine.events import GenStats
 
-    return FinishedEvent("error", "", [], GenStats(), message)
+    return FinishedEvent("error", "", [], GenStats(), str(error), error if isinstance(error, UserError) else None)

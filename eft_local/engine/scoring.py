@@ -26,6 +26,7 @@ from eft_local.errors import Cancelled, UserError
 from eft_local.mix.logprobs import TokenLogprob, token_logprobs
 from eft_local.mix.params import SamplingParams
 from eft_local.mix.sampling import combine
+from eft_local.settings import Fixable
 
 
 def weighted_models(engine: EftEngine, params: SamplingParams) -> list[tuple[str, float]]:
@@ -123,9 +124,9 @@ def _check(engine: EftEngine, seqs: Mapping[str, list[int]], n_scored: int) -> N
         if len(seq) <= n_scored:
             raise UserError("nothing to condition on: the first token of a sequence has no log-probability")
         if len(seq) - 1 > model.n_ctx:
-            raise UserError(
-                f"{len(seq)} tokens to score for {name} but the context holds {model.n_ctx + 1}; "
-                "shorten the text or raise --n-ctx"
+            raise Fixable(
+                f"{len(seq)} tokens to score for {name} but the context holds {model.n_ctx + 1}",
+                "shorten the text or raise {n_ctx}",
             )
         bad = [t for t in seq if not 0 <= t < engine.vocab.n]
         if bad:

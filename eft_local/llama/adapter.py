@@ -22,6 +22,7 @@ import numpy as np
 
 from eft_local.errors import Cancelled, UserError
 from eft_local.llama import rpc
+from eft_local.settings import SETTINGS, Fixable
 
 log = logging.getLogger("eft_local.llama")
 T = TypeVar("T")
@@ -137,8 +138,8 @@ class LlamaModel:
         self,
         path: str | Path,
         *,
-        n_ctx: int = 4096,
-        n_gpu_layers: int = 0,
+        n_ctx: int = SETTINGS["n_ctx"].default,
+        n_gpu_layers: int = 0,  # llama.cpp's own default (the CPU); the engine decides what a user gets
         n_threads: int | None = None,
         n_batch: int = 512,
         progress: ProgressFn | None = None,
@@ -150,7 +151,10 @@ class LlamaModel:
         check_gguf(self.path)
         self.n_gpu_layers = n_gpu_layers
         if rpc_servers and n_gpu_layers == 0:
-            raise UserError(f"{self.path.name}: RPC servers hold offloaded layers; use --gpu-layers -1 (or N > 0), not 0")
+            raise Fixable(
+                f"{self.path.name}: RPC servers hold only offloaded layers, and no layer is offloaded (n_gpu_layers 0)",
+                "set {gpu_layers} to -1 (all) or N > 0",
+            )
         self.rpc_servers = rpc.attach(rpc_servers) if rpc_servers else []
         self._model = self._load_model(n_gpu_layers, progress)
         self._vocab = ll.llama_model_get_vocab(self._model)
@@ -196,8 +200,9 @@ class LlamaModel:
             on_interrupt=self._load_cancel.set,
         )
         if not model:
-            raise UserError(
-                f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file; run with --verbose for details)"
+            raise Fixable(
+                f"llama.cpp could not load {self.path} (unsupported architecture or corrupt file)",
+                "run with {verbose} for details",
             )
         return model
 
@@ -214,8 +219,9 @@ class LlamaModel:
         params.no_perf = True
         ctx = self._call(lambda: ll.llama_init_from_model(self._model, params), f"allocating the context of {self.path.name}")
         if not ctx:
-            raise UserError(
-                f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory? try a smaller --n-ctx or fewer --gpu-layers)"
+            raise Fixable(
+                f"llama.cpp could not create a context for {self.path} with n_ctx={n_ctx} (out of memory?)",
+                "try a smaller {n_ctx} or fewer {gpu_layers}",
             )
         return ctx
 
@@ -372,8 +378,9 @@ class LlamaModel:
             raise ValueError(f"nothing to decode for sequence {span.seq}")
         held = len(self.seq_tokens[span.seq])
         if held + n > self.n_ctx:
-            raise UserError(
-                f"context full: {held + n} tokens > n_ctx {self.n_ctx} for {self.path.name} (raise --n-ctx or shorten the prompt)"
+            raise Fixable(
+                f"context full: {held + n} tokens > n_ctx {self.n_ctx} for {self.path.name}",
+                "raise {n_ctx} or shorten the prompt",
             )
         return span._replace(n_logits=max(1, min(span.n_logits, n)))
 
@@ -500,7 +507,7 @@ class LlamaModel:
         if n == 0 and self.n_seq == 1:
             self._call(lambda: ll.llama_memory_clear(self._mem, True), f"clearing the cache of {self.path.name}")
         elif not ll.llama_memory_seq_rm(self._mem, seq, n, -1):
-            raise UserError(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model); use --draft-tokens 0")
+            raise Fixable(f"{self.path.name} cannot roll back its cache (recurrent/hybrid model)", "set {draft_tokens} to 0")
         del toks[n:]
 
     def clear(self) -> None:

@@ -18,7 +18,7 @@ from typing import Protocol
 from eft_local.errors import UserError, unicode_problem
 from eft_local.llama import template_sandbox
 from eft_local.llama.template_sandbox import TemplateFailed
-from eft_local.settings import PROMPT_STYLES
+from eft_local.settings import PROMPT_STYLES, Fixable
 
 MESSAGE_ROLES = ("system", "user", "assistant")  # what a conversation's messages may be
 
@@ -48,7 +48,7 @@ def render_chat(model: PromptModel, messages: Sequence[Message], add_generation_
     template = model.chat_template
     name = template_name(model)
     if not template:
-        raise UserError(f"{name} has no chat template; use --raw to send prompts as plain text")
+        raise Fixable(f"{name} has no chat template", "use {raw} to send prompts as plain text")
     try:
         text = template_sandbox.render(
             template,

@@ -15,6 +15,10 @@ class SamplingParams:
     ``top_p_mode="eft"`` applies top-p to the EFT distribution itself (the paper's
     "conservative decoding"); ``"base"`` is DExperts-style: the nucleus is taken from the
     base model alone and the EFT distribution is restricted to it.
+
+    Every value is checked when the object is built, by its one definition in ``settings``
+    (type, range, finite): a bad value raises ``ValueError``, a value of the wrong type
+    ``TypeError``, with a message naming the field (both are also ``UserError``s).
     """
 
     alpha: float = SETTINGS["alpha"].default
@@ -27,13 +31,20 @@ class SamplingParams:
     typical_p: float = SETTINGS["typical_p"].default
     weights: Mapping[str, float] = field(default_factory=dict)  # α of every delta other than "chat"
 
+    def __post_init__(self) -> None:
+        for name, setting in _CHECKED:
+            value = getattr(self, name)
+            if not setting.holds(value):
+                object.__setattr__(self, name, setting.check(value, name, strict=True))
+        object.__setattr__(self, "weights", check_weights(self.weights, "weights", strict=True))
+
     def validate(self) -> None:
-        """Every value checked by its one definition in ``settings`` (finite, in range)."""
-        for f in fields(self):
-            if f.name in SETTINGS:
-                SETTINGS[f.name].check(getattr(self, f.name))
-        check_weights(self.weights, "--weight")
+        """Check every value again (they were checked when the object was built)."""
+        self.__post_init__()
 
     def weight(self, delta: str) -> float:
         """α of a behaviour delta: ``alpha`` for "chat", else ``weights`` (default 1)."""
         return self.alpha if delta == "chat" else float(self.weights.get(delta, 1.0))
+
+
+_CHECKED = tuple((f.name, SETTINGS[f.name]) for f in fields(SamplingParams) if f.name in SETTINGS)

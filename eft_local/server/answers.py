@@ -23,6 +23,7 @@ from eft_local.engine.session import PromptTooLong, Session, rng_for
 from eft_local.errors import Cancelled, UserError
 from eft_local.mix.logprobs import TokenLogprob
 from eft_local.server.request import ApiError, GenRequest, check_logprobs_size, logprob_positions
+from eft_local.settings import advice, field_name
 
 
 @dataclass
@@ -111,9 +112,9 @@ def answer_prompts(session: Session, req: GenRequest, cancel: Callable[[], bool]
             ids, prompts[at] = prompts[at], None
             emit(_answer(session, req, at, ids, cancel))
     except PromptTooLong as e:
-        raise ApiError(400, f"prompt[{at}]: {e}", param="prompt", code="context_length_exceeded") from None
+        raise ApiError(400, f"prompt[{at}]: {advice(e, field_name)}", param="prompt", code="context_length_exceeded") from None
     except UserError as e:
-        raise ApiError(400, f"prompt[{at}]: {e}", param="prompt", code="invalid_prompt") from None
+        raise ApiError(400, f"prompt[{at}]: {advice(e, field_name)}", param="prompt", code="invalid_prompt") from None
     except (Cancelled, ApiError):
         raise
     except Exception as e:  # noqa: BLE001 - llama.cpp refused a batch: this request fails, the server goes on

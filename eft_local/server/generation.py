@@ -24,6 +24,7 @@ from eft_local.server.reply import Reply, to_json
 from eft_local.server.request import MAX_ANSWER_BYTES, MAX_BODY_BYTES, ApiError, load_json, parse
 from eft_local.server.state import ServerState, state_of
 from eft_local.server.worker import Channel, Failed, Job, QueueFull, Started
+from eft_local.settings import field_name
 
 DISCONNECT_POLL_SECONDS = 0.25
 ASK_AFTER_SECONDS = 1.0  # a queued request whose client ended its input is asked this late whether it is still there
@@ -115,7 +116,7 @@ async def _finish(job: Job, request: Request, body: _Body) -> _Body | None:
                 tokens.append(item)
             elif isinstance(item, FinishedEvent):
                 if item.reason == "error":
-                    raise ApiError(400, item.error or "generation failed", code="generation_error")
+                    raise ApiError(400, item.error_text(field_name) or "generation failed", code="generation_error")
                 body.add(Answer(0, tokens=tokens, fin=item))
                 return body
             elif isinstance(item, Answer):  # one prompt of an echo / several-prompt request
@@ -185,7 +186,9 @@ async def _stream(job: Job, reply: Reply) -> AsyncIterator[str]:
                     return
                 if isinstance(item, FinishedEvent):
                     if item.reason == "error":
-                        yield sse(ApiError(400, item.error or "generation failed", code="generation_error").body())
+                        yield sse(
+                            ApiError(400, item.error_text(field_name) or "generation failed", code="generation_error").body()
+                        )
                     else:
                         yield sse(reply.chunk(finished=item))
                         if reply.req.include_usage:

@@ -25,6 +25,7 @@ from eft_local.llama.prompts import prerender
 from eft_local.server import redact
 from eft_local.server.answers import AllAnswered, Gather, answer_prompts
 from eft_local.server.request import ApiError, GenRequest
+from eft_local.settings import advice, field_name
 
 
 class QueueFull(Exception):
@@ -233,7 +234,7 @@ class EngineWorker:
                 plain_content=self.session.plain_content,
             )
         except UserError as e:
-            return ApiError(400, str(e), code="invalid_prompt")
+            return ApiError(400, advice(e, field_name), code="invalid_prompt")
         except Exception as e:  # noqa: BLE001 - a tokenizer failure ends this request only
             return ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")
         return None
@@ -267,13 +268,16 @@ class EngineWorker:
             put_last(
                 Failed(
                     ApiError(
-                        413, str(e), param="messages" if req.messages is not None else "prompt", code="context_length_exceeded"
+                        413,
+                        advice(e, field_name),
+                        param="messages" if req.messages is not None else "prompt",
+                        code="context_length_exceeded",
                     )
                 )
             )
             return None
         except UserError as e:
-            put_last(Failed(ApiError(400, str(e), code="invalid_prompt")))
+            put_last(Failed(ApiError(400, advice(e, field_name), code="invalid_prompt")))
             return None
         except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
             put_last(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))

@@ -242,7 +242,7 @@ class EftChatApp(App[int]):
         self._status(stats=result.stats, context=message.context or None)
         self._job_ended()
         if result.reason == "error":
-            self.notify(result.error or "generation failed", severity="error", timeout=8)
+            self.notify(result.error_text() or "generation failed", severity="error", timeout=8)
         if message.target.turn in self.conv.turns:  # a chat answer (compare answers are not kept)
             if result.reason == "error":
                 self.conv.turns.remove(message.target.turn)

@@ -18,6 +18,7 @@ from eft_local.engine.config import GenerationConfig
 from eft_local.engine.events import FinishedEvent, GenStats
 from eft_local.engine.session import Session, rng_for
 from eft_local.errors import UserError
+from eft_local.settings import advice
 from eft_local.tui.stream import GenerationFinished, Pacer, run_stream
 from eft_local.tui.widgets.chat_view import AssistantMessage
 
@@ -61,6 +62,6 @@ def run_job(
             notify(f"context full: the oldest {dropped} message(s) are left out of this answer")
         run_stream(session, prompt, job.config, rng_for(seed, job.index), cancel, post, job.target, pacer=pacer)
     except Exception as e:
-        text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        text = advice(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         post(GenerationFinished(job.target, FinishedEvent("error", "", [], GenStats(), text), {}))
     return delivered

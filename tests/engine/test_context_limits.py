@@ -65,4 +65,5 @@ def test_prompt_longer_than_the_context_is_an_error_row(family, tmp_path):
     assert "GGML_ASSERT" not in r.stderr and "Traceback" not in r.stderr
     out = rows(r.stdout)
     assert out[0]["finish_reason"] == "error" and "n_ctx" in out[0]["error"]
+    assert out[0]["error"].endswith("; shorten it or raise --n-ctx")  # the engine's fact, the command line's advice
     assert out[1]["finish_reason"] in ("stop", "length")

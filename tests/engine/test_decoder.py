@@ -10,6 +10,7 @@ from eft_local.engine.config import GenerationConfig
 from eft_local.engine.events import FinishedEvent, StatsEvent, TokenEvent
 from eft_local.llama.adapter import LlamaModel
 from eft_local.mix.params import SamplingParams
+from eft_local.settings import field_name
 
 PROMPTS = ["hello world", "the answer is", "you and I were there"]
 
@@ -230,7 +231,11 @@ def test_speculation_refused_when_a_cache_cannot_roll_back(engine, monkeypatch):
     monkeypatch.setattr(engine, "can_rollback", False)
     prompt = engine.prompt(raw="hello")
     fin = finished(engine, prompt, greedy(), draft=4)
-    assert fin.reason == "error" and "--draft-tokens 0" in fin.error
+    # the engine states the fact; each front end words the fix its own way
+    assert fin.reason == "error" and "--" not in fin.error
+    assert fin.error.startswith("speculative decoding needs models whose cache can be trimmed")
+    assert fin.error_text().endswith("; set --draft-tokens to 0")
+    assert fin.error_text(field_name).endswith("; set 'draft_tokens' to 0")
     fin = finished(engine, prompt, greedy(), draft=None, max_tokens=10)  # adaptive falls back to naive
     assert fin.reason == "length" and fin.stats.drafted == 0
 

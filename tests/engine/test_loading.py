@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eft_local.engine import loading
-from eft_local.engine.decoder import EftEngine
+from eft_local.engine.eft_engine import EftEngine
 from eft_local.engine.loading import LoadOptions, load_engine
 from eft_local.errors import UserError
 from eft_local.llama.synthetic import write_family
@@ -64,7 +64,7 @@ def test_cli_and_app_load_through_it(family, monkeypatch):
     settings = {"n_ctx": 300, "threads": 2, "n_gpu_layers": 0, "rpc": {}}
     monkeypatch.setattr(options, "gpu_layers", lambda s: 0)
     assert options.load_engine(family.paths(), settings, n_seq=3) == "engine"
-    assert calls == [LoadOptions(n_ctx=300, n_threads=2, n_seq=3)]
+    assert calls == [LoadOptions(n_ctx=300, n_gpu_layers=0, n_threads=2, n_seq=3)]
 
 
 # -- the app loads through it, in LoadPanel's worker ---------------------------------------------------
@@ -111,3 +111,20 @@ async def test_models_that_finish_loading_after_quit_are_freed(family, monkeypat
         app.exit()
     release.set()
     assert closed.wait(5), "the engine loaded after quit was never closed"
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_a_library_load_offloads_every_layer_when_a_gpu_can_take_them(family, monkeypatch, gpu):
+    """The default of every front end and of ``EftEngine.load`` alike: all layers on a GPU
+    build, none on a CPU one; an explicit number stands."""
+    from eft_local.cli.options import gpu_layers as cli_gpu_layers
+    from eft_local.llama import rpc
+
+    monkeypatch.setattr(rpc, "has_local_gpu", lambda: gpu)
+    engine = EftEngine.load(family.paths(), n_ctx=64, n_threads=1)
+    try:
+        assert {m.n_gpu_layers for m in engine.models.values()} == {-1 if gpu else 0}
+    finally:
+        engine.close()
+    assert cli_gpu_layers({"gpu_layers": None}) == (-1 if gpu else 0)
+    assert loading.gpu_layers(0) == 0 and loading.gpu_layers(None, {"base": ["h:1"]}) == -1
