@@ -182,8 +182,16 @@ def nucleus(c: Candidates, top_p_value: float) -> Candidates:
 
 def _nucleus_sorted(c: Candidates, target: float) -> Candidates:
     c = c.sorted()
-    keep = min(len(c), int(np.searchsorted(np.cumsum(c.w, dtype=np.float64), target, side="left")) + 1)
+    keep, _ = _prefix_holding(c.w, target)
     return c.take(np.arange(keep), by_weight=True)
+
+
+def _prefix_holding(w: np.ndarray, need: float) -> tuple[int, float]:
+    """How many of the (descending) weights ``w`` it takes for their float64 sum to reach
+    ``need`` (all of them if it never does), and that sum."""
+    cum = np.cumsum(w, dtype=np.float64)
+    keep = min(len(w), int(np.searchsorted(cum, need, side="left")) + 1)
+    return keep, float(cum[keep - 1])
 
 
 # NumPy sums a contiguous float32 row pairwise: its rounding error is below depth · 2⁻²⁴ of
@@ -323,9 +331,8 @@ def _heaviest_holding(w: np.ndarray, need: float) -> tuple[np.ndarray, float]:
 def _sorted_prefix(w: np.ndarray, need: float) -> tuple[np.ndarray, float]:
     """``_heaviest_holding`` by a full sort."""
     order = np.argsort(-w, kind="stable")
-    cum = np.cumsum(w[order], dtype=np.float64)
-    keep = min(len(w), int(np.searchsorted(cum, need, side="left")) + 1)
-    return order[:keep], float(cum[keep - 1])
+    keep, mass = _prefix_holding(w[order], need)
+    return order[:keep], mass
 
 
 def _nucleus_by_histogram(w: np.ndarray, target: float) -> np.ndarray:
