@@ -332,6 +332,12 @@ python scripts/miniature.py build --check  # rebuild in a temp folder, compare w
 python scripts/miniature.py report         # this page, through `eft-local run` / `score`
 ```
 
+`build --check` on the development machine (2 cores, JAX 0.10.2) rebuilt all five files
+byte-identically to the shipped ones (769 s wall, the cores shared with other jobs). Bit-identity
+rests on XLA's CPU kernels computing the same floats: another CPU type or JAX version may differ
+in the last bits, and then the shipped files stay the reference. Two `build --quick` runs with the
+same seed give identical files (the slow test checks it).
+
 The build's time estimate assumes two idle cores; `manifest.json` records what it took. The
 chat app opens on this family when the default profile is not downloaded
 (`eft-local --profile miniature` any time).
