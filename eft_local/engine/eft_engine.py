@@ -131,6 +131,11 @@ class EftEngine:
     def delta_names(self) -> list[str]:
         return [d.name for d in self.deltas]
 
+    @property
+    def n_ctx(self) -> int:
+        """The context every model holds: no sequence (prompt and generated tokens) outgrows it."""
+        return min(m.n_ctx for m in self.models.values())
+
     def coefficients(self, params: SamplingParams) -> dict[str, float]:
         """Each distinct model's weight in the expanded EFT formula for ``params``."""
         return coefficients(self.deltas, params.weight, params.beta, self.model_of)

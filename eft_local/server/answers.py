@@ -105,7 +105,8 @@ def answer_prompts(session: Session, req: GenRequest, cancel: Callable[[], bool]
             prompts.append(session.prompt(raw=prompt) if isinstance(prompt, str) else {n: list(prompt) for n in engine.models})
             at += 1
         lengths = [len(p[engine.chat_name]) for p in prompts]
-        check_logprobs_size(logprob_positions(lengths, req.echo, req.config.max_tokens if req.generate else 0), req.logprobs)
+        generated = req.config.max_tokens if req.generate else 0
+        check_logprobs_size(logprob_positions(lengths, req.echo, generated, engine.n_ctx), req.logprobs)
         for at in range(len(prompts)):
             if cancel():
                 raise Cancelled

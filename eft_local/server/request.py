@@ -21,7 +21,7 @@ from eft_local.errors import UserError, bad_text_in
 from eft_local.llama.prompts import MESSAGE_ROLES
 from eft_local.mix.mixture import check_known_deltas
 from eft_local.server.redact import scrub
-from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, check_weights
+from eft_local.settings import REQUEST_KEYS, ROW_KEYS, SETTINGS, Fixable, advice, check_weights, field_name
 
 Prompt = str | list[int]  # a completion prompt: text, or token ids of the shared vocabulary
 
@@ -155,21 +155,21 @@ def _json_type(v: Any) -> str:
     return {bool: "a boolean", str: "a string", list: "an array", dict: "an object", type(None): "null"}.get(type(v), "a number")
 
 
-def setting(name: str, v: Any, field_name: str | None = None) -> Any:
+def setting(name: str, v: Any, field: str | None = None) -> Any:
     """One request field checked by its setting's definition; a 400 naming the field."""
-    field_name = field_name or name
+    field = field or name
     _typed(name, v)
     if name == "stop":
         stops = [v] if isinstance(v, str) else v
         if len(stops) > MAX_STOP or any(len(x) > MAX_STOP_CHARS for x in stops):
-            raise bad(field_name, f"'{field_name}' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
+            raise bad(field, f"'{field}' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
         v = [x for x in stops if x]  # "" stops nothing: dropped, as OpenAI does
     try:
-        return SETTINGS[name].check(v, f"'{field_name}'")
+        return SETTINGS[name].check(v, f"'{field}'")
     except UserError as e:
-        raise bad(field_name, str(e)) from None
+        raise bad(field, str(e)) from None
     except (OverflowError, ValueError):  # an integer too large for a float
-        raise bad(field_name, f"'{field_name}' is out of range") from None
+        raise bad(field, f"'{field}' is out of range") from None
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -251,12 +251,11 @@ def _ids(where: str, ids: list[int], n_vocab: int, n_ctx: int) -> list[int]:
     if bad_id is not None:
         raise bad(where, f"'{where}' holds token id {bad_id}, outside the vocabulary (0..{n_vocab - 1})")
     if len(ids) > n_ctx:
-        raise bad(
-            where,
+        fact = (
             f"'{where}' is {len(ids)} tokens; the context holds {n_ctx} (at most {n_ctx} to score with echo and "
-            f"max_tokens 0, {n_ctx - 1} to generate); shorten it or raise --n-ctx",
-            "context_length_exceeded",
+            f"max_tokens 0, {n_ctx - 1} to generate)"
         )
+        raise bad(where, advice(Fixable(fact, "shorten it or raise {n_ctx}"), field_name), "context_length_exceeded")
     return list(ids)
 
 
@@ -311,12 +310,12 @@ def parse(
     if scoring_only:
         del body["max_tokens"]  # max_tokens 0 with echo: score the prompt, generate nothing
     effective = effective_settings(settings, _settings_layer(body, deltas, limit_field))
-    effective["max_tokens"] = min(effective["max_tokens"], n_ctx)  # a generation can't outgrow the context anyway
     config = _config(kind, body, effective)
     stream = _bool("stream", body["stream"]) if body.get("stream") is not None else False
     messages, raw, prompts = _prompt(kind, body, stream, bool(echo), n_ctx=n_ctx, n_vocab=n_vocab)
     lengths = [len(p) if isinstance(p, list) else None for p in prompts or [None]]  # (text: counted once tokenized)
-    check_logprobs_size(logprob_positions(lengths, bool(echo), config.max_tokens if not scoring_only else 0), config.logprobs)
+    generated = config.max_tokens if not scoring_only else 0
+    check_logprobs_size(logprob_positions(lengths, bool(echo), generated, n_ctx), config.logprobs)
     return GenRequest(
         messages,
         raw,
@@ -349,9 +348,10 @@ def check_logprobs_size(positions: int, top: int | None) -> None:
         )
 
 
-def logprob_positions(prompt_lengths: Sequence[int | None], echo: bool, generated: int) -> int:
-    """Positions whose log-probabilities an answer carries (an unknown length, None, counts 0)."""
-    return sum((length or 0) * echo + generated for length in prompt_lengths)
+def logprob_positions(prompt_lengths: Sequence[int | None], echo: bool, generated: int, n_ctx: int) -> int:
+    """Positions whose log-probabilities an answer carries (an unknown length, None, counts 0): its
+    echoed prompt tokens and ``generated`` per prompt, of which the engine generates at most ``n_ctx``."""
+    return sum((length or 0) * echo + min(generated, n_ctx) for length in prompt_lengths)
 
 
 def _refuse_fixed(body: Mapping[str, Any]) -> None:

@@ -61,7 +61,7 @@ class ServerState:
         self.session = session
         self.options = options
         self.worker = EngineWorker(session, max_queue=options.max_queue, parallel=options.parallel)
-        self.n_ctx = min(m.n_ctx for m in session.engine.models.values())
+        self.n_ctx = session.engine.n_ctx
         self.created = int(time.time())
         self.texts = TokenTexts(session)
 

@@ -93,3 +93,20 @@ def test_the_issue_example_is_a_400_and_either_field_alone_works_over_http(serve
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
     r = httpx.post(srv.url + "/v1/chat/completions", json={**chat, "max_tokens": 2, "max_completion_tokens": 3})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+
+
+# -- issue 21 §1: the engine clamps max_tokens; the server words its advice in its own terms -----------------
+def test_token_ids_beyond_the_context_advise_the_servers_own_flag_not_a_cli_one():
+    with pytest.raises(ApiError) as e:
+        parse("completion", {"prompt": [5] * 513}, server_settings(), n_ctx=512)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+    assert e.value.message.endswith("; shorten it or raise the server's --n-ctx"), e.value.message  # was "raise --n-ctx"
+
+
+def test_max_tokens_beyond_the_context_is_left_to_the_engine_and_counts_as_the_context():
+    body = {"prompt": [5] * 10, "max_tokens": 10**6, "logprobs": 20, "echo": True}
+    assert parse("completion", body, server_settings(), n_ctx=512).config.max_tokens == 10**6  # the engine clamps
+    # a prompt generates at most its context: 10 + 512 positions x 21 entries each, not 10 + 10^6
+    parse("completion", {**body, "prompt": [[5] * 10] * 95}, server_settings(), n_ctx=512)
+    with pytest.raises(ApiError, match="log-probabilities"):
+        parse("completion", {**body, "prompt": [[5] * 10] * 96}, server_settings(), n_ctx=512)
