@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 
 from eft_local.errors import UserError
+from eft_local.llama.files import NO_FILE, file_problem
 from eft_local.models.profiles import (
-    NO_FILE,
     Profile,
     default_models_dir,
     default_profile_name,
     download_command,
     expand_user,
-    file_problem,
     get_profile,
     load_profiles,
 )

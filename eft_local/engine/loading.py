@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eft_local.engine.eft_engine import EftEngine, gpu_layers
-from eft_local.llama.adapter import check_gguf
+from eft_local.llama.files import check_gguf
 from eft_local.mix.mixture import check_roles
 from eft_local.settings import SETTINGS
 

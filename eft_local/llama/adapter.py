@@ -22,6 +22,7 @@ import numpy as np
 
 from eft_local.errors import Cancelled, UserError
 from eft_local.llama import rpc
+from eft_local.llama.files import check_gguf
 from eft_local.settings import SETTINGS, Fixable
 
 log = logging.getLogger("eft_local.llama")
@@ -72,18 +73,6 @@ def init_backend() -> None:
         ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
         ll.llama_backend_init()
         _backend_ready = True
-
-
-def check_gguf(path: Path) -> None:
-    """Fail with one clear line unless ``path`` is a readable GGUF file."""
-    if not path.exists():
-        raise UserError(f"model file not found: {path}")
-    if not path.is_file():
-        raise UserError(f"model path is not a file: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise UserError(f"not a GGUF model file: {path} (convert it with llama.cpp's convert_hf_to_gguf.py)")
 
 
 ProgressFn = Callable[[float], None]

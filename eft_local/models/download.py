@@ -40,7 +40,8 @@ from huggingface_hub.utils import build_hf_headers
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from eft_local.errors import UserError
-from eft_local.models.profiles import ModelFile, Profile, file_problem
+from eft_local.llama.files import file_problem
+from eft_local.models.profiles import ModelFile, Profile
 
 PARTIAL_DIR = ".partial"
 RECORD_FILE = ".verified.json"

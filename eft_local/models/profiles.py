@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from eft_local.errors import UserError
+from eft_local.llama.files import NO_FILE, file_problem
 from eft_local.llama.rpc import parse_rpc_spec
 from eft_local.mix.mixture import REF_SUFFIX, ROLES, check_delta_name
 from eft_local.models.demo import resolve as resolve_demo
@@ -121,33 +121,6 @@ def expand_user(raw: str | Path, what: str) -> Path:
     except RuntimeError:
         head = str(raw).split("/", 1)[0]
         raise UserError(f"{what} {raw}: cannot expand {head} (no such user, or no home directory)") from None
-
-
-NO_FILE = "no such file"
-
-
-def file_problem(path: Path) -> str | None:
-    """Why ``path`` can't be a model file (None: a non-empty regular file that opens), without
-    raising: a name too long for the system, a directory, a device or a ``/proc`` file (which
-    reads as 0 bytes) is one reason, not an OSError."""
-    try:
-        st = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return NO_FILE
-    except (OSError, ValueError) as e:  # ENAMETOOLONG, ELOOP, EACCES; ValueError: a NUL byte
-        return getattr(e, "strerror", None) or str(e)
-    if stat.S_ISDIR(st.st_mode):
-        return "a directory, not a model file"
-    if not stat.S_ISREG(st.st_mode):
-        return "a special file (device, fifo or socket), not a model file"
-    if st.st_size == 0:
-        return "an empty file (0 bytes), not a model file"
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    return None
 
 
 # ---------------------------------------------------------------- parsing

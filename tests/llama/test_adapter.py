@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from eft_local.errors import UserError
-from eft_local.llama.adapter import LlamaModel, check_gguf
+from eft_local.llama.adapter import LlamaModel
 
 
 @pytest.fixture()
@@ -79,15 +79,6 @@ def test_eval_returns_requested_rows_and_checks_context(base):
     assert out.shape == (3, base.n_vocab) and out.dtype == np.float32
     with pytest.raises(UserError, match="context full"):
         base.eval(list(range(300)), 1)
-
-
-def test_check_gguf_rejects_missing_and_non_gguf(tmp_path):
-    with pytest.raises(UserError, match="not found"):
-        check_gguf(tmp_path / "nope.gguf")
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"PK\x03\x04 not a model")
-    with pytest.raises(UserError, match="not a GGUF"):
-        check_gguf(bad)
 
 
 @pytest.mark.parametrize("path", ["eval", "eval_many", "prefill"])
