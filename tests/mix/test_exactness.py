@@ -197,3 +197,15 @@ def test_dexperts_allowed_ids_from_a_broad_base_nucleus():
     base = sum(family_rows(8, flat=True))
     params = SamplingParams(temperature=1.0, top_p=0.9, top_p_mode="base")
     np.testing.assert_array_equal(base_nucleus(base, N, params), np.sort(full_sort_nucleus(candidates(base, 1.0).w, 0.9)))
+
+
+def test_broad_nucleus_with_weightless_ids_and_exact_ties():
+    """Masked ids (weight 0) and weights that tie exactly (coarse logits) across the cut: the
+    same set as the full sort, ties taken by position."""
+    rng = np.random.default_rng(11)
+    z = np.round(rng.standard_normal(N) * 8).astype(np.float32) / 8  # 1/8 steps: thousands of ties per value
+    z[rng.choice(N, N // 5, replace=False)] = -np.inf
+    c = candidates(z, 1.0)
+    for top_p in (0.95, 0.9, 0.6):
+        got = nucleus(c, top_p)
+        np.testing.assert_array_equal(members(got), np.sort(full_sort_nucleus(c.w, top_p)))
