@@ -31,7 +31,7 @@ import numpy as np
 from eft_local.engine.config import GenerationConfig
 from eft_local.engine.draft_control import batch_k
 from eft_local.engine.eft_engine import EftEngine
-from eft_local.engine.events import Event, FinishedEvent
+from eft_local.engine.events import Event, FinishedEvent, GenStats
 from eft_local.engine.generation import Eval, Generation
 from eft_local.errors import UserError
 from eft_local.llama.adapter import LlamaModel
@@ -71,7 +71,9 @@ class SeqView:
 @dataclass(eq=False)  # identity: a ticket is one submitted generation
 class Ticket:
     """A submitted generation: its events arrive on ``events`` (thread-safe), the last one a
-    FinishedEvent (also kept as ``finished``). ``cancel()`` ends it at its next round."""
+    FinishedEvent (also kept as ``finished``). ``cancel()`` ends it at its next round; one
+    cancelled while it waits (``user_cancel`` says so) ends "cancelled" without ever taking a
+    sequence. ``started``: it took a sequence."""
 
     prompt: Mapping[str, list[int]]
     config: GenerationConfig
@@ -80,6 +82,7 @@ class Ticket:
     tag: Any = None
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     finished: FinishedEvent | None = None
+    started: bool = False
     _cancelled: bool = False
 
     def cancel(self) -> None:
@@ -224,6 +227,7 @@ class Scheduler:
     def _admit(self, done: list[Ticket]) -> None:
         """Free sequences take waiting jobs; a job that fails before its first request (a bad
         prompt or setting) finishes at once and the sequence takes the next one."""
+        self._drop_cancelled(done)
         free = [s for s in range(self.n_seq) if s not in self._slots]
         while free:
             with self._lock:
@@ -237,8 +241,9 @@ class Scheduler:
                     self.engine, ticket.prompt, ticket.config, ticket.rng, ticket.cancelled, views, lambda: self.round_k
                 )
             except UserError as e:
-                self._finish_unstarted(ticket, e, done)
+                self._finish_unstarted(ticket, _error_event(e), done)
                 continue
+            ticket.started = True
             slot = _Slot(seq, ticket, run, run.steps(self.prefill_chunk, self.solo_prefill), [])
             self._advance(slot, None, None, done)
             if slot.seq in self._slots:
@@ -330,11 +335,21 @@ class Scheduler:
                 ticket.events.put(ticket.finished)
             done.append(ticket)
 
+    def _drop_cancelled(self, done: list[Ticket]) -> None:
+        """Waiting jobs cancelled before their turn (a client that left) end "cancelled" now:
+        they never take a sequence, and the jobs behind them move up."""
+        with self._lock:
+            gone = [t for t in self._waiting if t.cancelled()]
+            if gone:
+                self._waiting = deque(t for t in self._waiting if t not in gone)
+        for ticket in gone:
+            self._finish_unstarted(ticket, _cancelled_event(), done)
+
     @staticmethod
-    def _finish_unstarted(ticket: Ticket, error: UserError, done: list[Ticket]) -> None:
-        """A job whose settings or prompt cannot run ends as an error before taking a sequence."""
-        ticket.finished = _error_event(error)
-        ticket.events.put(ticket.finished)
+    def _finish_unstarted(ticket: Ticket, finished: FinishedEvent, done: list[Ticket]) -> None:
+        """A job that ends before taking a sequence (its settings or prompt cannot run, or it was cancelled)."""
+        ticket.finished = finished
+        ticket.events.put(finished)
         done.append(ticket)
 
     def _release(self, slot: _Slot) -> None:
@@ -345,6 +360,8 @@ class Scheduler:
 
 
 def _error_event(error: str | UserError) -> FinishedEvent:
-    from eft_local.engine.events import GenStats
-
     return FinishedEvent("error", "", [], GenStats(), str(error), error if isinstance(error, UserError) else None)
+
+
+def _cancelled_event() -> FinishedEvent:
+    return FinishedEvent("cancelled", "", [], GenStats())

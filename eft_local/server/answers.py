@@ -50,14 +50,14 @@ class AllAnswered:
 
 class Gather:
     """The prompts of one request generating as separate sequences of the batch: each gets a
-    channel (``part(i)``) the engine thread puts its items on; each finished prompt's ``Answer``
-    goes on to the request's own channel, then ``AllAnswered`` (the first failure ends it
-    instead, and ``cancel`` stops the other prompts)."""
+    channel (``part(i)``) the engine thread puts its items on; the request starts when its first
+    prompt does, each finished prompt's ``Answer`` goes on to the request's own channel, then
+    ``AllAnswered`` (the first failure ends it instead, and ``cancel`` stops the other prompts)."""
 
     def __init__(self, channel, n: int, started: type, cancel: Callable[[], None]) -> None:
         self.channel, self.started, self.cancel = channel, started, cancel
         self.answers: list[Answer | None] = [Answer(i) for i in range(n)]
-        self.left, self.closed = n, False
+        self.left, self.closed, self.started_any = n, False, False
 
     def part(self, index: int) -> _Part:
         return _Part(self, index)
@@ -70,6 +70,9 @@ class Gather:
             return
         if isinstance(item, self.started):
             answer.prompt_count = item.prompt_tokens
+            if not self.started_any:  # the request starts with its first prompt
+                self.started_any = True
+                self.channel.put(self.started(0))
         elif isinstance(item, TokenEvent):
             answer.tokens.append(item)
         elif isinstance(item, FinishedEvent) and item.reason in ("stop", "length"):

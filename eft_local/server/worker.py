@@ -137,6 +137,7 @@ class EngineWorker:
         self.max_queue = max_queue
         self.scheduler = Scheduler(session.engine, parallel) if parallel > 1 else None
         self._live: dict[Ticket, Job] = {}
+        self._unstarted: dict[Ticket, int] = {}  # in the scheduler, not yet in a sequence -> its prompt's tokens
         self._jobs: deque[Job] = deque()
         self._preparing: deque[Job] = deque()  # chat requests whose templates render first (``_prepare_main``)
         self._rendering: Job | None = None
@@ -256,7 +257,7 @@ class EngineWorker:
                     self.completed += 1
 
     def _prompt(self, job: Job) -> dict[str, list[int]] | None:
-        """The request's prompt (and a Started item), or None after reporting why not."""
+        """The request's prompt, or None after reporting why not."""
         req = job.request
         put_last = lambda item: job.channel.put(item, last=True)  # noqa: E731
         try:
@@ -282,8 +283,10 @@ class EngineWorker:
         except Exception as e:  # noqa: BLE001 - a template/tokenizer failure ends this request only
             put_last(Failed(ApiError(500, f"could not build the prompt: {type(e).__name__}: {e}", type="server_error")))
             return None
-        job.channel.put(Started(len(prompt[self.session.engine.chat_name])))
         return prompt
+
+    def _prompt_tokens(self, prompt: dict[str, list[int]]) -> int:
+        return len(prompt[self.session.engine.chat_name])
 
     # -- batched: many requests share each round --------------------------------------------------
     def _main_batched(self) -> None:
@@ -333,8 +336,7 @@ class EngineWorker:
         n = len(job.request.prompts or ())
         if n <= 1:
             return [job]
-        job.channel.put(Started(0))
-        gather = Gather(job.channel, n, Started, job.cancel)
+        gather = Gather(job.channel, n, Started, job.cancel)  # (starts the request when its first prompt starts)
         return [Job(job.request.for_prompt(i), gather.part(i), job.cancelled, job.tokens) for i in range(n)]
 
     def _run_whole_job(self, job: Job) -> None:
@@ -356,11 +358,16 @@ class EngineWorker:
         ticket = self.scheduler.submit(prompt, req.config, rng_for(req.seed, req.index), cancel=job.cancelled.is_set)
         with self._cond:
             self._live[ticket] = job
+            self._unstarted[ticket] = self._prompt_tokens(prompt)
             self.running = job
 
     def _forward(self) -> None:
-        """Hand every live request the events its generation produced in this tick."""
+        """Hand every live request the events its generation produced in this tick. A request
+        starts (``Started``) when its sequence does: until then it waits in the scheduler, and a
+        client that leaves meanwhile cancels it there (it never starts)."""
         for ticket, job in list(self._live.items()):
+            if ticket in self._unstarted and (ticket.started or ticket.done):
+                job.channel.put(Started(self._unstarted.pop(ticket)))
             while not ticket.events.empty():
                 ev = ticket.events.get_nowait()
                 if isinstance(ev, FinishedEvent):
@@ -380,6 +387,7 @@ class EngineWorker:
     def _retire(self, ticket: Ticket) -> None:
         with self._cond:
             self._live.pop(ticket, None)
+            self._unstarted.pop(ticket, None)
             self.completed += 1
             self.running = next(iter(self._live.values()), None)
 
@@ -405,6 +413,7 @@ class EngineWorker:
             prompt = self._prompt(job)
             if prompt is None:
                 return
+            put(Started(self._prompt_tokens(prompt)))
             try:
                 for ev in self.session.generate(prompt, req.config, rng_for(req.seed, 0), cancel=job.cancelled.is_set):
                     if isinstance(ev, FinishedEvent):

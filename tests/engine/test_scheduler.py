@@ -13,6 +13,7 @@ from eft_local.cli import main
 from eft_local.engine.config import GenerationConfig
 from eft_local.engine.decoder import EftEngine, uniforms
 from eft_local.engine.events import FinishedEvent, TokenEvent
+from eft_local.engine.generation import Generation
 from eft_local.engine.scheduler import Scheduler
 from eft_local.llama.adapter import LlamaModel
 from eft_local.llama.synthetic import write_family
@@ -255,6 +256,32 @@ def test_cancelling_one_sequence_leaves_the_others_exact(engines):
     assert ref[1].token_ids[: len(tickets[1].finished.token_ids)] == tickets[1].finished.token_ids
     for i in (0, 2, 3):
         assert tickets[i].finished.token_ids == ref[i].token_ids
+    assert_idle(sched)
+
+
+def test_a_job_cancelled_while_it_waits_never_takes_a_sequence(engines, monkeypatch):
+    """Issue 23 item 8 under --parallel: a waiting job whose cancel callable says so (its client
+    left) leaves the queue at the next tick, even while every sequence is busy, and never starts."""
+    import eft_local.engine.scheduler as scheduler
+
+    _, shared = engines
+    made = []
+    monkeypatch.setattr(scheduler, "Generation", lambda *a, **k: made.append(a[1]) or Generation(*a, **k))
+    prompts = [shared.prompt(messages=[{"role": "user", "content": t}]) for t in TEXTS[:4]]
+    cfg = GenerationConfig(sampling=sampling(0, False), max_tokens=12)
+    left = {2: False, 3: False}
+    sched = Scheduler(shared, 2)
+    tickets = [sched.submit(p, cfg, rng_for(SEED, i), cancel=lambda i=i: left.get(i, False)) for i, p in enumerate(prompts)]
+    sched.step()
+    assert [t.started for t in tickets] == [True, True, False, False]
+    left[2] = True  # its client left while both sequences generate
+    done = sched.step()
+    assert tickets[2] in done and tickets[2].finished.reason == "cancelled" and not tickets[2].started
+    assert list(sched._waiting) == [tickets[3]] and len(sched._slots) == 2
+    while sched.busy:
+        sched.step()
+    assert prompts[2] not in made and len(made) == 3
+    assert [t.finished.reason != "cancelled" for t in tickets] == [True, True, False, True]
     assert_idle(sched)
 
 

@@ -37,8 +37,10 @@ class GuardedServer(ServerThread):
         api_key=None,
         max_queue: int = 16,
         settings: dict | None = None,
+        parallel: int = 1,
     ) -> None:
-        options = ServerOptions(model_name=MODEL, settings=settings or server_settings(), api_key=api_key, max_queue=max_queue)
+        settings = settings or server_settings()
+        options = ServerOptions(MODEL, settings, api_key=api_key, max_queue=max_queue, parallel=parallel)
         app = create_app(session, options)
         limits = limits or ConnectionLimits()
         config = uvicorn.Config(

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from eft_local.engine.decoder import EftEngine
+from eft_local.engine.generation import Generation
+from eft_local.engine.session import Session
 from eft_local.server.connections import ConnectionLimits
-from tests.server.conftest import HELLO, body_of, post_bytes, raw, status_of
+from tests.server.conftest import HELLO, GuardedServer, body_of, post_bytes, raw, status_of
 
 QUICK = ConnectionLimits(head_seconds=0.6, body_seconds=0.6, keep_alive_seconds=0.6, max_connections=40)
 
@@ -345,6 +349,52 @@ def test_queued_requests_whose_clients_left_never_start(serve, stalled, how):
     assert status_of(answer) == 200 and json.loads(body_of(answer))["choices"][0]["message"]["role"] == "assistant"
     assert stalled.calls == 2  # the first and the half-closed one; none of the twelve
     assert httpx.get(srv.url + "/health").json()["waiting"] == 0
+
+
+@pytest.fixture(scope="module")
+def session_of_two(family):
+    session = Session(EftEngine.load(family.paths(), n_ctx=512, n_threads=1, n_seq=2))
+    yield session
+    session.close()
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_under_parallel_queued_requests_whose_clients_left_never_start(session_of_two, monkeypatch, how):
+    """The same under --parallel, where a request waits in the scheduler beyond its sequences: it
+    starts (and answers 200) only when it takes a sequence, so its client is asked while it waits,
+    and a request whose client left skips its turn (one prompt or several)."""
+    import eft_local.engine.scheduler as scheduler
+
+    srv = GuardedServer(session_of_two, parallel=2, max_queue=32)
+    made, release, sched = [], threading.Event(), srv.worker.scheduler
+    monkeypatch.setattr(scheduler, "Generation", lambda *a, **k: made.append(1) or Generation(*a, **k))
+    served = sched._served
+    monkeypatch.setattr(sched, "_served", lambda: served() if release.is_set() else time.sleep(0.02) or [])  # sequences hold
+    chat = {**HELLO, "max_tokens": 3}
+    several = post_bytes("/v1/completions", {"prompt": ["hello", "there"], "max_tokens": 3})
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = [pool.submit(httpx.post, srv.url + "/v1/chat/completions", json=chat, timeout=60) for _ in range(2)]
+            wait_until(lambda: len(made) == 2, "two requests to take the two sequences")
+            for i in range(10):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+                s.sendall(several if i % 5 == 0 else post_bytes("/v1/chat/completions", chat))
+                if how == "reset":
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+            half = pool.submit(raw, srv.port, post_bytes("/v1/chat/completions", chat), half_close=True, timeout=60)
+            wait_until(lambda: srv.worker.waiting == 13, "the requests to queue in the scheduler")  # (two of two prompts)
+            wait_until(lambda: srv.worker.waiting == 1, "the abandoned requests to leave the queue", limit=20)
+            assert len(made) == 2
+            release.set()
+            assert [f.result(60).status_code for f in first] == [200, 200]
+            answer = half.result(60)
+        assert status_of(answer) == 200 and json.loads(body_of(answer))["choices"][0]["message"]["role"] == "assistant"
+        assert len(made) == 3  # the first two and the half-closed one; none of the ten
+        assert httpx.get(srv.url + "/health").json()["waiting"] == 0
+    finally:
+        release.set()
+        srv.stop()
 
 
 def wait_until(condition, what: str, limit: float = 30) -> None:
