@@ -40,6 +40,7 @@ from eft_local.tui.settings import ChatSettings
 from eft_local.tui.stream import GenerationFinished, Pacer, StatsUpdated
 from eft_local.tui.widgets.chat_view import AssistantMessage, ChatView
 from eft_local.tui.widgets.fitted import Fitted
+from eft_local.tui.widgets.key_footer import KeyFooter
 from eft_local.tui.widgets.load_panel import ErrorPanel, LoadPanel
 from eft_local.tui.widgets.main_area import MainArea
 from eft_local.tui.widgets.prompt_input import PromptInput
@@ -124,7 +125,7 @@ class EftChatApp(App[int]):
                 yield PromptInput(id="prompt")
             yield SettingsPanel(self.settings, id="settings")
         yield StatusBar(id="status")
-        yield Footer(show_command_palette=False)  # Ctrl+P still opens it; its room goes to our keys
+        yield KeyFooter(show_command_palette=False)  # Ctrl+P still opens it; its room goes to our keys
 
     def on_mount(self) -> None:
         self._uninstall_signals = signals.install(self._end_by_signal)

@@ -24,6 +24,19 @@ KEYS: list[tuple[str, str, str, str, bool, bool]] = [
     ("ctrl+q", "quit", "Quit", "quit", True, True),
 ]
 
+# The footer's abbreviations, used when the full labels don't fit (below ~72 columns); F1 lists every
+# key with its whole text. Every key shown in the footer has one.
+SHORT_LABELS: dict[str, str] = {
+    "stop": "Stop",
+    "help": "Help",
+    "regenerate": "Redo",
+    "toggle_delta": "Δ",
+    "compare": "Cmp",
+    "settings": "Set",
+    "new_chat": "New",
+    "quit": "Quit",
+}
+
 EDITING = [
     ("enter", "send the message"),
     ("shift+enter / ctrl+j", "new line in the message"),

@@ -4,17 +4,20 @@ design (Fitted); the EFT controls give the focus back and show the value in forc
 from __future__ import annotations
 
 import pytest
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Footer, Input
 
 from eft_local.engine.events import GenStats
 from eft_local.tui import delta
 from eft_local.tui.app import EftChatApp
-from eft_local.tui.keys import KEYS
+from eft_local.tui.keys import KEYS, SHORT_LABELS
 from eft_local.tui.settings import ChatSettings
 from eft_local.tui.widgets.fitted import Fitted, first_fitting
+from eft_local.tui.widgets.key_footer import labels_that_fit, row_width
 from eft_local.tui.widgets.prompt_input import PLACEHOLDERS
 from eft_local.tui.widgets.status_bar import StatusBar, context_short, context_text
+from tests.conftest import wait_for
 from tests.tui.conftest import SIZE, app_for, loaded, no_models_app, send
 
 
@@ -109,6 +112,39 @@ async def test_narrow_lines_shorten_instead_of_being_cut(tui_family, width):
             assert line.render().cell_len <= max(line.content_size.width, 1) or line.render() == line.forms()[-1]
         prompt = app.prompt_input
         assert prompt.placeholder in (*PLACEHOLDERS, "") and len(prompt.placeholder) < max(prompt.content_size.width, 1)
+
+
+# -- the footer below 80 columns: every key stays, its label abbreviated (F1 lists them all) ------------------
+FOOTER_KEYS = [(action, label) for _, action, label, _, show, _ in KEYS if show]
+
+
+def test_every_footer_key_has_a_shorter_label():
+    assert set(SHORT_LABELS) == {action for action, _ in FOOTER_KEYS}
+    assert all(cell_len(SHORT_LABELS[a]) < cell_len(label) for a, label in FOOTER_KEYS if len(label) > 4)
+
+
+def test_labels_that_fit_shorten_as_a_whole():
+    keys = [(a, "^x", label) for a, label in FOOTER_KEYS]
+    full = row_width([(k, label) for _, k, label in keys])
+    assert labels_that_fit(keys, full) == {a: label for a, label in FOOTER_KEYS}
+    assert labels_that_fit(keys, full - 1) == {a: SHORT_LABELS[a] for a, _ in FOOTER_KEYS}
+    assert set(labels_that_fit(keys, 10).values()) == {""}  # nothing fits: the keys alone
+
+
+@pytest.mark.parametrize("width", [60, 64, 68, 71, 72, 76, 79])
+async def test_below_80_columns_the_footer_abbreviates_instead_of_cutting(width):
+    """Before: at 60 columns the footer ended '^g Con' and lost ^n New; at 70, '^n N'."""
+    app = no_models_app()
+    async with app.run_test(size=(width, 24)) as pilot:
+        bindings = {b.action: b for b in app.BINDINGS}
+        want = [(app.get_key_display(bindings[a]), label) for a, label in FOOTER_KEYS]
+        short = [(key, SHORT_LABELS[a]) for (key, _), (a, _) in zip(want, FOOTER_KEYS)]
+        shown = want if row_width(want) <= width else short
+        assert (shown is short) == (width < 72)
+        footer = lambda: screen_text(app).splitlines()[-1]  # noqa: E731
+        await wait_for(pilot, lambda: "Quit" in footer() and "New" in footer(), what="the footer's keys")
+        for key, label in shown:
+            assert f"{key} {label}" in footer(), f"the footer lost {key} {label}: {footer()!r}"
 
 
 # -- the EFT controls: focus goes back; a field shows the value in force ------------------------------
