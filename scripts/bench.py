@@ -20,6 +20,8 @@ Shapes:
   the reference's output projection is zero and the base's is scaled by ``base_shift``;
   EFT then equals chat + base_shift·(random base logits), which controls agreement.
 - ``pair-mini``: the ``7b-0.5b`` construction at toy size, to test that code path on CPU.
+- ``miniature``: not synthetic: the shipped trained family (docs/miniature.md) on its own
+  questions, naive vs speculative (``bench_miniature.py``; ``--prompts``, ``--tokens``, ``--repeat``).
 
 Run: ``.venv/bin/python scripts/bench.py`` (default: all agreement levels, greedy plus
 one sampled T=0.7 run, ~2–3 minutes on a 2-core CPU). GPU:
@@ -672,7 +674,7 @@ def main() -> None:
     )
     ap.add_argument("--repeat", type=int, default=3, help="repetitions per mode; the table shows medians")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
-    ap.add_argument("--shape", choices=tuple(SHAPES), default="small")
+    ap.add_argument("--shape", choices=(*SHAPES, "miniature"), default="small", help="miniature: the shipped trained family")
     ap.add_argument("--gpu-layers", type=int, default=None, help="layers to offload (default: 0 for small, 999 for 7b-0.5b)")
     ap.add_argument("--out-dir", type=Path, default=None, help="keep the generated GGUFs here (default: temp dir, removed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -708,6 +710,11 @@ def main() -> None:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     echo = lambda s="": print(s, flush=True)  # noqa: E731
+    if args.shape == "miniature":  # trained distributions, not a synthetic shape (bench_miniature.py)
+        import bench_miniature
+
+        temps = [float(t) for t in args.temperature.split(",") if t.strip()]
+        return bench_miniature.main(args, temps, args.threads or os.cpu_count() or 1, echo)
     shape = SHAPES[args.shape]
     gpu_layers = shape.gpu_layers if args.gpu_layers is None else args.gpu_layers
     threads = args.threads or os.cpu_count() or 1
