@@ -327,7 +327,7 @@ Reproduce (the family is deterministic from the seed; the shipped one is `build`
 ```sh
 pip install -e ".[miniature]"              # JAX + optax + matplotlib, for building only
 python scripts/miniature.py build          # -> ~/.cache/eft-local/miniature (the profile then uses it)
-python scripts/miniature.py build --quick  # smaller world and models, for tests (--out DIR)
+python scripts/miniature.py build --quick  # smaller world and models, for tests (--out DIR; under a minute)
 python scripts/miniature.py build --check  # rebuild in a temp folder, compare with the shipped sha256s
 python scripts/miniature.py report         # this page, through `eft-local run` / `score`
 ```
@@ -335,8 +335,10 @@ python scripts/miniature.py report         # this page, through `eft-local run` 
 `build --check` on the development machine (2 cores, JAX 0.10.2) rebuilt all five files
 byte-identically to the shipped ones (769 s wall, the cores shared with other jobs). Bit-identity
 rests on XLA's CPU kernels computing the same floats: another CPU type or JAX version may differ
-in the last bits, and then the shipped files stay the reference. Two `build --quick` runs with the
-same seed give identical files (the slow test checks it).
+in the last bits, and then the shipped files stay the reference. `--stages N` builds only the first
+N models (and `world.jsonl`): `build --check --stages 1` compares the world and small-base with the
+shipped files in a few minutes, and the slow test rebuilds the quick family's first stage and finds
+it byte-identical to a whole quick build's.
 
 The build's time estimate assumes two idle cores; `manifest.json` records what it took. The
 chat app opens on this family when the default profile is not downloaded
@@ -400,7 +402,8 @@ def _findings(r: dict) -> str:
   {_tps(sp, "0", "speculative")} tok/s against {_tps(sp, "0", "naive")} naive (greedy) and {_tps(sp, "1", "speculative")} against
   {_tps(sp, "1", "naive")} at T = 1: these models are so small (a decode takes well under a millisecond)
   that per-round overhead, not model compute, sets the pace. The paper's speed-up needs a base
-  model that is slow to run (see docs/bench.md for the synthetic large shapes).
+  model that is slow to run (see docs/bench.md for the synthetic large shapes; `scripts/bench.py
+  --shape miniature` times this family with every block length).
 """
 
 

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a process that loads three models (~2 s CPU)
 ROOT = Path(__file__).resolve().parents[2]
 
 
