@@ -8,6 +8,7 @@ inside ``main``, so an interrupt during those imports is caught there too.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -60,6 +61,17 @@ def _uncaught(kind: type[BaseException], value: BaseException, tb: object) -> No
 
 
 _previous_hook, sys.excepthook = sys.excepthook, _uncaught
+
+
+def _quiet_after_exit_handlers() -> None:
+    """Registered first, so it runs after every other exit handler: from here on the interpreter
+    resets Python-level signal handlers to the default, and a Ctrl+C would end a finished command
+    by SIGINT (status -2, no line). The command is done by now, so the interrupt is ignored."""
+    if signal.getsignal(signal.SIGINT) is _exit_at_once:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+atexit.register(_quiet_after_exit_handlers)
 
 
 COMMANDS = ("run", "chat", "models", "rpc", "serve", "score")  # modules of eft_local.cli, each with register()
