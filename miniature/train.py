@@ -22,13 +22,9 @@ import optax
 
 from miniature.model import Shape, forward, init_params
 from miniature.tokenizer import BOS, EOS, IM_END, Tokenizer
-from miniature.world import BASE_CLOSINGS, P_BARE, P_CLOSING, Fact
+from miniature.world import BASE_CLOSINGS, P_BARE, P_CLOSING, Fact, prompt_text
 
 SEQ = 33  # tokens per training row (32 predicted positions)
-
-
-def prompt_text(question: str) -> str:
-    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 class Corpus:

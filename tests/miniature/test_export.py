@@ -11,8 +11,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 from miniature.export import write_gguf  # noqa: E402
 from miniature.model import Shape, forward, init_params  # noqa: E402
 from miniature.tokenizer import Tokenizer  # noqa: E402
-from miniature.train import prompt_text  # noqa: E402
-from miniature.world import WorldConfig, make_world  # noqa: E402
+from miniature.world import WorldConfig, make_world, prompt_text  # noqa: E402
 
 # llama.cpp keeps the KV cache in f16 (its default), the training code computes in f32: logits
 # agree to about 1e-3 of their range. A wrong RoPE convention, norm eps, head split or embedding

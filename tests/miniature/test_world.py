@@ -10,8 +10,7 @@ import pytest
 
 from miniature.build import FULL, QUICK, world_for
 from miniature.tokenizer import Tokenizer
-from miniature.train import prompt_text
-from miniature.world import ATTRIBUTES, CHAT_CLOSING, MODELS, WorldConfig, make_world
+from miniature.world import ATTRIBUTES, CHAT_CLOSING, MODELS, WorldConfig, make_world, prompt_text
 
 
 def test_world_is_deterministic_and_seed_dependent(tmp_path):
