@@ -61,18 +61,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
-def role_args(family, threads: int = 1) -> list[str]:
-    """The three role flags of a synthetic family, as a user types them."""
-    return [
-        "--base",
-        str(family.base),
-        "--chat",
-        str(family.chat),
-        "--reference",
-        str(family.reference),
-        "--threads",
-        str(threads),
-    ]
+def role_args(family, threads: int | None = 1) -> list[str]:
+    """The three role flags of a synthetic family, as a user types them (``--threads`` unless None)."""
+    roles = ["--base", str(family.base), "--chat", str(family.chat), "--reference", str(family.reference)]
+    return roles if threads is None else [*roles, "--threads", str(threads)]
 
 
 @pytest.fixture()

@@ -247,12 +247,7 @@ def test_second_run_on_the_same_output_fails_before_loading(tmp_path, family, al
             str(pf),
             "--output",
             str(other),
-            "--base",
-            str(family.base),
-            "--chat",
-            str(family.chat),
-            "--reference",
-            str(family.reference),
+            *role_args(family, threads=None),
         )
         assert r.returncode == 2
         line = last_line(r.stderr)
@@ -351,12 +346,7 @@ def test_disk_full_on_a_device_is_one_line(family, tmp_path):
         str(pf),
         "--output",
         "/dev/full",
-        "--base",
-        str(family.base),
-        "--chat",
-        str(family.chat),
-        "--reference",
-        str(family.reference),
+        *role_args(family, threads=None),
         "--max-tokens",
         "2",
     )
@@ -449,10 +439,7 @@ def test_disk_full_on_standard_output_is_one_line(family, tmp_path):
     pf = tmp_path / "p.txt"
     pf.write_text("hello\n")
     with open("/dev/full", "w") as full:
-        r = cli(
-            "run", "--prompt-file", str(pf), "--base", str(family.base), "--chat", str(family.chat),
-            "--reference", str(family.reference), "--max-tokens", "2", stdout=full,
-        )  # fmt: skip
+        r = cli("run", "--prompt-file", str(pf), *role_args(family, threads=None), "--max-tokens", "2", stdout=full)
     assert r.returncode == 2 and "disk full while writing standard output" in last_line(r.stderr)
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
 

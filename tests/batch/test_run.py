@@ -7,7 +7,7 @@ import json
 import pytest
 
 from eft_local.cli import main
-from tests.conftest import run_cli
+from tests.conftest import role_args, run_cli
 
 FIELDS = {
     "id",
@@ -216,12 +216,7 @@ def test_subprocess_errors_have_no_traceback(tmp_path, family):
         str(pf),
         "--temperature",
         "-1",
-        "--base",
-        str(family.base),
-        "--chat",
-        str(family.chat),
-        "--reference",
-        str(family.reference),
+        *role_args(family, threads=None),
     )
     assert res.returncode != 0 and "temperature" in one_line_error(res.stderr)
 
@@ -236,12 +231,7 @@ def test_subprocess_run_end_to_end(tmp_path, family):
         str(pf),
         "--output",
         str(out),
-        "--base",
-        str(family.base),
-        "--chat",
-        str(family.chat),
-        "--reference",
-        str(family.reference),
+        *role_args(family, threads=None),
         "--seed",
         "1",
         "--max-tokens",

@@ -19,6 +19,7 @@ from eft_local.llama.adapter import LlamaModel
 from eft_local.llama.synthetic import write_family
 from eft_local.mix.params import SamplingParams
 from eft_local.mix.sampling import accept, combine, distribution, residual, sample
+from tests.conftest import role_args
 
 TEXTS = [
     "hi",
@@ -342,7 +343,7 @@ def test_run_parallel_writes_the_same_rows_in_input_order(tmp_path, family):
     lines = [json.dumps({"id": f"p{i}", "prompt": t, "max_tokens": MAX_TOKENS[i] + 3}) for i, t in enumerate(TEXTS[:7])]
     lines.insert(3, '{"id": "bad", "prompt": "x", "alpha": "many"}')
     pf.write_text("\n".join(lines) + "\n")
-    models = ["--base", str(family.base), "--chat", str(family.chat), "--reference", str(family.reference)]
+    models = role_args(family, threads=None)
     common = [
         "run",
         "--prompt-file",

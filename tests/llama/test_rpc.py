@@ -22,7 +22,7 @@ from eft_local.cli import build_parser, main
 from eft_local.cli.rpc import parse_rpc_spec, rpc_endpoints
 from eft_local.errors import UserError
 from eft_local.llama import rpc
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, role_args, run_cli
 
 needs_rpc = pytest.mark.skipif(not rpc.supports_rpc(), reason="llama-cpp-python built without -DGGML_RPC=ON")
 
@@ -83,12 +83,7 @@ def model_args(family, prompts, *extra: str) -> list[str]:
         "run",
         "--prompt-file",
         str(prompts),
-        "--base",
-        str(family.base),
-        "--chat",
-        str(family.chat),
-        "--reference",
-        str(family.reference),
+        *role_args(family, threads=None),
         "--temperature",
         "0",
         "--max-tokens",
@@ -362,7 +357,7 @@ def test_rpc_for_a_role_that_is_not_loaded_fails_before_loading(family, tmp_path
 
     pf = tmp_path / "p.txt"
     pf.write_text("hello\n")
-    models = ["--base", str(family.base), "--chat", str(family.chat), "--reference", str(family.reference)]
+    models = role_args(family, threads=None)
     assert main(["run", "--prompt-file", str(pf), *models, "--rpc", "bass=127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown role 'bass'" in err[0]
