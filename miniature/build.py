@@ -100,28 +100,25 @@ def build(out: Path, *, quick: bool = False, seed: int = 0, stages: int = 4) -> 
     tuned = Corpus(tok, world.by_split("A-tuned"))
     stats: dict[str, dict] = {}
 
+    def pretrain(name: str, shape, sched: dict, corpus: Corpus, seeds: int):
+        """Pre-train one base on ``corpus`` (batches, probe and init seeded from ``seeds``), write it."""
+        params, stats[name] = train(
+            name,
+            shape,
+            Schedule(**sched),
+            pretrain_batches(corpus, seeds + 1, sched["batch"]),
+            probe_set(corpus, None, 256, seeds + 2),
+            seeds + 3,
+        )
+        write_gguf(out / f"{name}.gguf", name, shape, params, tok)
+        return params
+
     log("[1/4] small-base: pre-training on set A")
-    sb, stats["small-base"] = train(
-        "small-base",
-        small,
-        Schedule(**cfg.small_sched),
-        pretrain_batches(a, seed * 1000 + 1, cfg.small_sched["batch"]),
-        probe_set(a, None, 256, seed * 1000 + 2),
-        seed * 1000 + 3,
-    )
-    write_gguf(out / "small-base.gguf", "small-base", small, sb, tok)
+    sb = pretrain("small-base", small, cfg.small_sched, a, seed * 1000)
     if stages < 2:
         return _partial(out, world, ["small-base.gguf"])
     log("[2/4] large-base: pre-training on sets A and B")
-    lb, stats["large-base"] = train(
-        "large-base",
-        large,
-        Schedule(**cfg.large_sched),
-        pretrain_batches(ab, seed * 1000 + 11, cfg.large_sched["batch"]),
-        probe_set(ab, None, 256, seed * 1000 + 12),
-        seed * 1000 + 13,
-    )
-    write_gguf(out / "large-base.gguf", "large-base", large, lb, tok)
+    lb = pretrain("large-base", large, cfg.large_sched, ab, seed * 1000 + 10)
     for k, (name, style) in enumerate((("small-chat", "closing"), ("small-chat-2", "bare"))[: stages - 2]):
         log(f"[{3 + k}/4] {name}: fine-tuning small-base on set A dialogues ({style} style)")
         ch, stats[name] = train(
