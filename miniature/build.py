@@ -11,9 +11,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eft_local.models.demo import FILES, shipped_dir
 from miniature.world import World, WorldConfig, make_world
-
-FILES = ("small-base.gguf", "large-base.gguf", "small-chat.gguf", "small-chat-2.gguf", "world.jsonl")
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,6 @@ QUICK = BuildConfig(
     chat_sched=dict(lr=2e-3, max_steps=200, min_steps=50, batch=32, target=0.95),
 )
 N_CTX = 256  # context length written into the GGUFs (training rows are 33 tokens)
-
-
-def default_out() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(cache).expanduser() / "eft-local" / "miniature"
 
 
 def world_for(quick: bool, seed: int) -> World:
@@ -167,7 +161,6 @@ def check(seed: int | None = None, stages: int = 4) -> int:
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from eft_local.models.demo import shipped_dir
 
     shipped = json.loads((shipped_dir() / "manifest.json").read_text())
     seed = shipped["seed"] if seed is None else seed

@@ -8,13 +8,13 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from miniature.build import default_out
+    from eft_local.models.demo import built_dir
 
     ap = argparse.ArgumentParser(prog="miniature.py", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the family (deterministic from --seed)")
     b.add_argument("--quick", action="store_true", help="a smaller world and models (under a minute)")
-    b.add_argument("--out", type=Path, default=None, help=f"output folder (default {default_out()})")
+    b.add_argument("--out", type=Path, default=None, help=f"output folder (default {built_dir()})")
     b.add_argument("--seed", type=int, default=None, help="world and training seed (default 0; --check: the shipped one)")
     b.add_argument(
         "--check", action="store_true", help="rebuild into a temporary folder and compare with the shipped files' hashes"
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.check:
             return build.check(seed=args.seed, stages=args.stages)
-        build.build(args.out or default_out(), quick=args.quick, seed=args.seed or 0, stages=args.stages)
+        build.build(args.out or built_dir(), quick=args.quick, seed=args.seed or 0, stages=args.stages)
         return 0
     from miniature import report
 
